@@ -1,0 +1,110 @@
+"""What every sub-command shares: the global options, settings loading, error handling, the broker."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+
+from fleet2ban.broker import EmbeddedBroker
+from fleet2ban.exceptions import Fleet2banError
+from fleet2ban.kafka import Cluster, ensure_topics_quietly, resolve
+from fleet2ban.logs import setup_logging
+from fleet2ban.settings import Settings, load_settings
+
+log = logging.getLogger("fleet2ban.cli")
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass
+class GlobalOptions:
+    config: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def global_options(ctx: typer.Context) -> GlobalOptions:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, GlobalOptions):
+        obj = GlobalOptions()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def settings_for(ctx: typer.Context, **overrides: Any) -> Settings:
+    """Settings from file + env + the global flags + this command's flags (dotted names)."""
+    opts = global_options(ctx)
+    settings = load_settings(opts.config, {**opts.overrides, **overrides})
+    setup_logging(settings.log.level, settings.log.format)
+    return settings
+
+
+def fail(message: str, code: int = EXIT_FINDINGS) -> typer.Exit:
+    typer.echo(f"fleet2ban: {message}", err=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn fleet2ban's own errors into one clear line and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Fleet2banError as exc:
+            raise fail(f"error: {exc}", exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def sigterm_as_interrupt() -> None:
+    """SIGTERM (kubelet, systemd, the dev supervisor) stops a component like Ctrl-C does."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
+@contextlib.contextmanager
+def cluster_for(settings: Settings, *, create_topics: bool = True) -> Iterator[Cluster]:
+    """The configured Kafka, or an embedded broker started for this process when none is configured."""
+    broker: EmbeddedBroker | None = None
+    bootstrap = settings.kafka.bootstrap_servers
+    if not bootstrap:
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+        log.warning(
+            "no kafka.bootstrap_servers set: started an embedded broker at %s (memory only); "
+            "point other components at it with FLEET2BAN_KAFKA__BOOTSTRAP_SERVERS=%s",
+            bootstrap,
+            bootstrap,
+        )
+    try:
+        cluster = resolve(settings.kafka, bootstrap)
+        if create_topics:
+            ensure_topics_quietly(cluster)
+        yield cluster
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def echo_json_line(data: bytes | str) -> None:
+    sys.stdout.write(data.decode() if isinstance(data, bytes) else data)
+    sys.stdout.write("\n")

@@ -1,0 +1,395 @@
+"""The wire contract: every record, topic name and key that crosses Kafka.
+
+Everything that reads or writes a topic imports this module; nothing else defines a record.
+
+- Values are JSON objects with a ``"v"`` schema version. Unknown fields are ignored on decode, so an old
+  reader survives a newer writer. Times are RFC 3339 strings in UTC on the wire (``datetime`` here).
+- Keys are UTF-8: ``events`` and ``decisions`` by client IP (or network for prefix bans), ``bans`` by
+  ``JAIL|IP``, ``reports`` by host.
+- Decoding is strict: a record that is not JSON, lacks a required field or has a field of the wrong type
+  raises :class:`ContractError`, one clear error type that callers log, count and skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Final, Literal
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+DEFAULT_TOPIC_PREFIX: Final = "fleet2ban."
+RAW_LINE_MAX: Final = 512
+"""Bound on the ``raw`` copy of a log line carried in events and evidence (characters)."""
+EVIDENCE_MAX: Final = 5
+"""How many raw lines a decision carries as evidence."""
+
+Action = Literal["ban", "unban"]
+Origin = Literal["auto", "manual"]
+ReportKind = Literal["applied", "removed", "failed", "skipped"]
+Role = Literal["shipper", "processor", "enforcer", "cli", "console"]
+
+
+class ContractError(ValueError):
+    """A record that does not follow the wire contract (bad JSON, schema, key or version)."""
+
+
+# --------------------------------------------------------------------------------------------- records
+
+
+class Line(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """One ``07-0013`` line as carried inside an :class:`EventBatch`."""
+
+    id: str
+    ts: datetime
+    port: int
+    client: str
+    reason: str
+    raw: str = ""
+
+
+class Event(msgspec.Struct, frozen=True):
+    """One parsed ``07-0013`` line of one host: what ``fleet2ban parse`` prints, what the policy consumes."""
+
+    host: str
+    ip: str
+    id: str
+    ts: datetime
+    port: int
+    client: str
+    reason: str
+    raw: str = ""
+    instance: str = ""
+
+    def line(self) -> Line:
+        return Line(
+            id=self.id, ts=self.ts, port=self.port, client=self.client, reason=self.reason, raw=self.raw
+        )
+
+
+class EventBatch(msgspec.Struct, frozen=True):
+    """The ``events`` record: the lines of one IP that one host read within one flush interval."""
+
+    host: str
+    ip: str
+    lines: list[Line]
+    instance: str = ""
+    v: int = SCHEMA_VERSION
+
+    def events(self) -> list[Event]:
+        return [
+            Event(
+                host=self.host,
+                ip=self.ip,
+                id=ln.id,
+                ts=ln.ts,
+                port=ln.port,
+                client=ln.client,
+                reason=ln.reason,
+                raw=ln.raw,
+                instance=self.instance,
+            )
+            for ln in self.lines
+        ]
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """The ``decisions`` record: one ban or unban, with its evidence. The audit log."""
+
+    id: str
+    action: Action
+    ip: str
+    jail: str
+    at: datetime
+    ports: list[int] = msgspec.field(default_factory=list)
+    expires_at: datetime | None = None
+    failures: int = 0
+    first_failure_at: datetime | None = None
+    last_failure_at: datetime | None = None
+    hosts: list[str] = msgspec.field(default_factory=list)
+    ban_count: int = 0
+    origin: Origin = "auto"
+    by: str | None = None
+    reason: str | None = None
+    evidence: list[str] = msgspec.field(default_factory=list)
+    v: int = SCHEMA_VERSION
+
+
+class BanState(msgspec.Struct, frozen=True):
+    """The ``bans`` value (key ``JAIL|IP``): the decision in force. A tombstone (no value) lifts it."""
+
+    decision_id: str
+    ip: str
+    jail: str
+    at: datetime
+    ports: list[int] = msgspec.field(default_factory=list)
+    expires_at: datetime | None = None
+    origin: Origin = "auto"
+    ban_count: int = 1
+    failures: int = 0
+    hosts: list[str] = msgspec.field(default_factory=list)
+    by: str | None = None
+    reason: str | None = None
+    v: int = SCHEMA_VERSION
+
+    @classmethod
+    def from_decision(cls, d: Decision) -> BanState:
+        return cls(
+            decision_id=d.id,
+            ip=d.ip,
+            jail=d.jail,
+            at=d.at,
+            ports=d.ports,
+            expires_at=d.expires_at,
+            origin=d.origin,
+            ban_count=d.ban_count,
+            failures=d.failures,
+            hosts=d.hosts,
+            by=d.by,
+            reason=d.reason,
+        )
+
+    def active_at(self, now: datetime) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+class Report(msgspec.Struct, frozen=True, tag="report", tag_field="type"):
+    """On ``reports`` (key: host): what one enforcer did about one ban."""
+
+    host: str
+    kind: ReportKind
+    jail: str
+    ip: str
+    at: datetime
+    decision_id: str | None = None
+    detail: str | None = None
+    backend: str | None = None
+    v: int = SCHEMA_VERSION
+
+
+class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat", tag_field="type"):
+    """On ``reports`` (key: host): a component is alive, with its counters."""
+
+    host: str
+    role: Role
+    at: datetime
+    instance: str = ""
+    version: str = ""
+    started_at: datetime | None = None
+    interval_s: float = 10.0
+    lag: float | None = None
+    counters: dict[str, float] = msgspec.field(default_factory=dict)
+    applied: list[str] = msgspec.field(default_factory=list)
+    """For enforcers: the ``JAIL|IP`` keys in force in the kernel at ``at`` (bounded by the sender)."""
+    v: int = SCHEMA_VERSION
+
+
+ReportsRecord = Report | Heartbeat
+
+
+# ------------------------------------------------------------------------------------------- encoding
+
+_encoder = msgspec.json.Encoder()
+_batch_decoder = msgspec.json.Decoder(EventBatch)
+_decision_decoder = msgspec.json.Decoder(Decision)
+_ban_decoder = msgspec.json.Decoder(BanState)
+_reports_decoder: msgspec.json.Decoder[ReportsRecord] = msgspec.json.Decoder(ReportsRecord)
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    """Serialise any record of this module to its JSON wire form."""
+    return _encoder.encode(record)
+
+
+def to_builtins(record: msgspec.Struct) -> dict[str, Any]:
+    """A record as plain JSON-ready builtins (RFC 3339 strings for times)."""
+    out = msgspec.to_builtins(record)
+    assert isinstance(out, dict)
+    return out
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str | None, what: str) -> Any:
+    if data is None:
+        raise ContractError(f"{what}: empty value")
+    try:
+        rec = decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ContractError(f"{what}: {exc}") from None
+    if rec.v > SCHEMA_VERSION:
+        # Newer minor writers add fields (ignored); a bumped version means an incompatible change.
+        raise ContractError(f"{what}: schema version {rec.v} is newer than {SCHEMA_VERSION}")
+    for name in ("ts", "at", "expires_at"):
+        value = getattr(rec, name, None)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise ContractError(f"{what}: {name} has no UTC offset")
+    return rec
+
+
+def decode_batch(data: bytes | str | None) -> EventBatch:
+    rec: EventBatch = _decode(_batch_decoder, data, "events record")
+    if not rec.lines:
+        raise ContractError("events record: no lines")
+    normalize_ip(rec.ip)  # raises ContractError
+    return rec
+
+
+def decode_event(data: bytes | str | None) -> Event:
+    rec: Event = _decode(_event_decoder, data, "event")
+    return rec
+
+
+def decode_decision(data: bytes | str | None) -> Decision:
+    rec: Decision = _decode(_decision_decoder, data, "decision")
+    normalize_target(rec.ip)
+    return rec
+
+
+def decode_ban(data: bytes | str | None) -> BanState:
+    rec: BanState = _decode(_ban_decoder, data, "ban state")
+    normalize_target(rec.ip)
+    return rec
+
+
+def decode_report(data: bytes | str | None) -> ReportsRecord:
+    rec: ReportsRecord = _decode(_reports_decoder, data, "reports record")
+    return rec
+
+
+# ---------------------------------------------------------------------------------------- addresses
+
+
+def normalize_ip(text: str) -> str:
+    """Canonical text of one address: compressed, lower case, IPv4-mapped IPv6 as IPv4."""
+    try:
+        addr = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        raise ContractError(f"not an IP address: {text[:64]!r}") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def normalize_target(text: str) -> str:
+    """Canonical text of a ban target: one address (``10.1.2.3``) or a network (``2001:db8::/64``)."""
+    if "/" not in text:
+        return normalize_ip(text)
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ContractError(f"not an IP network: {text[:64]!r}") from None
+    if net.num_addresses == 1:
+        return str(net.network_address)
+    return str(net)
+
+
+def target_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A ban target as a network (a single address is a /32 or /128)."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ContractError(f"not an IP address or network: {text[:64]!r}") from None
+
+
+# --------------------------------------------------------------------------------------------- topics
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic names under one prefix (default ``fleet2ban.``)."""
+
+    prefix: str = DEFAULT_TOPIC_PREFIX
+    SUFFIXES: ClassVar[tuple[str, ...]] = ("events", "decisions", "bans", "reports", "deadletter")
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def decisions(self) -> str:
+        return f"{self.prefix}decisions"
+
+    @property
+    def bans(self) -> str:
+        return f"{self.prefix}bans"
+
+    @property
+    def reports(self) -> str:
+        return f"{self.prefix}reports"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}deadletter"
+
+    def specs(
+        self, partitions: int, decisions_retention_days: float = 30.0, events_retention_hours: float = 24.0
+    ) -> list[TopicSpec]:
+        """The topics with partitions, retention and cleanup policy (DESIGN §2)."""
+        day_ms = 24 * 3600 * 1000
+        return [
+            TopicSpec(
+                self.events,
+                partitions,
+                {"cleanup.policy": "delete", "retention.ms": str(int(events_retention_hours * 3600 * 1000))},
+            ),
+            TopicSpec(
+                self.decisions,
+                partitions,
+                {"cleanup.policy": "delete", "retention.ms": str(int(decisions_retention_days * day_ms))},
+            ),
+            TopicSpec(self.bans, partitions, {"cleanup.policy": "compact"}),
+            TopicSpec(
+                self.reports, partitions, {"cleanup.policy": "delete", "retention.ms": str(7 * day_ms)}
+            ),
+            TopicSpec(self.deadletter, 1, {"cleanup.policy": "delete", "retention.ms": str(7 * day_ms)}),
+        ]
+
+
+def ban_key(jail: str, ip: str) -> str:
+    """The ``bans`` key of one (jail, target)."""
+    return f"{jail}|{ip}"
+
+
+def split_ban_key(key: bytes | str) -> tuple[str, str]:
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    jail, sep, ip = text.rpartition("|")
+    if not sep or not jail:
+        raise ContractError(f"bans key is not JAIL|IP: {text[:80]!r}")
+    return jail, normalize_target(ip)
+
+
+# -------------------------------------------------------------------------------------------- ids
+
+
+def line_id(host: str, file_id: str, offset: int) -> str:
+    """Stable id of one log line: the same line read twice (a replay after restart) has the same id."""
+    return f"{host}:{file_id}:{offset}"
+
+
+def auto_decision_id(jail: str, ip: str, trigger_line_id: str, action: Action = "ban") -> str:
+    """Deterministic id of an automatic decision: a re-emitted decision is recognised downstream."""
+    digest = hashlib.blake2b(f"{action}|{jail}|{ip}|{trigger_line_id}".encode(), digest_size=10).hexdigest()
+    return f"{action[0]}-{digest}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def rfc3339(ts: datetime) -> str:
+    """RFC 3339 text of a UTC time, as on the wire (``2017-12-08T00:55:49.939559Z``)."""
+    return msgspec.json.encode(ts).decode().strip('"')

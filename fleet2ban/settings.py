@@ -1,0 +1,318 @@
+"""The one typed settings model: a YAML file, then ``FLEET2BAN_*`` environment variables, then CLI flags.
+
+Precedence, lowest to highest: defaults < YAML file (``--config`` or ``FLEET2BAN_CONFIG``) < environment
+(``FLEET2BAN_KAFKA__BOOTSTRAP_SERVERS``, nested names joined by ``__``) < command-line flags. The same
+dotted names (``kafka.bootstrap_servers``) are used in docs, CLI help and the k8s ConfigMap.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from fleet2ban.contract import DEFAULT_TOPIC_PREFIX
+from fleet2ban.exceptions import ConfigError
+
+ENV_PREFIX = "FLEET2BAN_"
+CONFIG_ENV = "FLEET2BAN_CONFIG"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KafkaSettings(_Section):
+    """How every component reaches Kafka. Without ``bootstrap_servers`` local runs start the embedded broker."""
+
+    bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; unset = embedded broker")
+    flavor: Literal["auto", "kafka", "tansu"] = Field(
+        "auto", description="broker kind; 'auto' asks the cluster (tansu gets its workarounds)"
+    )
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    partitions: int = Field(6, ge=1, le=1024)
+    replication_factor: int = Field(1, ge=1, le=16)
+    decisions_retention_days: float = Field(30.0, gt=0)
+    events_retention_hours: float = Field(24.0, gt=0)
+    client_id: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    extra: dict[str, str] = Field(
+        default_factory=dict, description="extra librdkafka properties for confluent-kafka clients"
+    )
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _bootstrap(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        for part in v.split(","):
+            host, sep, port = part.strip().removeprefix("kafka://").rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{part!r} is not host:port")
+        return ",".join(p.strip().removeprefix("kafka://") for p in v.split(","))
+
+    @model_validator(mode="after")
+    def _sasl(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username):
+            raise ValueError("SASL security_protocol needs sasl_mechanism and sasl_username")
+        return self
+
+
+class IncrementSettings(_Section):
+    """fail2ban's ``bantime.increment`` options (jail.conf(5))."""
+
+    enabled: bool = False
+    factor: float = Field(1.0, gt=0)
+    formula: str | None = Field(
+        None,
+        description="fail2ban's formula, e.g. ban.Time * (1<<(ban.Count if ban.Count<20 else 20)) * banFactor",
+    )
+    multipliers: list[float] = Field(default_factory=list)
+    maxtime: float | None = Field(None, gt=0, description="seconds; upper bound of an increased bantime")
+    rndtime: float | None = Field(None, ge=0, description="seconds of random jitter added to a bantime")
+    overalljails: bool = False
+
+
+class JailSettings(_Section):
+    """One jail: which failures count, how many in which window, and what a ban covers."""
+
+    name: str = Field("amps", pattern=r"^[A-Za-z0-9_.-]{1,24}$")
+    enabled: bool = True
+    reasons: list[str] = Field(default_factory=lambda: ["auth", "name in use"], min_length=1)
+    maxretry: int = Field(20, ge=1)
+    findtime: float = Field(10.0, gt=0, description="seconds")
+    bantime: float = Field(120.0, description="seconds; negative means permanent (as fail2ban's -1)")
+    ports: list[int] = Field(default_factory=lambda: [9007], min_length=1)
+    ignoreip: list[IPNetwork] = Field(default_factory=list)
+    ban_prefix_v6: int = Field(128, ge=16, le=128, description="count and ban IPv6 clients by this prefix")
+    bantime_increment: IncrementSettings = Field(default_factory=IncrementSettings)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, v: list[int]) -> list[int]:
+        for p in v:
+            if not 0 < p < 65536:
+                raise ValueError(f"port {p} out of range")
+        return v
+
+    @field_validator("ignoreip", mode="before")
+    @classmethod
+    def _ignoreip(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.replace(",", " ").split()
+        return [ipaddress.ip_network(str(x).strip(), strict=False) for x in v] if isinstance(v, list) else v
+
+    @property
+    def permanent(self) -> bool:
+        return self.bantime < 0
+
+
+class ShipperSettings(_Section):
+    log_path: Path | None = Field(None, description="the AMPS ban log to follow")
+    host: str = Field(default_factory=socket.gethostname, description="this host's name in events")
+    instance: str = Field("amps", description="AMPS instance name on this host")
+    checkpoint_path: Path | None = Field(None, description="default: <state_dir>/shipper-<host>.checkpoint")
+    from_start: bool = Field(False, description="without a checkpoint, read the file from the beginning")
+    flush_interval_ms: float = Field(10.0, gt=0, le=10_000)
+    max_lines_per_record: int = Field(500, ge=1, le=100_000)
+    max_line_bytes: int = Field(4096, ge=128)
+    max_pending_lines: int = Field(200_000, ge=100, description="stop reading while this many are unacked")
+    poll_interval_s: float = Field(0.25, gt=0)
+    filter_path: Path | None = Field(None, description="a fail2ban filter file to use instead of the parser")
+
+
+class ProcessorSettings(_Section):
+    app_id: str = "fleet2ban-processor"
+    lateness_s: float = Field(5.0, ge=0, description="accept events this late (event time) across hosts")
+    store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
+    data_dir: Path | None = Field(None, description="default: <state_dir>/processor")
+    expiry_interval_s: float = Field(0.5, gt=0, description="how often expired bans are lifted")
+    batch_size: int = Field(1000, ge=1)
+    batch_within_s: float = Field(0.01, gt=0)
+    web_port: int = Field(0, ge=0, le=65535, description="Faust web port (0 = off)")
+
+
+class EnforcerSettings(_Section):
+    backend: Literal["ipset", "iptables", "dryrun"] = "ipset"
+    host: str = Field(default_factory=socket.gethostname)
+    target: Literal["DROP", "REJECT"] = "DROP"
+    reconcile_interval_s: float = Field(30.0, gt=0)
+    max_bans: int = Field(100_000, ge=1, description="cap on active bans; above it new bans are refused")
+    alarm_ratio: float = Field(0.8, gt=0, le=1, description="alarm when active bans exceed this share of max")
+    set_maxelem: int = Field(262_144, ge=1024)
+    min_prefix_v4: int = Field(24, ge=0, le=32, description="refuse IPv4 bans wider than this prefix")
+    min_prefix_v6: int = Field(48, ge=0, le=128, description="refuse IPv6 bans wider than this prefix")
+    protect: list[IPNetwork] = Field(default_factory=list, description="never ban these (besides ignoreip)")
+    chain_prefix: str = Field("f2b-", pattern=r"^[A-Za-z0-9_-]{1,8}$")
+
+    @field_validator("protect", mode="before")
+    @classmethod
+    def _protect(cls, v: Any) -> Any:
+        return JailSettings._ignoreip(v)
+
+
+class MetricsSettings(_Section):
+    port: int = Field(0, ge=0, le=65535, description="/metrics and /healthz port; 0 = off")
+    bind: str = "0.0.0.0"
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["human", "json"] = "human"
+
+
+class Settings(BaseSettings):
+    """Every setting of every component; one file configures a whole host."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        nested_model_default_partial_update=True,
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    jails: list[JailSettings] = Field(default_factory=lambda: [JailSettings()])
+    shipper: ShipperSettings = Field(default_factory=ShipperSettings)
+    processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
+    enforcer: EnforcerSettings = Field(default_factory=EnforcerSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    state_dir: Path = Field(Path("/var/lib/fleet2ban"), description="checkpoints and table stores")
+
+    @field_validator("jails")
+    @classmethod
+    def _unique_jails(cls, v: list[JailSettings]) -> list[JailSettings]:
+        names = [j.name for j in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"jail names must be unique: {names}")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _CONFIG_PATH.get("path")
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def jail(self, name: str) -> JailSettings:
+        for j in self.jails:
+            if j.name == name:
+                return j
+        raise ConfigError(f"no jail named {name!r} (configured: {', '.join(j.name for j in self.jails)})")
+
+    def resolved_state_dir(self) -> Path:
+        """The state dir, falling back to a per-user one when the default is not writable."""
+        d = self.state_dir
+        if d == Path("/var/lib/fleet2ban") and os.geteuid() != 0:
+            d = Path.home() / ".local" / "state" / "fleet2ban"
+        return d
+
+
+_CONFIG_PATH: dict[str, Path | None] = {}
+
+
+def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def load_settings(config: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the settings from file, environment and flags (``overrides`` uses dotted names).
+
+    Raises :class:`ConfigError` with the setting's dotted name on any invalid value.
+    """
+    path = Path(config) if config else (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    nested: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(nested, dotted, value)
+    _CONFIG_PATH["path"] = path
+    try:
+        settings = Settings(**nested)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    finally:
+        _CONFIG_PATH.pop("path", None)
+    return settings
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid settings:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r:.60})"
+        lines.append(f"  {loc}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def dump_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as YAML-ready builtins, secrets masked."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    return data
+
+
+def env_names(model: type[BaseModel] = Settings, prefix: str = ENV_PREFIX) -> set[str]:
+    """Every environment variable name the model accepts (for manifest checks and docs)."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        names.add(env)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names |= env_names(ann, env + "__")
+    return names
+
+
+def to_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -1,0 +1,99 @@
+"""Suite-wide fixtures: the Kafka broker every Kafka test shares, and root/namespace detection.
+
+``kafka_bootstrap`` starts the embedded broker (tansu) once per session. With
+``FLEET2BAN_TEST_KAFKA=testcontainers`` and a Docker engine, testcontainers' Kafka is used instead; without
+Docker that choice skips the Kafka tests with a clear reason rather than silently falling back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from fleet2ban.broker import EmbeddedBroker
+from fleet2ban.contract import Topics
+from fleet2ban.kafka import Cluster, ensure_topics, resolve
+from fleet2ban.settings import KafkaSettings
+
+TEST_KAFKA_ENV = "FLEET2BAN_TEST_KAFKA"
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a Kafka-protocol broker for this test session."""
+    choice = os.environ.get(TEST_KAFKA_ENV, "embedded")
+    if choice == "testcontainers":
+        if not _docker_available():
+            pytest.skip(f"{TEST_KAFKA_ENV}=testcontainers but no Docker engine is reachable")
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as kc:
+            yield kc.get_bootstrap_server()
+        return
+    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with EmbeddedBroker(log_path=log_path) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
+    """Kafka settings with a fresh topic prefix per test, so tests never see each other's records."""
+    return KafkaSettings(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=3
+    )
+
+
+@pytest.fixture
+def cluster(kafka_settings: KafkaSettings) -> Cluster:
+    """A resolved cluster whose topics (under a fresh prefix) exist."""
+    c = resolve(kafka_settings)
+    ensure_topics(c)
+    return c
+
+
+@pytest.fixture
+def topics(cluster: Cluster) -> Topics:
+    return cluster.topics
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def netns_unavailable_reason() -> str | None:
+    """Why namespace/firewall tests cannot run here, or None when they can."""
+    if not is_root():
+        return "needs root (network namespaces and firewall rules)"
+    for tool in ("ip", "iptables-legacy", "ipset"):
+        if shutil.which(tool) is None:
+            return f"needs the '{tool}' command (the test command installs it as root)"
+    if not os.path.isdir("/run/netns") and not os.access("/run", os.W_OK):
+        return "cannot create /run/netns"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = netns_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        # In CI we are root with the packages installed: a skipped firewall suite is a failure.
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "netns" in item.keywords:
+            item.add_marker(skip)
