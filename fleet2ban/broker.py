@@ -109,6 +109,14 @@ class EmbeddedBroker:
 
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
         binary = tansu_binary()
+        # tansu listens with SO_REUSEPORT: a second broker on a taken port would start and share it.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as exc:
+                raise BrokerError(
+                    f"cannot start the embedded broker on {self.bootstrap}: {exc.strerror}"
+                ) from None
         url = f"tcp://{self.host}:{self.port}"
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._log_file = out

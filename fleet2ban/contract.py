@@ -16,7 +16,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 
@@ -27,6 +27,8 @@ RAW_LINE_MAX: Final = 512
 EVIDENCE_MAX: Final = 5
 """How many raw lines a decision carries as evidence."""
 
+Time = Annotated[datetime, msgspec.Meta(tz=True)]
+"""A timezone-aware time (a naive one is rejected on decode)."""
 Action = Literal["ban", "unban"]
 Origin = Literal["auto", "manual"]
 ReportKind = Literal["applied", "removed", "failed", "skipped"]
@@ -44,7 +46,7 @@ class Line(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     """One ``07-0013`` line as carried inside an :class:`EventBatch`."""
 
     id: str
-    ts: datetime
+    ts: Time
     port: int
     client: str
     reason: str
@@ -57,7 +59,7 @@ class Event(msgspec.Struct, frozen=True):
     host: str
     ip: str
     id: str
-    ts: datetime
+    ts: Time
     port: int
     client: str
     reason: str
@@ -103,12 +105,12 @@ class Decision(msgspec.Struct, frozen=True):
     action: Action
     ip: str
     jail: str
-    at: datetime
+    at: Time
     ports: list[int] = msgspec.field(default_factory=list)
-    expires_at: datetime | None = None
+    expires_at: Time | None = None
     failures: int = 0
-    first_failure_at: datetime | None = None
-    last_failure_at: datetime | None = None
+    first_failure_at: Time | None = None
+    last_failure_at: Time | None = None
     hosts: list[str] = msgspec.field(default_factory=list)
     ban_count: int = 0
     origin: Origin = "auto"
@@ -124,9 +126,9 @@ class BanState(msgspec.Struct, frozen=True):
     decision_id: str
     ip: str
     jail: str
-    at: datetime
+    at: Time
     ports: list[int] = msgspec.field(default_factory=list)
-    expires_at: datetime | None = None
+    expires_at: Time | None = None
     origin: Origin = "auto"
     ban_count: int = 1
     failures: int = 0
@@ -163,7 +165,7 @@ class Report(msgspec.Struct, frozen=True, tag="report", tag_field="type"):
     kind: ReportKind
     jail: str
     ip: str
-    at: datetime
+    at: Time
     decision_id: str | None = None
     detail: str | None = None
     backend: str | None = None
@@ -175,10 +177,10 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat", tag_field="type"):
 
     host: str
     role: Role
-    at: datetime
+    at: Time
     instance: str = ""
     version: str = ""
-    started_at: datetime | None = None
+    started_at: Time | None = None
     interval_s: float = 10.0
     lag: float | None = None
     counters: dict[str, float] = msgspec.field(default_factory=dict)
@@ -222,10 +224,6 @@ def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str | None, what: 
     if rec.v > SCHEMA_VERSION:
         # Newer minor writers add fields (ignored); a bumped version means an incompatible change.
         raise ContractError(f"{what}: schema version {rec.v} is newer than {SCHEMA_VERSION}")
-    for name in ("ts", "at", "expires_at"):
-        value = getattr(rec, name, None)
-        if isinstance(value, datetime) and value.tzinfo is None:
-            raise ContractError(f"{what}: {name} has no UTC offset")
     return rec
 
 
