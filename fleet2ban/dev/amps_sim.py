@@ -133,8 +133,11 @@ class AmpsSim:
             await asyncio.sleep(LIVENESS_INTERVAL_S)
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if ":" in self.host:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         server = await asyncio.start_server(self._handle, sock=sock, backlog=1024)
@@ -152,10 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--log", type=Path, required=True, help="the ban log to write")
     ap.add_argument("--port", type=int, default=9007)
+    ap.add_argument("--bind", default="::", help="address to listen on (default: all, IPv4 and IPv6)")
     ap.add_argument("--roll-bytes", type=int, default=LOG_ROLL_BYTES)
     args = ap.parse_args(argv)
     log = BanLog(args.log, args.roll_bytes)
-    sim = AmpsSim(log, port=args.port)
+    sim = AmpsSim(log, host=args.bind, port=args.port)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
