@@ -41,6 +41,7 @@ class Watcher:
         )
         self._into_view = TopicReader.into_view(self.view)
         self._lock = threading.Lock()
+        self._rates: dict[str, tuple[float, float, float]] = {}  # host -> (monotonic, events shipped, rate)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="watcher")
 
@@ -74,15 +75,17 @@ class Watcher:
             recent = list(self.decisions[-8:])
             actions = Counter(d.action for d in self.decisions)
         hosts = Table(title="hosts", expand=True)
-        for col in ("host", "role", "last seen", "events shipped", "bans applied", "state"):
+        for col in ("host", "role", "last seen", "events shipped", "events/s", "bans applied", "state"):
             hosts.add_column(col)
         for s in status:
             shipped = s.counters.get("events_shipped")
+            rate = self._rate(s.host, shipped) if s.role == "shipper" and shipped is not None else None
             hosts.add_row(
                 s.host,
                 s.role,
                 f"{s.age_s:.1f}s ago" if s.age_s is not None else "-",
                 f"{shipped:.0f}" if shipped is not None else "",
+                f"{rate:.1f}" if rate is not None else "",
                 str(s.applied) if s.applied is not None else "",
                 "[red]silent[/red]" if s.silent else "[green]alive[/green]",
             )
@@ -125,6 +128,22 @@ class Watcher:
         )
         return Group(header, hosts, bt, dt)
 
+    def _rate(self, host: str, shipped: float) -> float:
+        """Events/s shipped by ``host``, from the change of its heartbeat counter (smoothed)."""
+        now = time.monotonic()
+        last = self._rates.get(host)
+        if last is None:
+            self._rates[host] = (now, shipped, 0.0)
+            return 0.0
+        t0, n0, rate = last
+        if shipped != n0 and now > t0:
+            rate = (shipped - n0) / (now - t0)
+            self._rates[host] = (now, shipped, rate)
+        elif now - t0 > 5:
+            rate = 0.0
+            self._rates[host] = (now, shipped, rate)
+        return rate
+
     def summary(self, fleet: DevFleet, scenario: Scenario, started: float) -> dict[str, Any]:
         now = utcnow()
         with self._lock:
@@ -164,6 +183,9 @@ def dev(
     json_out: bool = typer.Option(False, "--json", help="print a final summary as JSON on stdout"),
     no_ui: bool = typer.Option(False, "--no-ui", help="no live view; log decisions as lines instead"),
     workdir: Path = typer.Option(None, "--workdir", help="keep logs and state here (default: a temp dir)"),
+    netns_opt: bool = typer.Option(
+        True, "--netns/--no-netns", help="network namespaces with real firewalls (needs root)"
+    ),
 ) -> None:
     """Run the whole pipeline on this machine: embedded broker, processor, and simulated AMPS hosts.
 
@@ -174,7 +196,7 @@ def dev(
     setup_logging("WARNING" if not no_ui else "INFO")
     sigterm_as_interrupt()
     console = Console(stderr=json_out)
-    opts = DevOptions(hosts=hosts, attackers=attackers, workdir=workdir, bantime=bantime)
+    opts = DevOptions(hosts=hosts, attackers=attackers, workdir=workdir, bantime=bantime, netns=netns_opt)
     started = time.monotonic()
     failure: str | None = None
     fleet = DevFleet(opts)

@@ -51,6 +51,8 @@ class DevOptions:
     findtime: float = 10.0
     backend: str | None = None
     """ipset as root, dryrun otherwise, unless set."""
+    netns: bool | None = None
+    """Network namespaces (None: when available, i.e. as root)."""
     topic_prefix: str = "fleet2ban."
     heartbeat_interval_s: float = 1.0
     reconcile_interval_s: float = 5.0
@@ -91,7 +93,8 @@ class DevFleet:
         self.opts = options or DevOptions()
         self._own_workdir = self.opts.workdir is None
         self.workdir = self.opts.workdir or Path(tempfile.mkdtemp(prefix="fleet2ban-dev-"))
-        self.use_netns = netns.unavailable_reason() is None
+        available = netns.unavailable_reason() is None
+        self.use_netns = available if self.opts.netns is None else (self.opts.netns and available)
         self.backend = self.opts.backend or ("ipset" if self.use_netns else "dryrun")
         self.supervisor = Supervisor(self.workdir)
         self.broker: EmbeddedBroker | None = None

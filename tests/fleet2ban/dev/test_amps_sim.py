@@ -96,3 +96,36 @@ def test_log_rolls_over_onto_the_same_name(sim: int, tmp_path: Path) -> None:
     assert len(_wait_lines(tmp_path / "ban.log", 60)) >= 60
     assert (tmp_path / "ban.log.1").exists() and (tmp_path / "ban.log").exists()
     assert (tmp_path / "ban.log").stat().st_size < 4000 + 200
+
+
+def test_loopback_fleet_without_namespaces_decides_bans(tmp_path: Path) -> None:
+    """Without root the dev fleet runs on loopback addresses with dry-run enforcers; bans are still decided."""
+    from fleet2ban.audit.reader import iter_all
+    from fleet2ban.contract import decode_decision
+    from fleet2ban.dev.fleet import DevFleet, DevOptions
+
+    with DevFleet(DevOptions(hosts=2, attackers=1, workdir=tmp_path, netns=False, bantime=5)) as fleet:
+        assert not fleet.use_netns and fleet.backend == "dryrun"
+        att = fleet.attackers[0]
+        outcomes = [a["outcome"] for a in fleet.run_client(att, "spreader", 21, rate=200)]
+        assert outcomes == ["auth"] * 21
+        assert fleet.cluster is not None
+        cluster = fleet.cluster
+
+        def banned() -> bool:
+            return any(
+                decode_decision(v).ip == att.address and decode_decision(v).action == "ban"
+                for _k, v in iter_all(cluster, "decisions", cluster.topics.decisions)
+            )
+
+        for _ in range(300):
+            if banned():
+                break
+            threading.Event().wait(0.1)
+        assert banned()
+        (ban,) = [
+            decode_decision(v)
+            for _k, v in iter_all(cluster, "decisions", cluster.topics.decisions)
+            if decode_decision(v).action == "ban"
+        ]
+        assert set(ban.hosts) == {"h1", "h2"}
