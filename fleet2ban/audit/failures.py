@@ -1,0 +1,59 @@
+"""One address's failures as the shippers saw them: its ``events`` records, read from its one partition.
+
+Added for the web console's per-IP timeline (failures per host). ``events`` is keyed by the client IP and
+hashed with murmur2 (like every fleet2ban producer), so one address's records live in one partition;
+the read seeks there by time and keeps only records naming the address.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from fleet2ban.audit.partition import partition_for
+from fleet2ban.audit.reader import Source, TopicReader, partition_count
+from fleet2ban.contract import ContractError, Event, decode_batch, normalize_ip
+from fleet2ban.kafka import Cluster
+from fleet2ban.logs import RateLimitedLog
+
+log = logging.getLogger(__name__)
+rlog = RateLimitedLog(log)
+
+
+def read_failures(
+    cluster: Cluster,
+    ip: str,
+    since: datetime,
+    until: datetime | None = None,
+    *,
+    max_events: int = 200_000,
+    timeout: float = 30.0,
+) -> list[Event]:
+    """The events (one per ``07-0013`` line) of address ``ip`` recorded in ``[since, until]``, at most
+    ``max_events`` (the earliest ones). A network target (CIDR) has no events of its own: empty list."""
+    if "/" in ip:
+        return []
+    target = normalize_ip(ip)
+    topic = cluster.topics.events
+    n = partition_count(cluster, topic)
+    if not n:
+        return []
+    out: list[Event] = []
+
+    def feed(_kind: object, _key: bytes | None, value: bytes | None, _ts: datetime | None) -> None:
+        if len(out) >= max_events:
+            return
+        try:
+            batch = decode_batch(value)
+        except ContractError as exc:
+            rlog.warning("bad-event", "skipped an events record that breaks the contract: %s", exc)
+            return
+        if normalize_ip(batch.ip) == target:
+            out.extend(batch.events()[: max_events - len(out)])
+
+    # The reader's kinds name the audit topics; the kind is only passed back to ``feed``, which ignores it.
+    src = Source("decisions", topic, since=since, until=until, partitions=(partition_for(target, n),))
+    with TopicReader(cluster, [src], feed, value_contains=target.encode()) as reader:
+        reader.catch_up(timeout)
+    out.sort(key=lambda e: e.ts)
+    return out
