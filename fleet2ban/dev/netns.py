@@ -104,6 +104,16 @@ def delete_namespace(name: str) -> None:
     ip("netns", "del", name, check=False)
 
 
+def _wait_link_up(ns: str, dev: str, timeout: float = 5.0) -> None:
+    """Wait until ``dev`` in ``ns`` has its carrier (both veth ends up), so the first packets pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "LOWER_UP" in ip("-n", ns, "-o", "link", "show", dev, check=False):
+            return
+        time.sleep(0.01)
+    raise NetnsError(f"{dev} in {ns} did not come up within {timeout:.0f}s")
+
+
 def _setns(fd: int) -> None:
     libc = _LIBC.get("c")
     if libc is None:
@@ -138,8 +148,8 @@ def entered(name: str) -> Iterator[None]:
 
 def run_in(name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
     """``subprocess.run`` of ``argv`` inside namespace ``name`` (via ``ip netns exec``)."""
-    kwargs.setdefault("check", False)
-    return subprocess.run(["ip", "netns", "exec", name, *argv], **kwargs)
+    check = bool(kwargs.pop("check", False))
+    return subprocess.run(["ip", "netns", "exec", name, *argv], check=check, **kwargs)
 
 
 def popen_in(name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
@@ -288,6 +298,7 @@ class Fleet:
         ip("-n", ns, "addr", "add", f"{ipv4}/{self.subnet4.prefixlen}", "dev", "eth0")
         ip("-n", ns, "addr", "add", f"{ipv6}/{self.subnet6.prefixlen}", "dev", "eth0", "nodad")
         ip("-n", ns, "link", "set", "eth0", "up")
+        _wait_link_up(ns, "eth0")
         host = Host(label=label, ns=ns, ipv4=ipv4, ipv6=ipv6, fleet=self)
         self.hosts[label] = host
         return host

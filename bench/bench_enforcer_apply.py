@@ -1,0 +1,180 @@
+"""Enforcer apply rate: N bans published to `bans` -> all N in the kernel (and lifted), ipset vs iptables.
+
+Runs the real pipeline: an embedded broker, a test fleet host (network namespace) running
+``fleet2ban enforcer`` as its own process, reached through the fleet's loopback forwarder. Once the
+enforcer has read the (empty) topic and sent a heartbeat, N ban records are produced; the clock stops when
+the system tools (``ipset list -t`` / ``iptables-legacy -S``) show N entries. Then N tombstones, until 0.
+References measured in the same run: the raw tools on the same N entries (``ipset restore``; python-iptables
+build + one commit), and the ipset backend. Target (issue 6): ipset under 2 s for 10,000.
+
+    python -m bench enforcer_apply [--bans 10000] [--backends ipset,iptables]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fleet2ban.broker import EmbeddedBroker
+from fleet2ban.contract import Topics
+from fleet2ban.dev.netns import Fleet, Host, entered, unavailable_reason
+from fleet2ban.kafka import consumer_config, ensure_topics, producer_config, resolve
+from fleet2ban.settings import KafkaSettings
+
+FLEET2BAN = str(Path(sys.executable).with_name("fleet2ban"))
+
+
+def targets(n: int) -> list[str]:
+    return [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(n)]
+
+
+def kernel_count(host: Host, backend: str) -> int:
+    """Entries in the kernel, by the system tools; -1 when the tool failed (busy): ask again."""
+    if backend == "ipset":
+        out = host.run(["ipset", "list", "-t", "f2b-amps-4"], capture_output=True, text=True)
+        for line in out.stdout.splitlines():
+            if out.returncode == 0 and line.startswith("Number of entries:"):
+                return int(line.split(":")[1])
+        return -1
+    out = host.run(["iptables-legacy", "-w", "-S", "f2b-amps"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return -1
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("-A f2b-amps -s "))
+
+
+def wait_count(host: Host, backend: str, want: int, timeout: float) -> float:
+    start = time.perf_counter()
+    while kernel_count(host, backend) != want:
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"{backend}: kernel did not reach {want} entries within {timeout}s")
+        time.sleep(0.02)
+    return time.perf_counter()
+
+
+def raw_ipset(host: Host, ips: list[str]) -> float:
+    script = "create rawb hash:net family inet timeout 0\n" + "".join(
+        f"add rawb {ip} timeout 300\n" for ip in ips
+    )
+    t0 = time.perf_counter()
+    host.run(["ipset", "restore", "-exist"], input=script, text=True, check=True)
+    took = time.perf_counter() - t0
+    host.run(["ipset", "destroy", "rawb"], check=True)
+    return took
+
+
+def raw_iptc(host: Host, ips: list[str]) -> float:
+    import iptc
+
+    with entered(host.ns):
+        table = iptc.Table(iptc.Table.FILTER, autocommit=False)
+        table.refresh()
+        t0 = time.perf_counter()
+        chain = table.create_chain("rawb")
+        for ip in ips:
+            r = iptc.Rule()
+            r.src = ip
+            r.protocol = "tcp"
+            r.target = iptc.Target(r, "DROP")
+            chain.append_rule(r)
+        table.commit()
+        took = time.perf_counter() - t0
+        table.refresh()
+        chain.flush()
+        table.delete_chain("rawb")
+        table.commit()
+        table.refresh()
+    return took
+
+
+def run_backend(
+    backend: str, n: int, bootstrap: str, topics: Topics, fleet: Fleet, workdir: Path
+) -> tuple[float, float]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+    from fleet2ban.contract import BanState, ban_key, decode_report, encode, utcnow
+
+    host = fleet.hosts["h1"]
+    settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=topics.prefix, partitions=3)
+    cluster = resolve(settings)
+    ensure_topics(cluster)
+    log = open(workdir / f"enforcer-{backend}.log", "wb")  # noqa: SIM115
+    argv = [FLEET2BAN, "-b", bootstrap, "--topic-prefix", topics.prefix, "enforcer", "--backend", backend]
+    proc = host.popen([*argv, "--host", "h1", "--reconcile-interval", "3600"], stdout=log, stderr=log)
+    try:
+        consumer = Consumer(consumer_config(cluster))
+        parts = consumer.list_topics(topics.reports, timeout=10).topics[topics.reports].partitions
+        consumer.assign([TopicPartition(topics.reports, p, OFFSET_BEGINNING) for p in parts])
+        deadline = time.monotonic() + 30
+        synced = False
+        while not synced:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{backend}: the enforcer did not start; see {log.name}")
+            for msg in consumer.consume(100, 0.2):
+                if msg.error() is None and getattr(decode_report(msg.value()), "role", None) == "enforcer":
+                    synced = True
+        consumer.close()
+        producer = Producer(producer_config(cluster, linger_ms=5))
+        now = utcnow()
+        ips = targets(n)
+        t0 = time.perf_counter()
+        for ip in ips:
+            ban = BanState(decision_id=f"bench-{ip}", ip=ip, jail="amps", at=now)
+            producer.produce(topics.bans, key=ban_key("amps", ip).encode(), value=encode(ban))
+            producer.poll(0)
+        producer.flush(30)
+        applied = wait_count(host, backend, n, timeout=300) - t0
+        t1 = time.perf_counter()
+        for ip in ips:
+            producer.produce(topics.bans, key=ban_key("amps", ip).encode(), value=None)
+            producer.poll(0)
+        producer.flush(30)
+        lifted = wait_count(host, backend, 0, timeout=300) - t1
+        return applied, lifted
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        host.run([FLEET2BAN, "enforcer", "--backend", backend, "--uninstall"], capture_output=True)
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench enforcer_apply", description=__doc__.splitlines()[0])
+    ap.add_argument("--bans", type=int, default=10_000)
+    ap.add_argument("--backends", default="ipset,iptables")
+    ap.add_argument("--logs", type=Path, default=None, help="keep the enforcers' logs in this directory")
+    args = ap.parse_args(argv)
+    reason = unavailable_reason()
+    if reason:
+        print(f"enforcer_apply: skipped: {reason}")
+        return 0
+    backends = [b for b in args.backends.split(",") if b]
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker, Fleet(tag="fbench") as fleet:
+        workdir = args.logs or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        host = fleet.add_host("h1")
+        fleet.forward(host, broker.port)
+        ips = targets(args.bans)
+        ref_ipset = raw_ipset(host, ips)
+        ref_iptc = raw_iptc(host, ips)
+        results: dict[str, tuple[float, float]] = {}
+        for i, b in enumerate(backends):
+            results[b] = run_backend(b, args.bans, broker.bootstrap, Topics(f"bench{i}."), fleet, workdir)
+    base = results.get("ipset", next(iter(results.values())))[0]
+    print(
+        f"\nenforcer apply rate, {args.bans} bans (published -> all in the kernel; tombstones -> all gone)\n"
+    )
+    print(f"{'what':<34} {'apply s':>9} {'lift s':>9} {'bans/s':>10} {'x ipset':>8} {'x raw tool':>10}")
+    for b, (applied, lifted) in results.items():
+        raw = ref_ipset if b == "ipset" else ref_iptc
+        print(
+            f"{'enforcer, backend ' + b:<34} {applied:>9.3f} {lifted:>9.3f} {args.bans / applied:>10.0f}"
+            f" {applied / base:>8.2f} {applied / raw:>10.1f}"
+        )
+    print(f"{'raw: ipset restore (one batch)':<34} {ref_ipset:>9.3f} {'':>9} {args.bans / ref_ipset:>10.0f}")
+    print(f"{'raw: python-iptables, one commit':<34} {ref_iptc:>9.3f} {'':>9} {args.bans / ref_iptc:>10.0f}")
+    if "ipset" in results:
+        ok = results["ipset"][0] < 2.0
+        print(f"\ntarget ipset < 2 s for 10,000: {'met' if ok else 'NOT met'} ({results['ipset'][0]:.2f} s)")
+    return 0

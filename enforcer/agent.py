@@ -1,0 +1,564 @@
+"""The enforcer agent: follow ``bans``, reconcile the kernel with it, expire on its own clock, report.
+
+Two layers:
+
+- :class:`Enforcer` holds the active set (``(jail, target) -> BanState`` from the compacted ``bans``
+  topic) and what it believes is in the kernel, and runs :meth:`Enforcer.reconcile`: the pure plan
+  (:mod:`enforcer.plan`) applied through a backend in one batch, turned into ``reports`` records. It
+  knows nothing of Kafka, so tests drive it directly.
+- :class:`Agent` is the Kafka shell: it assigns every partition of ``bans`` from the beginning (no
+  consumer group, no committed offsets), reads to the end (partition EOF: the embedded broker's end
+  offsets are wrong), reconciles in full, then follows the topic live, reconciling incrementally after
+  each batch of records, at the next expiry (its own clock: a dead processor never makes a ban
+  permanent) and in full every ``enforcer.reconcile_interval_s`` (a flushed chain, a deleted entry, a
+  stray rule are put right). It writes reports and heartbeats to ``reports`` and serves metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter as CounterDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from enforcer.backends.base import Backend
+from enforcer.exceptions import BackendError
+from enforcer.plan import (
+    Changes,
+    Desired,
+    JailSpec,
+    KernelEntry,
+    Key,
+    Rails,
+    desired_state,
+    kernel_timeout,
+    next_expiry,
+    plan,
+)
+from fleet2ban import __version__
+from fleet2ban.contract import (
+    BanState,
+    ContractError,
+    Heartbeat,
+    Report,
+    ReportKind,
+    ban_key,
+    decode_ban,
+    encode,
+    normalize_target,
+    split_ban_key,
+    utcnow,
+)
+from fleet2ban.kafka import Cluster, consumer_config, producer_config
+from fleet2ban.logs import RateLimitedLog
+from fleet2ban.settings import Settings
+
+log = logging.getLogger(__name__)
+rlog = RateLimitedLog(log)
+
+HEARTBEAT_APPLIED_MAX = 1000
+"""At most this many ``JAIL|IP`` keys are listed in a heartbeat."""
+
+# ------------------------------------------------------------------------------------------ metrics
+
+ACTIVE = Gauge("fleet2ban_enforcer_active_bans", "bans in force in the kernel (as last reconciled)")
+WANTED = Gauge("fleet2ban_enforcer_wanted_bans", "bans the active set says should be in force")
+CAP_ALARM = Gauge(
+    "fleet2ban_enforcer_cap_alarm", "1 when active bans exceed enforcer.alarm_ratio of max_bans"
+)
+SYNCED = Gauge("fleet2ban_enforcer_synced", "1 once the bans topic was read to its end")
+APPLY_SECONDS = Histogram(
+    "fleet2ban_enforcer_apply_batch_seconds",
+    "time to apply one batch of changes to the kernel",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+DELAY_SECONDS = Histogram(
+    "fleet2ban_enforcer_decision_to_applied_seconds",
+    "from a ban's decision time to its entry in this host's kernel (live bans only)",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CORRECTIONS = Counter(
+    "fleet2ban_enforcer_reconcile_corrections_total",
+    "drift a full reconcile found and repaired",
+    ["kind"],  # missing, stray, structure
+)
+ACTIONS = Counter("fleet2ban_enforcer_actions_total", "reports written, by kind", ["kind"])
+INVALID = Counter("fleet2ban_enforcer_invalid_records_total", "bans records that broke the contract")
+RECONCILES = Counter("fleet2ban_enforcer_reconciles_total", "reconcile passes", ["mode", "outcome"])
+BACKEND = Gauge("fleet2ban_enforcer_backend_gauge", "backend gauges (set fill ratios)", ["name"])
+
+
+# ------------------------------------------------------------------------------------ the enforcer
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did."""
+
+    changes: Changes
+    failed: int = 0
+    corrections: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Enforcer:
+    """The active set, the kernel as last seen, and the reconcile that joins them. No Kafka."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        rails: Rails,
+        jails: Sequence[JailSpec],
+        host: str,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.backend = backend
+        self.rails = rails
+        self.jails = list(jails)
+        self.host = host
+        self.clock = clock
+        self.bans: dict[Key, BanState] = {}
+        self.applied: dict[Key, datetime | None] = {}
+        """What is believed to be in the kernel: key -> when its kernel timeout runs out (None: never)."""
+        self.outbox: list[Report] = []
+        self.counters: CounterDict[str] = CounterDict()
+        self.live = False
+        """Set once the topic was read to its end: from then on decision-to-applied delays are observed."""
+        self._reported: dict[Key, str] = {}
+        self._refusals_reported: set[tuple[Key, str]] = set()
+        self._failures_reported: set[tuple[Key, str]] = set()
+        self._reconciled_once = False
+        self._due: datetime | None = None
+        self.last_desired: Desired | None = None
+
+    # -- input
+
+    def ingest(self, key: bytes | str | None, value: bytes | None) -> None:
+        """Apply one ``bans`` record to the active set (a tombstone lifts the ban). Never raises."""
+        try:
+            if key is None:
+                raise ContractError("bans record without a key")
+            jail, target = split_ban_key(key)
+        except ContractError as exc:
+            self._invalid("?", "?", str(exc))
+            return
+        if value is None:
+            self.bans.pop((jail, target), None)
+            self.counters["tombstones"] += 1
+            return
+        try:
+            ban = decode_ban(value)
+            if ban.jail != jail or normalize_target(ban.ip) != target:
+                raise ContractError(f"bans key {ban_key(jail, target)!r} does not match its value")
+        except ContractError as exc:
+            self._invalid(jail, target, str(exc))
+            return
+        self.bans[(jail, target)] = ban
+        self.counters["records"] += 1
+
+    def _invalid(self, jail: str, target: str, error: str) -> None:
+        INVALID.inc()
+        self.counters["invalid"] += 1
+        rlog.warning("invalid", "skipping an invalid bans record: %s", error)
+        self._report("skipped", jail, target, None, f"invalid record: {error}")
+
+    # -- reports
+
+    def _report(
+        self, kind: ReportKind, jail: str, target: str, decision_id: str | None, detail: str | None
+    ) -> None:
+        ACTIONS.labels(kind).inc()
+        self.counters[kind] += 1
+        self.outbox.append(
+            Report(
+                host=self.host,
+                kind=kind,
+                jail=jail,
+                ip=target,
+                at=self.clock(),
+                decision_id=decision_id,
+                detail=detail,
+                backend=self.backend.name,
+            )
+        )
+
+    def take_reports(self) -> list[Report]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    # -- reconcile
+
+    def due(self) -> datetime | None:
+        """When the next ban in force expires (reconcile then, to lift it)."""
+        return self._due
+
+    def kernel_view(self, now: datetime) -> dict[Key, KernelEntry]:
+        return {
+            key: KernelEntry(key[0], key[1], kernel_timeout(deadline, now) if self.backend.timeouts else None)
+            for key, deadline in self.applied.items()
+        }
+
+    def _removed(self, key: Key, now: datetime, desired: Desired) -> None:
+        decision = self._reported.pop(key, None)
+        if decision is None:
+            return
+        ban = self.bans.get(key)
+        if ban is None:
+            why = "lifted"
+        elif not ban.active_at(now):
+            why = "expired"
+        else:
+            refusal = desired.refused.get(key)
+            why = f"refused: {refusal.detail}" if refusal else "no longer wanted"
+        self._report("removed", key[0], key[1], decision, why)
+
+    def reconcile(self, full: bool) -> Outcome:
+        """Bring the kernel to the active set in one batch; with ``full``, re-read and repair the kernel
+        first. Raises :class:`BackendError` when the backend cannot even list or repair."""
+        started = time.perf_counter()
+        now = self.clock()
+        desired = desired_state(self.bans, now, self.rails, self.jails)
+        self.last_desired = desired
+        corrections: dict[str, int] = {}
+        if full:
+            structure = self.backend.ensure()
+            kernel = self.backend.list()
+            if self._reconciled_once:
+                believed = set(self.applied)
+                corrections = {
+                    "structure": structure,
+                    "missing": len((believed - set(kernel)) & set(desired.wants)),
+                    "stray": len(set(kernel) - believed),
+                }
+                for kind, n in corrections.items():
+                    if n:
+                        CORRECTIONS.labels(kind).inc(n)
+                        self.counters[f"corrections_{kind}"] += n
+                if any(corrections.values()):
+                    log.warning("reconcile found drift and repairs it: %s", corrections)
+            else:
+                # After a restart, bans already in the kernel (ipset timeouts survive us) count as applied.
+                for key, want in desired.wants.items():
+                    if key in kernel:
+                        self._reported[key] = want.decision_id
+            self._reconciled_once = True
+            self._refusals_reported = {m for m in self._refusals_reported if m[0] in self.bans}
+            self._failures_reported = {m for m in self._failures_reported if m[0] in self.bans}
+            # Entries the kernel dropped by itself (ipset timeouts) that are no longer wanted: removed.
+            for key in set(self.applied) - set(kernel) - set(desired.wants):
+                self._removed(key, now, desired)
+            self.applied = {
+                key: None if e.timeout is None else now + timedelta(seconds=e.timeout)
+                for key, e in kernel.items()
+            }
+        changes = plan(desired.wants, self.kernel_view(now), now, timeouts=self.backend.timeouts)
+        for add in changes.adds:
+            self.backend.add(add)
+        for delete in changes.deletes:
+            self.backend.delete(delete)
+        failures = self.backend.commit() if changes else []
+        failed = {f.key: f.error for f in failures}
+        if changes:
+            APPLY_SECONDS.observe(time.perf_counter() - started)
+        for delete in changes.deletes:
+            if delete.key in failed:
+                continue
+            self.applied.pop(delete.key, None)
+            self._removed(delete.key, now, desired)
+        for add in changes.adds:
+            if add.key in failed:
+                mark = (add.key, add.decision_id)
+                if mark not in self._failures_reported:
+                    self._failures_reported.add(mark)
+                    self._report("failed", add.jail, add.target, add.decision_id, failed[add.key])
+                rlog.error(
+                    "apply", "could not apply %s in jail %s: %s", add.target, add.jail, failed[add.key]
+                )
+                continue
+            self.applied[add.key] = None if add.timeout is None else now + timedelta(seconds=add.timeout)
+            if self._reported.get(add.key) != add.decision_id:
+                self._reported[add.key] = add.decision_id
+                self._report("applied", add.jail, add.target, add.decision_id, None)
+                ban = self.bans.get(add.key)
+                if self.live and ban is not None:
+                    DELAY_SECONDS.observe(max(0.0, (self.clock() - ban.at).total_seconds()))
+        for key, refusal in desired.refused.items():
+            mark = (key, refusal.decision_id)
+            if mark not in self._refusals_reported:
+                self._refusals_reported.add(mark)
+                log.warning("refusing to ban %s in jail %s: %s", refusal.target, refusal.jail, refusal.detail)
+                self._report("skipped", refusal.jail, refusal.target, refusal.decision_id, refusal.detail)
+        self._due = next_expiry(desired.wants)
+        ACTIVE.set(len(self.applied))
+        WANTED.set(len(desired.wants))
+        CAP_ALARM.set(1 if desired.alarm else 0)
+        if desired.alarm:
+            rlog.warning(
+                "cap",
+                "%d active bans exceed the alarm threshold of %d",
+                len(desired.wants),
+                self.rails.alarm_at,
+            )
+        RECONCILES.labels("full" if full else "incremental", "ok").inc()
+        return Outcome(changes, len(failures), corrections, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------- host knowledge
+
+
+def own_addresses() -> list[str]:
+    """Every address configured on this host's (namespace's) interfaces."""
+    try:
+        out = subprocess.run(
+            ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=10, check=False
+        )
+        data = json.loads(out.stdout or "[]")
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        data = []
+    addrs = [a["local"] for link in data for a in link.get("addr_info", []) if "local" in a]
+    if not addrs:
+        try:
+            addrs = [str(i[4][0]) for i in socket.getaddrinfo(socket.gethostname(), None)]
+        except OSError:
+            addrs = []
+    return addrs
+
+
+def broker_addresses(hostports: Iterable[str]) -> list[str]:
+    """The addresses Kafka brokers' host names resolve to (``host:port`` items)."""
+    out: list[str] = []
+    for hp in hostports:
+        host = hp.rsplit(":", 1)[0].strip("[]")
+        try:
+            out += [str(i[4][0]) for i in socket.getaddrinfo(host, None)]
+        except OSError:
+            rlog.warning(f"resolve-{host}", "cannot resolve Kafka broker %s", host)
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------------------------------- agent
+
+
+class Agent:
+    """The Kafka shell around :class:`Enforcer`."""
+
+    def __init__(self, settings: Settings, cluster: Cluster, backend: Backend) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.backend = backend
+        self.jails = [JailSpec.from_settings(j) for j in settings.jails if j.enabled]
+        self.host = settings.enforcer.host
+        self.enforcer = Enforcer(backend, self._rails([]), self.jails, self.host)
+        self.started_at = utcnow()
+        self.synced = False
+        self.lag = 0.0
+        self._brokers: list[str] = [cluster.bootstrap]
+        self._last_full_ok: float | None = None
+        self._last_error: str | None = None
+        self.stop_event = threading.Event()
+
+    def _rails(self, extra_brokers: Sequence[str]) -> Rails:
+        brokers = broker_addresses([*self.cluster.bootstrap.split(","), *extra_brokers])
+        return Rails.build(self.settings.enforcer, self.settings.jails, own=own_addresses(), brokers=brokers)
+
+    # -- health
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        interval = self.settings.enforcer.reconcile_interval_s
+        fresh = self._last_full_ok is not None and time.monotonic() - self._last_full_ok < 3 * interval + 30
+        ok = self.synced and fresh
+        return ok, {
+            "synced": self.synced,
+            "backend": self.backend.name,
+            "active": len(self.enforcer.applied),
+            "last_error": self._last_error,
+        }
+
+    # -- the loop
+
+    def run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+        topics = self.cluster.topics
+        consumer = Consumer(consumer_config(self.cluster))
+        producer = Producer(producer_config(self.cluster, linger_ms=5))
+        try:
+            parts = self._wait_for_partitions(consumer, topics.bans)
+            extra = [f"{b.host}:{b.port}" for b in consumer.list_topics(timeout=10).brokers.values()]
+            self._brokers = list(dict.fromkeys([*self._brokers, *extra]))
+            self.enforcer.rails = self._rails(extra)
+            log.info(
+                "enforcer on host %s: %s; following %s (%d partitions) from the beginning",
+                self.host,
+                self.backend.describe(),
+                topics.bans,
+                len(parts),
+            )
+            consumer.assign([TopicPartition(topics.bans, p, OFFSET_BEGINNING) for p in parts])
+            pending = set(parts)
+            sync_started = time.monotonic()
+            interval = self.settings.enforcer.reconcile_interval_s
+            hb_interval = self.settings.metrics.heartbeat_interval_s
+            next_full = 0.0
+            next_hb = 0.0
+            while not self.stop_event.is_set():
+                got = self._drain(consumer, pending, KafkaError._PARTITION_EOF)
+                if not self.synced and not pending:
+                    self.synced = True
+                    SYNCED.set(1)
+                    log.info(
+                        "read %s to its end in %.2fs: %d bans in the active set",
+                        topics.bans,
+                        time.monotonic() - sync_started,
+                        len(self.enforcer.bans),
+                    )
+                    next_full = 0.0
+                if self.synced:
+                    mono = time.monotonic()
+                    due = self.enforcer.due()
+                    if mono >= next_full:
+                        if self._reconcile(full=True):
+                            next_full = mono + interval
+                            self.enforcer.live = True
+                        else:
+                            next_full = mono + min(interval, 2.0)
+                    elif self.enforcer.live and (got or (due is not None and due <= utcnow())):
+                        self._reconcile(full=False)
+                    self._publish(producer, topics.reports)
+                    if mono >= next_hb:
+                        self._heartbeat(producer, topics.reports, consumer, hb_interval)
+                        next_hb = mono + hb_interval
+                producer.poll(0)
+        finally:
+            self._publish(producer, topics.reports)
+            producer.flush(5)
+            consumer.close()
+
+    def _wait_for_partitions(self, consumer: Any, topic: str) -> list[int]:
+        while not self.stop_event.is_set():
+            try:
+                meta = consumer.list_topics(topic, timeout=10)
+                tmeta = meta.topics.get(topic)
+                if tmeta is not None and tmeta.error is None and tmeta.partitions:
+                    return sorted(tmeta.partitions)
+                rlog.warning(
+                    "no-topic", "topic %s does not exist yet; waiting (fleet2ban topics create)", topic
+                )
+            except Exception as exc:
+                rlog.warning(
+                    "no-kafka", "Kafka at %s is unreachable (%s); retrying", self.cluster.bootstrap, exc
+                )
+            self.stop_event.wait(1.0)
+        return []
+
+    def _drain(self, consumer: Any, pending: set[int], eof_code: int) -> int:
+        """Consume what is available (one batch, up to a bound); return how many records were ingested."""
+        # poll() returns at the first record (consume() would wait for a full batch or its timeout);
+        # then whatever follows within a few ms joins the same batch, up to a bound.
+        first = consumer.poll(0.2)
+        if first is None:
+            return 0
+        got = 0
+        deadline = time.monotonic() + 0.25
+        msgs = [first]
+        while True:
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.code() == eof_code:
+                        pending.discard(msg.partition())
+                    else:
+                        rlog.warning("consume", "reading bans: %s", err)
+                    continue
+                self.enforcer.ingest(msg.key(), msg.value())
+                got += 1
+            if time.monotonic() > deadline or got >= 50_000:
+                break
+            msgs = consumer.consume(5000, 0.005)
+            if not msgs:
+                break
+        return got
+
+    def _reconcile(self, full: bool) -> bool:
+        try:
+            if full:
+                self.enforcer.rails = self._rails(self._brokers[1:])
+            outcome = self.enforcer.reconcile(full)
+        except Exception as exc:  # a backend or kernel error: never fatal, the next pass retries
+            RECONCILES.labels("full" if full else "incremental", "error").inc()
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            rlog.error("reconcile", "reconcile failed (retrying): %s", self._last_error)
+            log.debug("reconcile failure", exc_info=True)
+            return False
+        if outcome.changes:
+            log.info(
+                "%s reconcile: +%d -%d (%d failed) in %.3fs",
+                "full" if full else "incremental",
+                len(outcome.changes.adds),
+                len(outcome.changes.deletes),
+                outcome.failed,
+                outcome.seconds,
+            )
+        if full:
+            self._last_full_ok = time.monotonic()
+            self._last_error = None
+            try:
+                for name, value in self.backend.metrics().items():
+                    BACKEND.labels(name).set(value)
+            except BackendError as exc:
+                rlog.warning("metrics", "backend metrics: %s", exc)
+        return True
+
+    def _publish(self, producer: Any, topic: str) -> None:
+        for report in self.enforcer.take_reports():
+            self._produce(producer, topic, encode(report))
+
+    def _produce(self, producer: Any, topic: str, value: bytes) -> None:
+        for _ in range(3):
+            try:
+                producer.produce(topic, key=self.host.encode(), value=value)
+                return
+            except BufferError:
+                producer.poll(0.5)
+        rlog.error("produce", "reports queue full: a report was dropped")
+
+    def _heartbeat(self, producer: Any, topic: str, consumer: Any, interval: float) -> None:
+        self.lag = self._records_behind(consumer)
+        keys = sorted(ban_key(j, t) for j, t in self.enforcer.applied)
+        counters: dict[str, float] = {k: float(v) for k, v in self.enforcer.counters.items()}
+        counters["active"] = float(len(self.enforcer.applied))
+        counters["active_set"] = float(len(self.enforcer.bans))
+        hb = Heartbeat(
+            host=self.host,
+            role="enforcer",
+            at=utcnow(),
+            instance=self.backend.name,
+            version=__version__,
+            started_at=self.started_at,
+            interval_s=interval,
+            lag=self.lag,
+            counters=counters,
+            applied=keys[:HEARTBEAT_APPLIED_MAX],
+            applied_total=len(keys) if len(keys) > HEARTBEAT_APPLIED_MAX else None,
+        )
+        self._produce(producer, topic, encode(hb))
+
+    def _records_behind(self, consumer: Any) -> float:
+        behind = 0
+        try:
+            for tp in consumer.position(consumer.assignment()):
+                _, high = consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and tp.offset >= 0:
+                    behind += max(0, high - tp.offset)
+        except Exception:
+            return 0.0
+        return float(behind)

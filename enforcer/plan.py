@@ -1,0 +1,320 @@
+"""The enforcer's pure core: which bans should be in the kernel, and what to change to get there.
+
+No Kafka, no kernel: plain data in, plain data out.
+
+- :func:`desired_state` turns the ``bans`` topic's view (``(jail, target) -> BanState``) into the entries
+  that should be in force *now*: expired bans drop out (the enforcer's own clock), and the safety rails
+  refuse what must never be banned (:class:`Rails`: ignoreip, the host's own and the brokers' addresses,
+  loopback, link-local, too-wide prefixes, unknown jails, the cap on active bans).
+- :func:`plan` compares that with what a backend lists from the kernel and returns one batch of
+  :class:`Changes`: adds (new entries, or entries whose kernel-side timeout no longer matches the ban:
+  a re-applied or extended ban renews it), and deletes (expired, lifted, or stray entries).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from fleet2ban.contract import BanState
+from fleet2ban.rails import check_target
+from fleet2ban.settings import EnforcerSettings, JailSettings
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Key = tuple[str, str]
+"""(jail, normalized target): one ban as the enforcer tracks it."""
+
+MAX_KERNEL_TIMEOUT = 2_147_483
+"""The longest per-entry timeout ipset accepts (seconds, about 24.8 days); longer bans are renewed."""
+
+
+FAST_PATH_SPECIAL: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "::/8", "fe80::/10", "ff00::/8")
+)
+"""A superset of the special-purpose ranges the rails refuse: an address outside these (and outside every
+protected network) is allowed without the full check. Kept a superset by a test against the rails."""
+
+
+@dataclass(frozen=True)
+class JailSpec:
+    """What the enforcer needs of a jail: its name and the TCP ports its chain is jumped to for."""
+
+    name: str
+    ports: tuple[int, ...]
+
+    @classmethod
+    def from_settings(cls, jail: JailSettings) -> JailSpec:
+        return cls(jail.name, tuple(sorted(set(jail.ports))))
+
+
+@dataclass(frozen=True)
+class Rails:
+    """What the enforcer refuses to ban (DESIGN §4, issue 6)."""
+
+    protect: tuple[IPNetwork, ...] = ()
+    """Never banned, in any jail: enforcer.protect, the host's own addresses, the Kafka brokers'."""
+    ignore: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
+    """Per jail: its ignoreip."""
+    min_prefix_v4: int = 24
+    min_prefix_v6: int = 48
+    max_bans: int = 100_000
+    alarm_ratio: float = 0.8
+    _verdicts: dict[Key, str | None] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    """Memo of :meth:`refusal` (the rails are rebuilt, hence forgotten, at every full reconcile)."""
+    _ranges: dict[str, list[tuple[int, int, int]]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+
+    @classmethod
+    def build(
+        cls,
+        settings: EnforcerSettings,
+        jails: Sequence[JailSettings],
+        own: Iterable[str] = (),
+        brokers: Iterable[str] = (),
+    ) -> Rails:
+        protect: list[IPNetwork] = list(settings.protect)
+        for text in (*own, *brokers):
+            try:
+                protect.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                continue
+        return cls(
+            protect=tuple(dict.fromkeys(protect)),
+            ignore={j.name: tuple(j.ignoreip) for j in jails},
+            min_prefix_v4=settings.min_prefix_v4,
+            min_prefix_v6=settings.min_prefix_v6,
+            max_bans=settings.max_bans,
+            alarm_ratio=settings.alarm_ratio,
+        )
+
+    def _clearly_allowed(self, jail: str, target: str) -> bool:
+        """Fast path for one address far from anything protected or special (checked by integer ranges);
+        everything else goes through :func:`fleet2ban.rails.check_target` for the verdict and its words."""
+        if "/" in target:
+            return False
+        try:
+            addr = ipaddress.ip_address(target)
+        except ValueError:
+            return False
+        ranges = self._ranges.get(jail)
+        if ranges is None:
+            nets = (*FAST_PATH_SPECIAL, *self.protect, *self.ignore.get(jail, ()))
+            ranges = self._ranges[jail] = [
+                (n.version, int(n.network_address), int(n.broadcast_address)) for n in nets
+            ]
+        value, version = int(addr), addr.version
+        return not any(v == version and lo <= value <= hi for v, lo, hi in ranges)
+
+    @property
+    def alarm_at(self) -> int:
+        return max(1, math.floor(self.max_bans * self.alarm_ratio))
+
+    def refusal(self, jail: str, target: str) -> str | None:
+        """Why ``target`` must not be banned in ``jail``, or None when it may be."""
+        key = (jail, target)
+        if key in self._verdicts:
+            return self._verdicts[key]
+        if self._clearly_allowed(jail, target):
+            return None
+        violations = check_target(
+            target,
+            protect=(*self.protect, *self.ignore.get(jail, ())),
+            min_prefix_v4=self.min_prefix_v4,
+            min_prefix_v6=self.min_prefix_v6,
+        )
+        verdict = "; ".join(str(v) for v in violations) or None
+        if len(self._verdicts) < 1_000_000:
+            self._verdicts[key] = verdict
+        return verdict
+
+
+@dataclass(frozen=True)
+class Want:
+    """One entry that should be in the kernel."""
+
+    jail: str
+    target: str
+    family: int
+    expires_at: datetime | None
+    decision_id: str
+
+    @property
+    def key(self) -> Key:
+        return (self.jail, self.target)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A ban the enforcer will not apply, and the rule that refused it."""
+
+    jail: str
+    target: str
+    decision_id: str
+    rule: str
+    """Which rail: ``unknown-jail``, ``cap``, or a :mod:`fleet2ban.rails` kind (``loopback``...)."""
+    detail: str
+
+
+@dataclass
+class Desired:
+    wants: dict[Key, Want]
+    refused: dict[Key, Refusal]
+    expired: int = 0
+    alarm: bool = False
+    """More active bans than the alarm threshold (a share of the cap)."""
+
+
+@dataclass(frozen=True)
+class KernelEntry:
+    """One entry a backend listed from the kernel."""
+
+    jail: str
+    target: str
+    timeout: int | None = None
+    """Seconds left of its kernel-side timeout; None when permanent or when the backend has no timeouts."""
+
+    @property
+    def key(self) -> Key:
+        return (self.jail, self.target)
+
+
+@dataclass(frozen=True)
+class Add:
+    jail: str
+    target: str
+    family: int
+    timeout: int | None
+    """Kernel-side timeout in whole seconds (rounded up); None = permanent."""
+    decision_id: str = ""
+    renew: bool = False
+    """The entry is in the kernel already; this renews (or shortens) its timeout."""
+
+    @property
+    def key(self) -> Key:
+        return (self.jail, self.target)
+
+
+@dataclass(frozen=True)
+class Delete:
+    jail: str
+    target: str
+    family: int
+
+    @property
+    def key(self) -> Key:
+        return (self.jail, self.target)
+
+
+@dataclass
+class Changes:
+    adds: list[Add] = field(default_factory=list)
+    deletes: list[Delete] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.adds or self.deletes)
+
+    def __len__(self) -> int:
+        return len(self.adds) + len(self.deletes)
+
+
+def family_of(target: str) -> int:
+    return 6 if ":" in target else 4
+
+
+def kernel_timeout(expires_at: datetime | None, now: datetime) -> int | None:
+    """The kernel-side timeout for a ban expiring at ``expires_at``: whole seconds, at least 1, capped."""
+    if expires_at is None:
+        return None
+    left = (expires_at - now).total_seconds()
+    return max(1, min(MAX_KERNEL_TIMEOUT, math.ceil(left)))
+
+
+def desired_state(
+    bans: Mapping[Key, BanState], now: datetime, rails: Rails, jails: Iterable[JailSpec]
+) -> Desired:
+    """The entries that should be in force at ``now``; refused bans with the rule that refused them.
+
+    The cap keeps the oldest bans (by ``at``) and refuses the newest beyond it, so the set in force is
+    stable while the cap is exceeded.
+    """
+    known = {j.name for j in jails}
+    accepted: list[Want] = []
+    refused: dict[Key, Refusal] = {}
+    expired = 0
+    for key, ban in bans.items():
+        jail, target = key
+        if not ban.active_at(now):
+            expired += 1
+            continue
+        if jail not in known:
+            refused[key] = Refusal(
+                jail, target, ban.decision_id, "unknown-jail", f"jail {jail!r} is not configured on this host"
+            )
+            continue
+        reason = rails.refusal(jail, target)
+        if reason is not None:
+            refused[key] = Refusal(jail, target, ban.decision_id, reason.split(":", 1)[0], reason)
+            continue
+        accepted.append(Want(jail, target, family_of(target), ban.expires_at, ban.decision_id))
+    if len(accepted) > rails.max_bans:
+        accepted.sort(key=lambda w: (bans[w.key].at, w.key))
+        for w in accepted[rails.max_bans :]:
+            refused[w.key] = Refusal(
+                w.jail,
+                w.target,
+                w.decision_id,
+                "cap",
+                f"{rails.max_bans} active bans reached (enforcer.max_bans)",
+            )
+        accepted = accepted[: rails.max_bans]
+    return Desired(
+        wants={w.key: w for w in accepted},
+        refused=refused,
+        expired=expired,
+        alarm=len(accepted) > rails.alarm_at,
+    )
+
+
+def renew_needed(kernel: int | None, wanted: int | None) -> bool:
+    """Whether a kernel-side timeout is far enough from the wanted one to re-add the entry.
+
+    Both count down at the same rate, so a steady difference of a second or two is rounding; a ban
+    that was re-applied or extended (or shortened, or made permanent) differs by more.
+    """
+    if kernel is None or wanted is None:
+        return kernel != wanted
+    return abs(kernel - wanted) > max(2, wanted // 50)
+
+
+def plan(
+    wants: Mapping[Key, Want],
+    kernel: Mapping[Key, KernelEntry],
+    now: datetime,
+    *,
+    timeouts: bool,
+) -> Changes:
+    """One batch of changes that makes ``kernel`` equal to ``wants`` (``timeouts``: the backend keeps
+    per-entry timeouts, so they are compared and renewed too)."""
+    changes = Changes()
+    for key, w in sorted(wants.items()):
+        timeout = kernel_timeout(w.expires_at, now)
+        have = kernel.get(key)
+        if have is None:
+            changes.adds.append(Add(w.jail, w.target, w.family, timeout, w.decision_id))
+        elif timeouts and renew_needed(have.timeout, timeout):
+            changes.adds.append(Add(w.jail, w.target, w.family, timeout, w.decision_id, renew=True))
+    for key, entry in sorted(kernel.items()):
+        if key not in wants:
+            changes.deletes.append(Delete(entry.jail, entry.target, family_of(entry.target)))
+    return changes
+
+
+def next_expiry(wants: Mapping[Key, Want]) -> datetime | None:
+    """When the next ban in force expires (the enforcer wakes then to lift it)."""
+    times = [w.expires_at for w in wants.values() if w.expires_at is not None]
+    return min(times) if times else None

@@ -1,0 +1,96 @@
+"""``fleet2ban enforcer``: apply the fleet's bans to this host's firewall; ``--show`` and ``--uninstall``."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from enforcer.backends import BACKENDS, make_backend
+from enforcer.backends.xtables import nft_chain_clash
+from enforcer.plan import JailSpec
+from fleet2ban.cli.common import (
+    EXIT_USAGE,
+    cluster_for,
+    fail,
+    handle_errors,
+    settings_for,
+    sigterm_as_interrupt,
+)
+from fleet2ban.metrics import serve_metrics
+
+log = logging.getLogger("fleet2ban.enforcer")
+
+
+@handle_errors
+def enforcer(
+    ctx: typer.Context,
+    backend: str = typer.Option(None, "--backend", help=f"enforcer.backend: {', '.join(BACKENDS)}"),
+    host: str = typer.Option(None, "--host", help="enforcer.host: this host's name in reports"),
+    target: str = typer.Option(None, "--target", help="enforcer.target: DROP or REJECT"),
+    reconcile_interval: float = typer.Option(
+        None, "--reconcile-interval", help="enforcer.reconcile_interval_s: seconds between full reconciles"
+    ),
+    metrics_port: int = typer.Option(
+        None, "--metrics-port", help="metrics.port: /metrics and /healthz (0 = off)"
+    ),
+    show: bool = typer.Option(
+        False, "--show", help="list the chains, rules and sets this enforcer owns, and exit"
+    ),
+    uninstall: bool = typer.Option(
+        False, "--uninstall", help="remove every chain, jump rule and set this enforcer owns, and exit"
+    ),
+) -> None:
+    """Follow the bans topic from the beginning and keep this host's firewall equal to it.
+
+    Backends: ipset (default; one set per jail and family with kernel-side timeouts), iptables (a rule per
+    ban), dryrun (logs only, no privileges). Rules go to the legacy x_tables backend (python-iptables):
+    see them with `iptables-legacy -S` or `fleet2ban enforcer --show`.
+    """
+    settings = settings_for(
+        ctx,
+        **{
+            "enforcer.backend": backend,
+            "enforcer.host": host,
+            "enforcer.target": target.upper() if target else None,
+            "enforcer.reconcile_interval_s": reconcile_interval,
+            "metrics.port": metrics_port,
+        },
+    )
+    if show and uninstall:
+        raise fail("--show and --uninstall exclude each other", EXIT_USAGE)
+    jails = [JailSpec.from_settings(j) for j in settings.jails if j.enabled]
+    fw = make_backend(settings.enforcer.backend, jails, settings.enforcer)
+    fw.check()
+    if show:
+        typer.echo(fw.show())
+        return
+    if uninstall:
+        removed = fw.uninstall()
+        typer.echo("\n".join(f"removed {r}" for r in removed) or "nothing to remove")
+        return
+
+    from enforcer.agent import Agent
+
+    clash = nft_chain_clash([fw.chain_name(j.name) for j in jails]) if fw.name != "dryrun" else []
+    if clash:
+        log.warning(
+            "chains named like ours exist under iptables-nft (%s): they are not ours and are left alone; "
+            "fleet2ban's rules live in the legacy backend only",
+            ", ".join(clash),
+        )
+    sigterm_as_interrupt()
+    with cluster_for(settings, create_topics=not settings.kafka.bootstrap_servers) as cluster:
+        agent = Agent(settings, cluster, fw)
+        server = serve_metrics(settings.metrics.port, settings.metrics.bind, agent.health)
+        try:
+            agent.run()
+        except KeyboardInterrupt:
+            log.info("enforcer stopping; bans stay in the kernel (ipset entries keep expiring on time)")
+        finally:
+            if server is not None:
+                server.stop()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("enforcer")(enforcer)

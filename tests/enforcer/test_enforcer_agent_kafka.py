@@ -1,0 +1,130 @@
+"""The agent's Kafka loop against the embedded broker, with the dryrun backend (no root needed)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from enforcer_helpers import BansWriter, ReportsReader, ban_record, wait_for
+
+from enforcer.agent import DELAY_SECONDS, Agent
+from enforcer.backends.dryrun import DryRunBackend
+from enforcer.plan import JailSpec, KernelEntry
+from fleet2ban.broker import free_port
+from fleet2ban.kafka import Cluster
+from fleet2ban.metrics import MetricsServer
+from fleet2ban.settings import EnforcerSettings, JailSettings, MetricsSettings, Settings
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def agent(cluster: Cluster) -> Iterator[Agent]:
+    settings = Settings(
+        kafka=cluster.settings,
+        jails=[JailSettings(name="amps", ignoreip=["192.0.2.0/24"])],
+        enforcer=EnforcerSettings(backend="dryrun", host="h-test", reconcile_interval_s=1.0),
+        metrics=MetricsSettings(heartbeat_interval_s=0.5),
+    )
+    backend = DryRunBackend([JailSpec("amps", (9007,))], settings.enforcer)
+    a = Agent(settings, cluster, backend)
+    yield a
+    a.stop_event.set()
+
+
+def test_agent_reads_to_end_applies_reports_and_follows_live(agent: Agent, cluster: Cluster) -> None:
+    writer = BansWriter(cluster)
+    writer.ban("203.0.113.9", expires_in=1.5)  # expires on the enforcer's own clock, no tombstone
+    writer.ban("2001:db8::9", expires_in=None)
+    writer.ban("127.0.0.1")
+    writer.ban("192.0.2.7")  # ignoreip
+    writer.ban("0.0.0.0/0")
+    writer.raw(b"amps|203.0.113.66", b"garbage")
+    writer.ban("198.51.100.1", expires_in=-5)  # already expired before the enforcer starts
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    reader = ReportsReader(cluster)
+    try:
+        reader.wait(
+            ("applied", "203.0.113.9"),
+            ("applied", "2001:db8::9"),
+            ("skipped", "127.0.0.1"),
+            ("skipped", "192.0.2.7"),
+            ("skipped", "0.0.0.0/0"),
+            ("skipped", "203.0.113.66"),
+        )
+        assert agent.synced
+        backend = agent.backend
+        assert isinstance(backend, DryRunBackend)
+        assert ("amps", "198.51.100.1") not in backend.entries
+        reader.wait(("removed", "203.0.113.9"))
+        removed = next(r for r in reader.reports if r.kind == "removed")
+        assert removed.detail == "expired" and removed.host == "h-test" and removed.backend == "dryrun"
+        # Live: a new ban, then a tombstone.
+        before = DELAY_SECONDS._sum.get()
+        writer.ban("203.0.113.20")
+        reader.wait(("applied", "203.0.113.20"))
+        assert DELAY_SECONDS._sum.get() > before
+        writer.lift("2001:db8::9")
+        reader.wait(("removed", "2001:db8::9"))
+        assert set(backend.entries) == {("amps", "203.0.113.20")}
+        wait_for(lambda: (reader.poll(), reader.heartbeats)[1], what="a heartbeat")
+        hb = reader.heartbeats[-1]
+        assert hb.role == "enforcer" and hb.host == "h-test" and hb.counters["invalid"] == 1
+        wait_for(
+            lambda: (reader.poll(), reader.heartbeats[-1].applied == ["amps|203.0.113.20"])[1],
+            what="a heartbeat listing the applied ban",
+        )
+        ok, detail = agent.health()
+        assert ok and detail["synced"]
+        server = MetricsServer(free_port(), "127.0.0.1", agent.health).start()
+        try:
+            base = f"http://127.0.0.1:{server.port}"
+            with urllib.request.urlopen(f"{base}/healthz", timeout=5) as resp:
+                assert resp.status == 200 and json.load(resp)["synced"] is True
+            with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            for name in (
+                "fleet2ban_enforcer_active_bans",
+                "fleet2ban_enforcer_apply_batch_seconds_bucket",
+                "fleet2ban_enforcer_decision_to_applied_seconds_bucket",
+                "fleet2ban_enforcer_reconcile_corrections_total",
+                'fleet2ban_enforcer_actions_total{kind="skipped"}',
+            ):
+                assert name in text
+        finally:
+            server.stop()
+        skipped = {r.ip: r.detail for r in reader.reports if r.kind == "skipped"}
+        assert "loopback" in (skipped["127.0.0.1"] or "")
+        assert "protected" in (skipped["192.0.2.7"] or "")
+        assert "invalid record" in (skipped["203.0.113.66"] or "")
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+        reader.close()
+    assert not thread.is_alive()
+
+
+class FlakyBackend(DryRunBackend):
+    failures = 1
+
+    def list(self) -> dict[tuple[str, str], KernelEntry]:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("kernel says no")
+        return super().list()
+
+
+def test_a_failing_backend_never_kills_the_agent(cluster: Cluster) -> None:
+    settings = Settings(kafka=cluster.settings, enforcer=EnforcerSettings(backend="dryrun", host="h-test"))
+    agent = Agent(settings, cluster, FlakyBackend([JailSpec("amps", (9007,))], settings.enforcer))
+    agent.enforcer.ingest(*ban_record("203.0.113.9"))
+    agent.synced = True
+    assert agent._reconcile(full=True) is False
+    assert "kernel says no" in (agent.health()[1]["last_error"] or "")
+    assert agent._reconcile(full=True) is True
+    assert agent.health()[1]["last_error"] is None
+    assert ("amps", "203.0.113.9") in agent.enforcer.applied

@@ -1,0 +1,220 @@
+"""The enforcer's pure core: desired state, safety rails, the change plan."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from enforcer.plan import (
+    FAST_PATH_SPECIAL,
+    MAX_KERNEL_TIMEOUT,
+    Add,
+    Delete,
+    JailSpec,
+    KernelEntry,
+    Rails,
+    desired_state,
+    kernel_timeout,
+    next_expiry,
+    plan,
+    renew_needed,
+)
+from fleet2ban.contract import BanState
+from fleet2ban.rails import check_target
+from fleet2ban.settings import EnforcerSettings, JailSettings
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+JAILS = [JailSpec("amps", (9007,))]
+
+
+def ban(
+    ip: str, jail: str = "amps", expires_in: float | None = 120, at_ago: float = 1, did: str = ""
+) -> BanState:
+    return BanState(
+        decision_id=did or f"b-{ip}",
+        ip=ip,
+        jail=jail,
+        at=NOW - timedelta(seconds=at_ago),
+        expires_at=None if expires_in is None else NOW + timedelta(seconds=expires_in),
+    )
+
+
+def bans(*items: BanState) -> dict[tuple[str, str], BanState]:
+    return {(b.jail, b.ip): b for b in items}
+
+
+def rails(**kw: object) -> Rails:
+    settings = EnforcerSettings(**kw)  # type: ignore[arg-type]
+    jail = JailSettings(name="amps", ignoreip=["192.0.2.0/24"])
+    return Rails.build(settings, [jail], own=["10.231.0.1", "fd00:231::1"], brokers=["10.9.9.9"])
+
+
+def test_active_bans_are_wanted_and_expired_ones_are_not() -> None:
+    d = desired_state(bans(ban("203.0.113.9"), ban("203.0.113.10", expires_in=-1)), NOW, rails(), JAILS)
+    assert set(d.wants) == {("amps", "203.0.113.9")}
+    assert d.expired == 1
+    assert not d.refused
+
+
+def test_permanent_ban_is_wanted_with_no_timeout() -> None:
+    d = desired_state(bans(ban("2001:db8::5", expires_in=None)), NOW, rails(), JAILS)
+    want = d.wants[("amps", "2001:db8::5")]
+    assert want.family == 6 and want.expires_at is None
+
+
+def test_safety_rails_refuse_and_say_which_rule() -> None:
+    items = bans(
+        ban("127.0.0.1"),
+        ban("::1"),
+        ban("10.231.0.1"),  # the host's own address
+        ban("fd00:231::1"),  # the host's own IPv6 address
+        ban("10.9.9.9"),  # a Kafka broker
+        ban("192.0.2.77"),  # in the jail's ignoreip
+        ban("0.0.0.0/0"),
+        ban("10.231.0.0/24"),  # contains the host's own address
+        ban("198.51.100.0/16"),  # wider than /24
+        ban("169.254.1.1"),
+        ban("fe80::1"),
+        ban("203.0.113.9"),  # fine
+    )
+    d = desired_state(items, NOW, rails(), JAILS)
+    assert set(d.wants) == {("amps", "203.0.113.9")}
+    rules = {k[1]: r.rule for k, r in d.refused.items()}
+    assert rules["127.0.0.1"] == "loopback"
+    assert rules["::1"] == "loopback"
+    assert rules["10.231.0.1"] == "protected"
+    assert rules["fd00:231::1"] == "protected"
+    assert rules["10.9.9.9"] == "protected"
+    assert rules["192.0.2.77"] == "protected"
+    assert rules["0.0.0.0/0"] == "too-wide"
+    assert rules["10.231.0.0/24"] == "protected"
+    assert rules["198.51.100.0/16"] == "too-wide"
+    assert rules["169.254.1.1"] == "link-local"
+    assert rules["fe80::1"] == "link-local"
+    assert all(r.detail for r in d.refused.values())
+
+
+def test_ignoreip_is_per_jail_and_protect_is_global() -> None:
+    jails = [JailSpec("amps", (9007,)), JailSpec("other", (9008,))]
+    r = Rails.build(
+        EnforcerSettings(protect=["198.18.0.0/15"]),
+        [JailSettings(name="amps", ignoreip=["192.0.2.0/24"]), JailSettings(name="other")],
+    )
+    items = bans(
+        ban("192.0.2.5", jail="amps"), ban("192.0.2.5", jail="other"), ban("198.18.0.1", jail="other")
+    )
+    d = desired_state(items, NOW, r, jails)
+    assert set(d.wants) == {("other", "192.0.2.5")}
+
+
+def test_unknown_jail_is_refused() -> None:
+    d = desired_state(bans(ban("203.0.113.9", jail="nope")), NOW, rails(), JAILS)
+    assert d.refused[("nope", "203.0.113.9")].rule == "unknown-jail"
+
+
+def test_cap_keeps_the_oldest_and_alarms() -> None:
+    items = bans(*(ban(f"203.0.113.{i}", at_ago=100 - i) for i in range(1, 11)))
+    d = desired_state(items, NOW, rails(max_bans=5, alarm_ratio=0.5), JAILS)
+    assert set(d.wants) == {("amps", f"203.0.113.{i}") for i in range(1, 6)}
+    assert {k[1] for k, r in d.refused.items() if r.rule == "cap"} == {f"203.0.113.{i}" for i in range(6, 11)}
+    assert d.alarm
+
+
+def test_no_alarm_below_threshold() -> None:
+    d = desired_state(bans(ban("203.0.113.1")), NOW, rails(max_bans=10, alarm_ratio=0.5), JAILS)
+    assert not d.alarm
+
+
+def test_plan_adds_missing_and_deletes_strays() -> None:
+    d = desired_state(
+        bans(ban("203.0.113.9", expires_in=60), ban("2001:db8::9", expires_in=None)), NOW, rails(), JAILS
+    )
+    kernel = {("amps", "198.51.100.1"): KernelEntry("amps", "198.51.100.1", 30)}
+    ch = plan(d.wants, kernel, NOW, timeouts=True)
+    assert ch.adds == [
+        Add("amps", "2001:db8::9", 6, None, "b-2001:db8::9"),
+        Add("amps", "203.0.113.9", 4, 60, "b-203.0.113.9"),
+    ]
+    assert ch.deletes == [Delete("amps", "198.51.100.1", 4)]
+
+
+def test_plan_is_empty_when_kernel_matches() -> None:
+    d = desired_state(bans(ban("203.0.113.9", expires_in=60)), NOW, rails(), JAILS)
+    kernel = {("amps", "203.0.113.9"): KernelEntry("amps", "203.0.113.9", 59)}
+    assert not plan(d.wants, kernel, NOW, timeouts=True)
+
+
+def test_extended_ban_renews_the_kernel_timeout() -> None:
+    d = desired_state(bans(ban("203.0.113.9", expires_in=600)), NOW, rails(), JAILS)
+    kernel = {("amps", "203.0.113.9"): KernelEntry("amps", "203.0.113.9", 30)}
+    ch = plan(d.wants, kernel, NOW, timeouts=True)
+    assert ch.adds == [Add("amps", "203.0.113.9", 4, 600, "b-203.0.113.9", renew=True)]
+    # Without kernel timeouts (iptables) presence is all that counts.
+    assert not plan(d.wants, kernel, NOW, timeouts=False)
+
+
+def test_ban_made_permanent_renews() -> None:
+    d = desired_state(bans(ban("203.0.113.9", expires_in=None)), NOW, rails(), JAILS)
+    kernel = {("amps", "203.0.113.9"): KernelEntry("amps", "203.0.113.9", 30)}
+    assert plan(d.wants, kernel, NOW, timeouts=True).adds[0].timeout is None
+
+
+def test_kernel_timeout_rounds_up_and_caps() -> None:
+    assert kernel_timeout(NOW + timedelta(seconds=0.2), NOW) == 1
+    assert kernel_timeout(NOW + timedelta(seconds=10.5), NOW) == 11
+    assert kernel_timeout(NOW + timedelta(days=400), NOW) == MAX_KERNEL_TIMEOUT
+    assert kernel_timeout(None, NOW) is None
+
+
+def test_renew_tolerates_rounding_only() -> None:
+    assert not renew_needed(118, 120)
+    assert renew_needed(100, 120)
+    assert renew_needed(None, 120)
+    assert renew_needed(120, None)
+    assert not renew_needed(None, None)
+
+
+def test_next_expiry_is_the_earliest() -> None:
+    d = desired_state(
+        bans(
+            ban("203.0.113.1", expires_in=50),
+            ban("203.0.113.2", expires_in=5),
+            ban("203.0.113.3", expires_in=None),
+        ),
+        NOW,
+        rails(),
+        JAILS,
+    )
+    assert next_expiry(d.wants) == NOW + timedelta(seconds=5)
+
+
+def test_rails_build_skips_garbage_addresses() -> None:
+    r = Rails.build(EnforcerSettings(), [JailSettings()], own=["not-an-ip", "10.0.0.1"])
+    assert r.protect == (ipaddress.ip_network("10.0.0.1/32"),)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "0.0.0.0", "0.1.2.3", "127.0.0.1", "127.255.255.255", "169.254.1.1", "224.0.0.1", "239.1.1.1",
+        "255.255.255.255", "::", "::1", "::ffff:127.0.0.1", "fe80::1", "febf::1", "ff02::1",
+        "10.231.0.1", "fd00:231::1", "10.9.9.9", "192.0.2.77", "203.0.113.9", "2001:db8::9", "8.8.8.8",
+        "100.64.0.1", "223.255.255.255", "fec0::1", "1.1.1.1",
+    ],
+)  # fmt: skip
+def test_fast_path_agrees_with_the_rails(target: str) -> None:
+    r = rails()
+    full = check_target(target, protect=(*r.protect, *r.ignore["amps"]), min_prefix_v4=24, min_prefix_v6=48)
+    assert (r.refusal("amps", target) is None) == (not full)
+    if r._clearly_allowed("amps", target):
+        assert not full
+
+
+def test_fast_path_special_ranges_cover_the_rails_own() -> None:
+    from fleet2ban import rails as rails_module
+
+    always = getattr(rails_module, "_ALWAYS", ())
+    for _, net in always:
+        assert any(net.subnet_of(s) for s in FAST_PATH_SPECIAL if s.version == net.version), net
