@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -186,6 +187,10 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat", tag_field="type"):
     counters: dict[str, float] = msgspec.field(default_factory=dict)
     applied: list[str] = msgspec.field(default_factory=list)
     """For enforcers: the ``JAIL|IP`` keys in force in the kernel at ``at`` (bounded by the sender)."""
+    applied_total: int | None = None
+    """For enforcers: how many keys are in force in all; when larger than ``len(applied)`` the list was
+    cut by the sender's bound, and readers (fleet2ban.audit) merge it with ``reports`` instead of taking it
+    as the whole set. ``None``: ``applied`` is complete."""
     v: int = SCHEMA_VERSION
 
 
@@ -260,8 +265,16 @@ def decode_report(data: bytes | str | None) -> ReportsRecord:
 # ---------------------------------------------------------------------------------------- addresses
 
 
+_CANONICAL_V4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+)
+"""Dotted-quad text that is already canonical (no leading zeros): returned as is, without ipaddress."""
+
+
 def normalize_ip(text: str) -> str:
     """Canonical text of one address: compressed, lower case, IPv4-mapped IPv6 as IPv4."""
+    if _CANONICAL_V4.fullmatch(text):  # fast path (readers decode 100,000s of keys): same result
+        return text
     try:
         addr = ipaddress.ip_address(text.strip().strip("[]"))
     except ValueError:

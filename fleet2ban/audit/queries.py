@@ -1,0 +1,302 @@
+"""The audit questions, as plain functions over a :class:`FleetView` and decoded records.
+
+No Kafka here (see :mod:`fleet2ban.audit.reader` for that): the CLI and the web console call these with
+what they read, and tests call them with records built by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from fleet2ban.audit.model import (
+    BanFilter,
+    BanView,
+    Coverage,
+    Discrepancy,
+    HostStatus,
+    IpHistory,
+    TimelineEntry,
+    VerifyResult,
+)
+from fleet2ban.audit.view import EnforcerState, FleetView
+from fleet2ban.contract import BanState, Decision, Report, ban_key, normalize_target
+
+
+def coverage(view: FleetView, key: str, live: list[EnforcerState]) -> Coverage:
+    """Which of the ``live`` enforcers have ``key`` applied."""
+    applied: list[str] = []
+    missing: list[str] = []
+    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    for e in live:
+        if key in e.applied:
+            applied.append(e.host)
+            continue
+        missing.append(e.host)
+        if key in e.failed:
+            failed[e.host] = e.failed[key].detail or "failed"
+        elif key in e.skipped:
+            skipped[e.host] = e.skipped[key].detail or "skipped"
+    return Coverage(live=len(live), applied=applied, missing=missing, skipped=skipped, failed=failed)
+
+
+def bans_in_force(view: FleetView, now: datetime, flt: BanFilter | None = None) -> list[BanView]:
+    """``bans list``: the bans in force at ``now`` with their coverage, newest first."""
+    match = flt.matcher() if flt is not None else None
+    live = view.live_enforcers(now)
+    everywhere = Coverage(live=len(live), applied=[e.host for e in live], missing=[])
+    applied_sets = [e.applied for e in live]
+    out: list[BanView] = []
+    bans = view.bans
+    for key in view.active(now, match):
+        entry = bans[key]
+        # the common case, applied on every live enforcer, shares one (immutable) Coverage
+        cov = everywhere if all(key in a for a in applied_sets) else coverage(view, key, live)
+        out.append(BanView(key, entry.state, entry.recorded_at, cov))
+    out.sort(key=lambda b: (b.ban.at, b.key), reverse=True)
+    return out
+
+
+def fleet_status(view: FleetView, now: datetime) -> list[HostStatus]:
+    """``status``: every component seen (heartbeats), and enforcers seen only through their reports."""
+    out: list[HostStatus] = []
+    seen_enforcers: set[str] = set()
+    for (role, host, instance), hb in sorted(view.components.items()):
+        applied: int | None = None
+        failed = 0
+        if role == "enforcer":
+            seen_enforcers.add(host)
+            enf = view.enforcers.get(host)
+            if enf is not None:
+                applied = len(enf.applied)
+                if hb.applied_total is not None and hb.applied_total > len(hb.applied):
+                    applied = max(applied, hb.applied_total)
+                failed = len(enf.failed)
+        out.append(
+            HostStatus(
+                role=hb.role,
+                host=host,
+                instance=instance,
+                last_seen=hb.at,
+                age_s=(now - hb.at).total_seconds(),
+                silent=view.is_silent(hb, now),
+                version=hb.version,
+                started_at=hb.started_at,
+                interval_s=hb.interval_s,
+                lag=hb.lag,
+                counters=dict(hb.counters),
+                applied=applied,
+                failed=failed,
+            )
+        )
+    for host, enf in sorted(view.enforcers.items()):
+        if host in seen_enforcers:
+            continue
+        last = enf.last_report_at
+        out.append(
+            HostStatus(
+                role="enforcer",
+                host=host,
+                instance="",
+                last_seen=None,
+                age_s=(now - last).total_seconds() if last else None,
+                silent=True,
+                applied=len(enf.applied),
+                failed=len(enf.failed),
+            )
+        )
+    return out
+
+
+def decisions_in_range(
+    decisions: Iterable[Decision],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    flt: BanFilter | None = None,
+) -> list[Decision]:
+    """``bans history``: decisions with ``since <= at <= until`` that match ``flt``, oldest first."""
+    match = flt.matcher() if flt is not None else None
+    out = [
+        d
+        for d in decisions
+        if (since is None or d.at >= since)
+        and (until is None or d.at <= until)
+        and (match is None or match(d.jail, d.origin, d.ip))
+    ]
+    out.sort(key=lambda d: (d.at, d.id))
+    return out
+
+
+def ip_history(
+    target: str,
+    decisions: Iterable[Decision],
+    reports: Iterable[Report],
+    bans: Iterable[BanState],
+    now: datetime,
+) -> IpHistory:
+    """``bans show``: one target's decisions and enforcer reports in time order, and its bans in force."""
+    t = normalize_target(target)
+    ds = sorted((d for d in decisions if d.ip == t), key=lambda d: (d.at, d.id))
+    rs = sorted((r for r in reports if r.ip == t), key=lambda r: (r.at, r.host))
+    timeline = [TimelineEntry(d.at, "decision", decision=d) for d in ds]
+    timeline += [TimelineEntry(r.at, "report", report=r) for r in rs]
+    timeline.sort(key=lambda e: (e.at, e.kind != "decision"))
+    in_force = sorted((b for b in bans if b.ip == t and b.active_at(now)), key=lambda b: b.jail)
+    return IpHistory(target=t, decisions=ds, reports=rs, timeline=timeline, in_force=in_force)
+
+
+def verify(view: FleetView, decisions: Iterable[Decision], now: datetime, within: timedelta) -> VerifyResult:
+    """``audit verify``: check the trail between decisions, ``bans`` and the enforcers' reports.
+
+    ``decisions`` must cover every decision the view's reports and bans refer to (the reader seeks far
+    enough back). Checks, each finding a :class:`Discrepancy`:
+
+    1. every ban an enforcer reports applied (a report or its heartbeat) traces to a ``ban`` decision
+       (by decision id, or by ``JAIL|IP`` for heartbeats and reports without one);
+    2. every ban in force for longer than ``within`` (since the processor recorded it) is applied on
+       every enforcer seen, and an ``applied`` report came within ``within`` of it; a silent enforcer
+       is named as such, and for each ban it misses;
+    3. no live enforcer keeps a ban applied longer than ``within`` after it was lifted or expired.
+    """
+    bound = within.total_seconds()
+    ban_ids: set[str] = set()
+    banned_keys: set[str] = set()
+    for d in decisions:
+        if d.action == "ban":
+            ban_ids.add(d.id)
+            banned_keys.add(ban_key(d.jail, d.ip))
+    found: list[Discrepancy] = []
+    reports_checked = 0
+
+    # 1. traceability
+    for did, rep in sorted(view.referenced.items()):
+        reports_checked += 1
+        if did not in ban_ids:
+            found.append(
+                Discrepancy(
+                    "untraced",
+                    rep.host,
+                    f"{rep.host} reported {rep.jail}|{rep.ip} applied under decision {did}, "
+                    "which is not on the decisions topic",
+                    key=ban_key(rep.jail, rep.ip),
+                    decision_id=did,
+                )
+            )
+    for host, key in sorted(view.unreferenced_applied):
+        reports_checked += 1
+        if key not in banned_keys:
+            found.append(
+                Discrepancy("untraced", host, f"{host} reported {key} applied; no ban decision for it", key)
+            )
+    enforcers = sorted(view.enforcers)
+    live_states = view.live_enforcers(now)
+    live = [e.host for e in live_states]
+    for e in live_states:
+        for key in sorted(e.applied):
+            if e.applied[key].decision_id is None and key not in banned_keys:
+                found.append(
+                    Discrepancy(
+                        "untraced", e.host, f"{e.host} has {key} applied; no ban decision for it", key
+                    )
+                )
+
+    # 2. every ban in force is applied everywhere within the bound
+    silent_hosts: dict[str, datetime | None] = {}
+    for host in enforcers:
+        enf = view.enforcers[host]
+        if enf.heartbeat is None or view.is_silent(enf.heartbeat, now):
+            last = enf.heartbeat.at if enf.heartbeat else enf.last_report_at
+            silent_hosts[host] = last
+            since = f"since {last.isoformat(timespec='seconds')}" if last else "(no heartbeat seen)"
+            found.append(Discrepancy("silent", host, f"enforcer {host} is silent {since}"))
+    bans_checked = 0
+    for key in sorted(view.active(now)):
+        entry = view.bans[key]
+        st = entry.state
+        recorded = entry.recorded_at or st.at
+        age = (now - recorded).total_seconds()
+        if age <= bound:
+            continue
+        bans_checked += 1
+        for host in enforcers:
+            enf = view.enforcers[host]
+            info = enf.applied.get(key)
+            if info is not None:
+                if info.at is not None and info.decision_id in (None, st.decision_id):
+                    # an enforcer (re)started after the ban applies it at start: measure from there
+                    base = recorded
+                    started = enf.heartbeat.started_at if enf.heartbeat is not None else None
+                    if started is not None and recorded < started <= info.at:
+                        base = started
+                    delay = (info.at - base).total_seconds()
+                    if delay > bound:
+                        found.append(
+                            Discrepancy(
+                                "late",
+                                host,
+                                f"{host} applied {key} {delay:.1f}s after it was recorded (bound {bound:g}s)",
+                                key,
+                                st.decision_id,
+                            )
+                        )
+                continue
+            if key in enf.skipped:
+                continue  # the host's own rails declined it (its own address, a broker ...): by design
+            if key in enf.failed:
+                found.append(
+                    Discrepancy(
+                        "failed",
+                        host,
+                        f"{host} failed to apply {key}: {enf.failed[key].detail or 'no detail'}",
+                        key,
+                        st.decision_id,
+                    )
+                )
+                continue
+            note = " (enforcer silent)" if host in silent_hosts else ""
+            found.append(
+                Discrepancy(
+                    "missing",
+                    host,
+                    f"{host} has not applied {key}, in force for {age:.0f}s{note}",
+                    key,
+                    st.decision_id,
+                )
+            )
+
+    # 3. lifted bans still applied
+    for e in live_states:
+        for key in sorted(e.applied):
+            if key in view.bans:
+                st = view.bans[key].state
+                if st.expires_at is None or st.expires_at > now:
+                    continue
+                gone_at: datetime | None = st.expires_at
+            elif key in view.lifted:
+                gone_at = view.lifted[key]
+            else:
+                continue
+            if gone_at is None or e.heartbeat is None:
+                continue
+            # only a heartbeat sent after the bound can prove it lingers
+            if (e.heartbeat.at - gone_at).total_seconds() > bound:
+                found.append(
+                    Discrepancy(
+                        "lingering",
+                        e.host,
+                        f"{e.host} still has {key} applied {(e.heartbeat.at - gone_at).total_seconds():.0f}s "
+                        "after it was lifted",
+                        key,
+                    )
+                )
+
+    return VerifyResult(
+        as_of=now,
+        within_s=bound,
+        bans_checked=bans_checked,
+        enforcers=enforcers,
+        live=live,
+        reports_checked=reports_checked,
+        discrepancies=found,
+    )
