@@ -111,6 +111,9 @@ class EmbeddedBroker:
         binary = tansu_binary()
         # tansu listens with SO_REUSEPORT: a second broker on a taken port would start and share it.
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR: a restart on the same port is not refused for TIME_WAIT connections of the
+            # broker before it (a listening socket still makes the bind fail).
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((self.host, self.port))
             except OSError as exc:

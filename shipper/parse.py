@@ -1,0 +1,597 @@
+"""The strict AMPS ``07-0013`` parser: a plain function over one line, no I/O.
+
+A line AMPS writes to the ban log::
+
+    2017-12-07T16:55:49.9395590-08:00 [26] info: 07-0013 client[NAME](HOST:PORT) disconnected: REASON.
+
+NAME is chosen by the client and is hostile: it may contain ``](``, ``)``, ``disconnected: auth.``, an
+address, tabs, unicode. Everything AMPS itself writes after the name contains no parenthesis, so the
+parser anchors on the end of the line: HOST:PORT is what sits inside the *last* ``(...)`` of the line,
+immediately after ``]`` and immediately before `` disconnected: REASON.`` with a REASON free of
+parentheses. No client name, however built, can move that anchor.
+
+:func:`parse_line` returns a :class:`ParsedLine` (a ``07-0013`` event), a :class:`Liveness` (a
+``00-0015`` line) or a :class:`Rejected` with a ``kind`` that is counted and logged by the caller.
+:func:`iter_file_events` reads a whole file into wire :class:`~fleet2ban.contract.Event` records (the
+offline path used by ``fleet2ban parse`` and ``fleet2ban replay``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO, Final
+
+import msgspec
+
+from fleet2ban.contract import RAW_LINE_MAX, ContractError, Event, normalize_ip
+
+LINE_MAX: Final = 4096
+"""Default bound on one line (characters for :func:`parse_line`, bytes when reading files)."""
+
+EVENT_CODE: Final = "07-0013"
+LIVENESS_CODE: Final = "00-0015"
+
+# Rejection kinds (the label values of the ``parse rejections`` metric).
+EMPTY: Final = "empty"
+BINARY: Final = "binary"
+TOO_LONG: Final = "too-long"
+NOT_EVENT: Final = "not-07-0013"
+BAD_TIMESTAMP: Final = "bad-timestamp"
+BAD_ADDRESS: Final = "bad-address"
+BAD_PORT: Final = "bad-port"
+MALFORMED: Final = "malformed"
+REJECT_KINDS: Final = (EMPTY, BINARY, TOO_LONG, NOT_EVENT, BAD_TIMESTAMP, BAD_ADDRESS, BAD_PORT, MALFORMED)
+
+
+class ParsedLine(msgspec.Struct, frozen=True):
+    """One ``07-0013`` line: who disconnected, from where, when and why."""
+
+    ts: datetime
+    ip: str
+    port: int
+    client: str
+    reason: str
+    raw: str
+
+
+class Liveness(msgspec.Struct, frozen=True):
+    """A ``00-0015`` line: AMPS is alive and writing (not an event)."""
+
+    ts: datetime
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    """A line that is not an event, with the kind it is counted under."""
+
+    kind: str
+    detail: str = ""
+
+
+ParseResult = ParsedLine | Liveness | Rejected
+Parser = Callable[[str], ParseResult]
+
+# ------------------------------------------------------------------------------------------ patterns
+
+# TIMESTAMP [THREAD] LEVEL: CODE[ MESSAGE]
+_LINE = re.compile(r"(\S+) \[[^\]\s]*\] [A-Za-z]+: (\d\d-\d\d\d\d)(?: (.*))?", re.DOTALL)
+# client[NAME](HOST:PORT) disconnected: REASON.   -- NAME is greedy; the tail holds no parenthesis,
+# so the only split that can match is at the last "(" of the line.
+_EVENT = re.compile(r"client\[(.*)\]\(([^()]*)\) disconnected: ([^()]*)\.", re.DOTALL)
+# The fast path: the fixed head matched from the start, the tail found from the end with string
+# operations (the last "(" of the line), so a well-formed line costs one short anchored match. Anything
+# else takes the general path, which also names the rejection. Both accept exactly the same lines.
+_HEAD = re.compile(
+    r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d) \[[^\]\s]*\] [A-Za-z]+: 07-0013 client\["
+)
+_DISC = ") disconnected: "
+_TS = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:(Z)|([+-])(\d\d):?(\d\d))", re.ASCII
+)
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+
+_CACHE_MAX: Final = 65_536
+_ip_cache: dict[str, str | None] = {}
+_ts_cache: dict[str, datetime | None] = {}
+
+
+class _BadTimestampError(ValueError):
+    pass
+
+
+def parse_timestamp(text: str) -> datetime:
+    """AMPS's ISO 8601 time (``2017-12-07T16:55:49.9395590-08:00``) as UTC, truncated to microseconds.
+
+    Raises ``ValueError`` when the text is not such a time (the UTC offset is required).
+    """
+    m = _TS.fullmatch(text)
+    if m is None:
+        raise _BadTimestampError(f"not an ISO 8601 time with offset: {text[:48]!r}")
+    frac = m.group(7) or ""
+    # Everything but the fraction is cached: consecutive lines share their second.
+    key = text[: m.start(7) - 1] + text[m.end(7) :] if frac else text
+    base = _ts_cache.get(key)
+    if base is None:
+        y, mo, d, h, mi, s = (int(m.group(i)) for i in range(1, 7))
+        if m.group(8):
+            offset = timedelta(0)
+        else:
+            oh, om = int(m.group(10)), int(m.group(11))
+            if oh > 23 or om > 59:
+                raise _BadTimestampError(f"bad UTC offset in {text[:48]!r}")
+            offset = timedelta(hours=oh, minutes=om) * (-1 if m.group(9) == "-" else 1)
+        try:
+            base = (datetime(y, mo, d, h, mi, s, tzinfo=UTC) - offset).replace(tzinfo=UTC)
+        except (ValueError, OverflowError) as exc:
+            raise _BadTimestampError(f"bad time {text[:48]!r}: {exc}") from None
+        if len(_ts_cache) >= 1024:
+            _ts_cache.clear()
+        _ts_cache[key] = base
+    if frac:
+        return base.replace(microsecond=int(frac[:6].ljust(6, "0")))
+    return base
+
+
+def _canonical_ip(text: str) -> str | None:
+    ip = _ip_cache.get(text, "")
+    if ip != "":
+        return ip
+    out: str | None
+    if not text or "%" in text or "[" in text or "]" in text or text != text.strip():
+        out = None  # scoped addresses and stray brackets are not client addresses
+    else:
+        try:
+            out = normalize_ip(text)
+        except ContractError:
+            out = None
+    if len(_ip_cache) >= _CACHE_MAX:
+        _ip_cache.clear()
+    _ip_cache[text] = out
+    return out
+
+
+def split_hostport(text: str) -> tuple[str, str] | Rejected:
+    """``10.1.2.3:51234``, ``[2001:db8::7]:50000`` or bare ``2001:db8::8:50001`` -> (ip, port text)."""
+    if text.startswith("["):
+        addr, sep, port = text[1:].partition("]:")
+        if not sep:
+            return Rejected(BAD_ADDRESS, f"bracketed address without ]:PORT: {text[:64]!r}")
+    else:
+        addr, sep, port = text.rpartition(":")
+        if not sep:
+            return Rejected(BAD_PORT, f"no port in {text[:64]!r}")
+    return addr, port
+
+
+def parse_hostport(text: str) -> tuple[str, int] | Rejected:
+    """Canonical address and port of AMPS's ``HOST:PORT``, or the reason it is rejected."""
+    split = split_hostport(text)
+    if isinstance(split, Rejected):
+        return split
+    addr, port_text = split
+    if _PORT.fullmatch(port_text) is None:
+        return Rejected(BAD_PORT, f"bad port {port_text[:16]!r}")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        return Rejected(BAD_PORT, f"port {port} out of range")
+    ip = _canonical_ip(addr)
+    if ip is None:
+        return Rejected(BAD_ADDRESS, f"not an IP address: {addr[:64]!r}")
+    return ip, port
+
+
+FastEvent = tuple[datetime, str, int, str, str]
+
+
+def _fast(line: str) -> FastEvent | None:
+    """(ts, ip, port, client, reason) of a well-formed 07-0013 line; None: ask the general path."""
+    m = _HEAD.match(line)
+    if m is None:
+        return None
+    p = line.rfind("(")
+    if p <= m.end() or line[p - 1] != "]":
+        return None
+    q = line.find(_DISC, p)
+    if q < 0:
+        return None
+    end = len(line) - 1 if line[-1] != "\r" else len(line) - 2
+    if end <= q + 16 or line[end] != "." or line.find(")", q + 1, end) >= 0:
+        return None
+    sec, frac, off = m.groups()
+    base = _ts_cache.get(sec + off)
+    if base is None:
+        return None
+    if frac:
+        us = int(frac[:6]) if len(frac) >= 6 else int(frac.ljust(6, "0"))
+        ts = base + timedelta(0, 0, us) if us else base
+    else:
+        ts = base
+    if line[p + 1] == "[":
+        addr, sep, port_text = line[p + 2 : q].partition("]:")
+        if not sep:
+            return None
+    else:
+        addr, _, port_text = line[p + 1 : q].rpartition(":")
+    ip = _ip_cache.get(addr)
+    if ip is None or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
+        return None
+    port = int(port_text)
+    if not 0 < port < 65536:
+        return None
+    return ts, ip, port, line[m.end() : p - 1], line[q + 16 : end]
+
+
+def parse_line(line: str, max_len: int = LINE_MAX) -> ParseResult:
+    """Parse one line of the AMPS ban log (a trailing ``\\n``/``\\r\\n`` is ignored)."""
+    if len(line) <= max_len:
+        fast = _fast(line)
+        if fast is not None:
+            if line.endswith("\r"):
+                line = line[:-1]
+            return ParsedLine(fast[0], fast[1], fast[2], fast[3], fast[4], line[:RAW_LINE_MAX])
+    if line.endswith("\n"):
+        line = line[:-1]
+    if line.endswith("\r"):
+        line = line[:-1]
+    if len(line) > max_len:
+        return Rejected(TOO_LONG, f"{len(line)} characters (bound {max_len})")
+    m = _LINE.fullmatch(line)
+    if m is None:
+        return _unrecognised(line)
+    ts_text, code, msg = m.groups()
+    if code != EVENT_CODE:
+        if code == LIVENESS_CODE:
+            try:
+                return Liveness(parse_timestamp(ts_text))
+            except ValueError as exc:
+                return Rejected(BAD_TIMESTAMP, str(exc))
+        return Rejected(NOT_EVENT, f"message {code}")
+    try:
+        ts = parse_timestamp(ts_text)
+    except ValueError as exc:
+        return Rejected(BAD_TIMESTAMP, str(exc))
+    em = _EVENT.fullmatch(msg) if msg is not None else None
+    if em is None:
+        return Rejected(MALFORMED, "07-0013 without client[NAME](HOST:PORT) disconnected: REASON.")
+    client, hostport, reason = em.groups()
+    hp = parse_hostport(hostport)
+    if isinstance(hp, Rejected):
+        return hp
+    if not reason:
+        return Rejected(MALFORMED, "empty disconnect reason")
+    return ParsedLine(ts, hp[0], hp[1], client, reason, line[:RAW_LINE_MAX])
+
+
+def _unrecognised(line: str) -> Rejected:
+    if not line.strip():
+        return Rejected(EMPTY, "empty line")
+    if "\x00" in line or _mostly_unprintable(line):
+        return Rejected(BINARY, "binary data")
+    return Rejected(MALFORMED, "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)")
+
+
+def _mostly_unprintable(line: str) -> bool:
+    bad = sum(1 for ch in line[:256] if ch == "\ufffd" or (ch < " " and ch != "\t"))
+    return bad * 4 > min(len(line), 256)
+
+
+def decode_line(data: bytes) -> str:
+    """Bytes of one line as text: invalid UTF-8 becomes U+FFFD, so a hostile name cannot hide an event."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace")
+
+
+# -------------------------------------------------------------------------------------- file reading
+
+
+@dataclass
+class ParseStats:
+    """What a parse run saw: lines, events, liveness lines and rejections by kind."""
+
+    lines: int = 0
+    events: int = 0
+    liveness: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def count(self, result: ParseResult) -> None:
+        self.lines += 1
+        if isinstance(result, ParsedLine):
+            self.events += 1
+        elif isinstance(result, Liveness):
+            self.liveness += 1
+        else:
+            self.rejected[result.kind] += 1
+
+    def summary(self) -> str:
+        rej = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items())) or "none"
+        return (
+            f"lines={self.lines} events={self.events} liveness={self.liveness} "
+            f"rejected={sum(self.rejected.values())} ({rej})"
+        )
+
+
+FINGERPRINT_BYTES: Final = 256
+
+
+def fingerprint(fd: int) -> str:
+    """CRC-32 of a file's first line (at most 256 bytes), or "" while that line is not complete.
+
+    Part of the file identity, because inode numbers are reused: a log rolled over by delete-and-recreate,
+    or truncated in place, often gets the inode (and offsets) of the file before it. Its first line, which
+    starts with a 100 ns timestamp, tells the two apart, so their line ids never collide.
+    """
+    head = os.pread(fd, FINGERPRINT_BYTES, 0)
+    nl = head.find(b"\n")
+    if nl >= 0:
+        head = head[:nl]
+    elif len(head) < FINGERPRINT_BYTES:
+        return ""
+    return f"{zlib.crc32(head):08x}"
+
+
+def file_identity(fd: int) -> str:
+    """Identity of one open file (not of its name): device, inode and first-line fingerprint."""
+    st = os.fstat(fd)
+    return f"{st.st_dev}-{st.st_ino}-{fingerprint(fd)}"
+
+
+def read_lines(f: BinaryIO, max_bytes: int = LINE_MAX, offset: int = 0) -> Iterator[tuple[int, bytes, bool]]:
+    """(byte offset, line without its newline, too long) for each line of a file object, memory-bounded.
+
+    A line longer than ``max_bytes`` is cut: its first ``max_bytes`` are returned with ``too long`` set and
+    the rest is skipped up to its newline. A last line without a newline is returned as it is.
+    """
+    readline = f.readline
+    while True:
+        data = readline(max_bytes + 1)
+        if not data:
+            return
+        if data.endswith(b"\n"):
+            yield offset, data[:-1], False
+            offset += len(data)
+            continue
+        if len(data) <= max_bytes:  # last line, no newline
+            yield offset, data, False
+            return
+        start = offset
+        offset += len(data)
+        while True:
+            more = readline(65536)
+            offset += len(more)
+            if not more or more.endswith(b"\n"):
+                break
+        yield start, data[:max_bytes], True
+
+
+_BLOCK = re.compile(
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d) \[[^\]\s]*\] [A-Za-z]+: 07-0013 "
+    r"client\[([^\n]*?)\]\(([^()\n]*)\) disconnected: ([^()\n]+)\.\r?$",
+    re.MULTILINE,
+)
+"""The block fast path of :func:`iter_file_events`: well-formed 07-0013 lines of an ASCII block, found by
+one scan. It accepts exactly what :func:`parse_line` accepts (the tail admits no parenthesis, so the
+lazy NAME still splits at the last "("); every other line goes through :func:`parse_line`."""
+BLOCK = 1 << 20
+
+
+OnFast = Callable[[int, datetime, str, int, str, str, str], None]
+"""(byte offset, ts, ip, port, client, reason, raw) of one well-formed 07-0013 line."""
+OnOther = Callable[[int, str, bool], None]
+"""(byte offset, line text, too long) of any other line: for the general path (:func:`parse_line`)."""
+
+
+def scan_block(block: bytes, base: int, limit: int, on_fast: OnFast, on_other: OnOther) -> int:
+    """Hand every line of ``block`` (complete lines, each ending in a newline; the first at byte ``base``)
+    to ``on_fast`` or ``on_other``, in file order. Returns how many went to ``on_fast``.
+
+    An ASCII block is scanned with one regex (:data:`_BLOCK`); any line it does not take, or whose time
+    or address is not cached yet, goes to ``on_other`` (normally :func:`parse_line`, which fills the
+    caches). A block with other bytes goes line by line to ``on_other``.
+    """
+    if not block.isascii():
+        pos = base
+        for raw in block.split(b"\n")[:-1]:
+            on_other(pos, decode_line(raw[:limit]), len(raw) > limit)
+            pos += len(raw) + 1
+        return 0
+    text = block.decode("ascii")
+    ts_cache, ip_cache = _ts_cache, _ip_cache
+    pos = 0
+    fast = 0
+    for m in _BLOCK.finditer(text):
+        s = m.start()
+        if s != pos:
+            _gap(text, pos, s, base, limit, on_other)
+        pos = m.end() + 1
+        sec, frac, off, client, hostport, reason = m.groups()
+        base_ts = ts_cache.get(sec + off)
+        if hostport[:1] == "[":
+            addr, sep, port_text = hostport[1:].partition("]:")
+        else:
+            addr, sep, port_text = hostport.rpartition(":")
+        ip = ip_cache.get(addr)
+        line = m.group()
+        port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
+        if base_ts is None or ip is None or not sep or pos - s > limit + 1 or not 0 < port < 65536:
+            on_other(base + s, line, pos - s > limit + 1)
+            continue
+        if frac:
+            us = int(frac[:6]) if len(frac) >= 6 else int(frac.ljust(6, "0"))
+            ts = base_ts + timedelta(0, 0, us) if us else base_ts
+        else:
+            ts = base_ts
+        if line[-1] == "\r":
+            line = line[:-1]
+        fast += 1
+        on_fast(base + s, ts, ip, port, client, reason, line[:RAW_LINE_MAX])
+    if pos < len(text):
+        _gap(text, pos, len(text), base, limit, on_other)
+    return fast
+
+
+def _gap(text: str, start: int, end: int, base: int, limit: int, on_other: OnOther) -> None:
+    pos = start
+    for line in text[start : end - 1].split("\n"):
+        on_other(base + pos, line[:limit] if len(line) > limit else line, len(line) > limit)
+        pos += len(line) + 1
+
+
+class _FileParse:
+    """The per-file state of :func:`iter_file_events`: ids, counters and the general (per-line) path."""
+
+    def __init__(
+        self,
+        host: str,
+        instance: str,
+        file_id: str,
+        stats: ParseStats | None,
+        parser: Parser,
+        max_line_bytes: int,
+        on_reject: Callable[[int, Rejected], None] | None,
+    ) -> None:
+        self.host, self.instance, self.file_id = host, instance, file_id
+        self.prefix = f"{host}:{file_id}:"
+        self.stats = stats if stats is not None else ParseStats()
+        self.parser = parser
+        self.max_line_bytes = max_line_bytes
+        self.on_reject = on_reject
+
+    def line(self, offset: int, text: str, too_long: bool) -> Event | None:
+        result: ParseResult
+        if too_long:
+            result = Rejected(TOO_LONG, f"line longer than {self.max_line_bytes} bytes")
+        else:
+            result = self.parser(text)
+        self.stats.count(result)
+        if type(result) is ParsedLine:
+            return to_event(result, self.host, self.instance, f"{self.prefix}{offset}")
+        if type(result) is Rejected and self.on_reject is not None:
+            self.on_reject(offset, result)
+        return None
+
+    def blocks(self, f: BinaryIO) -> Iterator[list[Event] | int]:
+        """Events of the file, a list per block; ends with the offset to go on from line by line, if any."""
+        offset = 0
+        carry = b""
+        limit = self.max_line_bytes
+        while True:
+            data = f.read(BLOCK)
+            if not data:
+                if carry:  # a last line without newline
+                    ev = self.line(offset, decode_line(carry[:limit]), len(carry) > limit)
+                    if ev is not None:
+                        yield [ev]
+                return
+            buf = carry + data if carry else data
+            nl = buf.rfind(b"\n")
+            if nl < 0:
+                if len(buf) > limit:
+                    yield offset  # one very long line: the line reader skips it with bounded memory
+                    return
+                carry = buf
+                continue
+            carry = buf[nl + 1 :]
+            out: list[Event] = []
+            self.block(buf[: nl + 1], offset, out)
+            yield out
+            offset += nl + 1
+            if len(carry) > limit:
+                yield offset
+                return
+
+    def block(self, block: bytes, base: int, out: list[Event]) -> None:
+        """Events of complete lines (``block`` ends with a newline) starting at byte ``base``."""
+        host, instance, prefix = self.host, self.instance, self.prefix
+        append = out.append
+
+        def on_fast(off: int, ts: datetime, ip: str, port: int, client: str, reason: str, raw: str) -> None:
+            append(Event(host, ip, f"{prefix}{off}", ts, port, client, reason, raw, instance))
+
+        def on_other(off: int, text: str, too_long: bool) -> None:
+            ev = self.line(off, text, too_long)
+            if ev is not None:
+                append(ev)
+
+        fast = scan_block(block, base, self.max_line_bytes, on_fast, on_other)
+        self.stats.lines += fast
+        self.stats.events += fast
+
+
+def iter_file_event_lists(
+    path: Path,
+    host: str,
+    instance: str = "",
+    stats: ParseStats | None = None,
+    *,
+    parser: Parser = parse_line,
+    max_line_bytes: int = LINE_MAX,
+    on_reject: Callable[[int, Rejected], None] | None = None,
+) -> Iterator[list[Event]]:
+    """:func:`iter_file_events` in lists (one per block of about 1 MiB), for callers that batch."""
+    with open(path, "rb") as f:
+        fp = _FileParse(host, instance, file_identity(f.fileno()), stats, parser, max_line_bytes, on_reject)
+        offset = 0
+        if parser is parse_line:
+            resume: int | None = None
+            for item in fp.blocks(f):
+                if isinstance(item, int):
+                    resume = item
+                    break
+                yield item
+            if resume is None:
+                return
+            offset = resume
+            f.seek(offset)
+        out: list[Event] = []
+        for off, data, too_long in read_lines(f, max_line_bytes, offset):
+            ev = fp.line(off, decode_line(data), too_long)
+            if ev is not None:
+                out.append(ev)
+                if len(out) >= 4096:
+                    yield out
+                    out = []
+        if out:
+            yield out
+
+
+def iter_file_events(
+    path: Path,
+    host: str,
+    instance: str = "",
+    stats: ParseStats | None = None,
+    *,
+    parser: Parser = parse_line,
+    max_line_bytes: int = LINE_MAX,
+    on_reject: Callable[[int, Rejected], None] | None = None,
+) -> Iterator[Event]:
+    """Every ``07-0013`` line of a file as a wire Event, with ``id`` = (host, file identity, byte offset).
+
+    Counts lines, events, liveness lines and rejections by kind into ``stats``. Memory is bounded by the
+    block size whatever the file holds (a line longer than ``max_line_bytes`` is counted too-long).
+    """
+    for events in iter_file_event_lists(
+        path, host, instance, stats, parser=parser, max_line_bytes=max_line_bytes, on_reject=on_reject
+    ):
+        yield from events
+
+
+def to_event(p: ParsedLine, host: str, instance: str, id_: str) -> Event:
+    return Event(
+        host=host,
+        ip=p.ip,
+        id=id_,
+        ts=p.ts,
+        port=p.port,
+        client=p.client,
+        reason=p.reason,
+        raw=p.raw,
+        instance=instance,
+    )

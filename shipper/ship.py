@@ -1,0 +1,691 @@
+"""The producer loop: tail the log, parse, batch per IP, ship to ``events``, checkpoint what was acked.
+
+One thread, one loop (:meth:`Shipper.step`):
+
+1. read the complete lines available (unless ``max_pending_lines`` events are unacknowledged: then reading
+   pauses, which bounds memory during a broker outage);
+2. parse each; an event joins the open batch of its IP (:class:`Batcher`): a batch goes out as one
+   ``events`` record when it is ``flush_interval_ms`` old or ``max_lines_per_record`` long;
+3. serve delivery reports: an acknowledged record releases its lines; a failed one is sent again after a
+   backoff (its lines keep their ids, so a copy that did arrive is a recognised duplicate); a fatal
+   producer error replaces the producer and re-sends everything unacknowledged;
+4. move the checkpoint (:class:`AckTracker`) to the first line whose event is not acknowledged yet.
+
+confluent-kafka with key = IP, ``partitioner=murmur2_random``, acks=all, idempotence, lz4 and linger
+(fleet2ban.kafka.producer_config). A heartbeat goes to ``reports`` every ``metrics.heartbeat_interval_s``.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fleet2ban import __version__
+from fleet2ban.contract import (
+    EventBatch,
+    Heartbeat,
+    Line,
+    encode,
+    utcnow,
+)
+from fleet2ban.kafka import Cluster, producer_config
+from fleet2ban.logs import RateLimitedLog
+from fleet2ban.settings import Settings
+from shipper import metrics as m
+from shipper.exceptions import CheckpointError, ShipperError
+from shipper.parse import (
+    TOO_LONG,
+    Liveness,
+    ParsedLine,
+    Parser,
+    ParseStats,
+    Rejected,
+    decode_line,
+    parse_line,
+    scan_block,
+)
+from shipper.tail import (
+    Checkpoint,
+    Tailer,
+    TailItem,
+    TailLine,
+    Waker,
+    chunk_lines,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+
+class _LibrdkafkaLog:
+    """librdkafka's own log lines at DEBUG: its errors reach us (rate-limited) through ``error_cb``."""
+
+    _log = logging.getLogger("shipper.librdkafka")
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        self._log.debug(msg, *args)
+
+
+_LIBRDKAFKA_LOG = _LibrdkafkaLog()
+_UNREACHABLE = (-195, -187)  # KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN
+
+Pos = tuple[int, int]  # (file seq, byte offset)
+
+DELIVERY_TIMEOUT_MS = 10_000
+CHECKPOINT_INTERVAL_S = 0.05
+CHECKPOINT_SYNC_INTERVAL_S = 1.0
+READ_BYTES = 1 << 20
+INFLIGHT_WAIT_S = 0.005
+
+
+# --------------------------------------------------------------------------------- pure bookkeeping
+
+
+class Pending:
+    """One ``events`` record: open (collecting lines), in flight, or waiting to be sent again."""
+
+    __slots__ = ("attempts", "deadline", "first", "ip", "lines", "queued", "retry_at", "rid", "value")
+
+    def __init__(self, rid: int, ip: str, first: Pos, deadline: float) -> None:
+        self.rid = rid
+        self.ip = ip
+        self.first = first
+        self.deadline = deadline
+        self.lines: list[Line] = []
+        self.value = b""
+        self.attempts = 0
+        self.retry_at = 0.0
+        self.queued = False
+
+
+class Batcher:
+    """Open batches per IP. A batch is due ``interval`` after its first line, or at once when full."""
+
+    def __init__(self, interval_s: float, max_lines: int) -> None:
+        self.interval_s = interval_s
+        self.max_lines = max_lines
+        self._open: dict[str, Pending] = {}  # insertion order = deadline order
+        self.last_ts: datetime | None = None  # event time of the last line added
+        self._next_rid = 0
+
+    def add(self, ip: str, line: Line, pos: Pos, now: float) -> tuple[Pending, bool, bool]:
+        """Add one line; returns (its batch, whether the batch is new, whether it is full and removed)."""
+        self.last_ts = line.ts
+        b = self._open.get(ip)
+        new = b is None
+        if b is None:
+            self._next_rid += 1
+            b = Pending(self._next_rid, ip, pos, now + self.interval_s)
+            self._open[ip] = b
+        b.lines.append(line)
+        if len(b.lines) >= self.max_lines:
+            del self._open[ip]
+            return b, new, True
+        return b, new, False
+
+    def due(self, now: float) -> list[Pending]:
+        out: list[Pending] = []
+        opened = self._open
+        while opened:
+            ip = next(iter(opened))
+            b = opened[ip]
+            if b.deadline > now:
+                break
+            del opened[ip]
+            out.append(b)
+        return out
+
+    def drain(self) -> list[Pending]:
+        out = list(self._open.values())
+        self._open.clear()
+        return out
+
+    def next_deadline(self) -> float | None:
+        for b in self._open.values():
+            return b.deadline
+        return None
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class AckTracker:
+    """The checkpoint position: before the first line of the oldest unacknowledged record."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[Pos, int]] = []
+        self._done: set[int] = set()
+
+    def open(self, rid: int, first: Pos) -> None:
+        heapq.heappush(self._heap, (first, rid))
+
+    def ack(self, rid: int) -> None:
+        self._done.add(rid)
+
+    def low_water(self, read_pos: Pos) -> Pos:
+        heap, done = self._heap, self._done
+        while heap and heap[0][1] in done:
+            done.discard(heapq.heappop(heap)[1])
+        return min(heap[0][0], read_pos) if heap else read_pos
+
+    def __len__(self) -> int:
+        return len(self._heap) - len(self._done)
+
+
+def backoff_s(attempts: int) -> float:
+    return float(min(5.0, 0.1 * 2 ** min(attempts, 10)))
+
+
+# ------------------------------------------------------------------------------------------ shipper
+
+
+@dataclass
+class ShipperStats(ParseStats):
+    events_shipped: int = 0
+    records_shipped: int = 0
+    delivery_failures: int = 0
+    producer_restarts: int = 0
+    last_event_ts: datetime | None = None
+    last_liveness_ts: datetime | None = None
+
+
+ProducerFactory = Callable[[dict[str, Any]], Any]
+
+
+def _confluent_producer(conf: dict[str, Any]) -> Any:
+    from confluent_kafka import Producer
+
+    return Producer(conf)
+
+
+class Shipper:
+    """Ships one log file's events to Kafka. Drive it with :meth:`run` (until ``stop`` is set)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        cluster: Cluster,
+        *,
+        log_path: Path | None = None,
+        host: str | None = None,
+        instance: str | None = None,
+        checkpoint_path: Path | None = None,
+        parser: Parser = parse_line,
+        producer_factory: ProducerFactory = _confluent_producer,
+        use_inotify: bool = True,
+        on_ack: Callable[[Pending], None] | None = None,
+        delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS,
+    ) -> None:
+        s = settings.shipper
+        path = log_path or s.log_path
+        if path is None:
+            raise ShipperError("no log to follow: pass --log PATH (shipper.log_path)")
+        self.settings = settings
+        self.cluster = cluster
+        self.path = Path(path)
+        self.host = host or s.host
+        self.instance = s.instance if instance is None else instance
+        self.checkpoint_path = checkpoint_path or s.checkpoint_path or default_checkpoint(settings, self.host)
+        self.parser = parser
+        self.on_ack = on_ack
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.topics = cluster.topics
+        self.stats = ShipperStats()
+        self.batcher = Batcher(s.flush_interval_ms / 1000.0, s.max_lines_per_record)
+        self.tracker = AckTracker()
+        self.inflight: dict[int, Pending] = {}
+        self.retry: list[Pending] = []
+        self.pending_lines = 0
+        self.max_pending = s.max_pending_lines
+        self.paused = False
+        self.started_at = utcnow()
+        self._producer_factory = producer_factory
+        self._producer: Any = None
+        self._fatal = False
+        self._outage_since: float | None = None
+        self._last_ack = time.monotonic()
+        self._file_ids: dict[int, str] = {}
+        self._checkpoint: Pos | None = None
+        self._last_cp_write = 0.0
+        self._last_cp_sync = 0.0
+        self._last_hb = 0.0
+        self._last_gauges = 0.0
+        self._synced: dict[Any, int] = {}
+        self._rl = RateLimitedLog(log, 30.0)
+        self._rl_parse = RateLimitedLog(log, 10.0)
+        self.tailer = Tailer(
+            self.path,
+            load_checkpoint(self.checkpoint_path),
+            from_start=s.from_start,
+            max_line_bytes=s.max_line_bytes,
+        )
+        self.waker = Waker(self.path, use_inotify)
+
+    # ---------------------------------------------------------------------------------- producer
+
+    def _producer_conf(self) -> dict[str, Any]:
+        return producer_config(
+            self.cluster,
+            error_cb=self._on_error,
+            logger=_LIBRDKAFKA_LOG,
+            **{
+                "message.timeout.ms": self.delivery_timeout_ms,
+                "reconnect.backoff.ms": 50,
+                "reconnect.backoff.max.ms": 1000,
+                "retry.backoff.ms": 50,
+                "retry.backoff.max.ms": 1000,
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+            },
+        )
+
+    def _on_error(self, err: Any) -> None:
+        if err.fatal():
+            self._fatal = True
+            log.error("kafka producer fatal error: %s (replacing the producer)", err)
+        elif err.code() in _UNREACHABLE:
+            self._rl.warning(
+                "kafka-down", "Kafka at %s is unreachable: %s", self.cluster.bootstrap, err.str()
+            )
+        else:
+            self._rl.warning(f"kafka-{err.code()}", "kafka client: %s", err)
+
+    @property
+    def producer(self) -> Any:
+        if self._producer is None:
+            self._producer = self._producer_factory(self._producer_conf())
+        return self._producer
+
+    def _replace_producer(self) -> None:
+        old = self._producer
+        self._producer = None
+        self._fatal = False
+        self.stats.producer_restarts += 1
+        m.PRODUCER_RESTARTS.inc()
+        if old is not None:
+            try:
+                old.purge()
+                old.poll(0)
+            except Exception as exc:  # the old producer is broken anyway
+                log.debug("purging the old producer: %s", exc)
+        now = time.monotonic()
+        for b in self.inflight.values():
+            if not b.queued:
+                b.queued = True
+                b.retry_at = now
+                self.retry.append(b)
+
+    # ---------------------------------------------------------------------------------- the loop
+
+    def run(self, stop: threading.Event) -> None:
+        log.info(
+            "shipping %s as host %r instance %r to %s at %s (checkpoint %s, wake-ups by %s)",
+            self.path,
+            self.host,
+            self.instance,
+            self.topics.events,
+            self.cluster.bootstrap,
+            self.checkpoint_path,
+            self.waker.mode,
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                except CheckpointError as exc:
+                    self._rl.error("checkpoint", "%s", exc)
+                    stop.wait(0.1)
+                except Exception:  # one bad turn never kills the shipper
+                    log.exception("shipper loop failed; going on")
+                    stop.wait(0.1)
+        finally:
+            self.shutdown()
+
+    def step(self) -> None:
+        """One turn of the loop; waits (bounded) when there was nothing to read."""
+        now = time.monotonic()
+        got = 0
+        room = self.max_pending - self.pending_lines
+        if room > 0:
+            if self.paused:
+                self.paused = False
+                m.PAUSED.set(0)
+                log.debug("queue below its bound again: reading resumes")
+            lines = self.tailer.read(min(READ_BYTES, room * 256))
+            got = len(lines)
+            if lines:
+                self._process(lines, now)
+        elif not self.paused:
+            self.paused = True
+            m.PAUSED.set(1)
+            self._rl.warning(
+                "paused",
+                "%d events unacknowledged (shipper.max_pending_lines): reading pauses until the broker"
+                " takes them",
+                self.pending_lines,
+            )
+        for b in self.batcher.due(now):
+            self._send(b)
+        if self._fatal:
+            self._replace_producer()
+        if self.retry:
+            self._resend_due(now)
+        self._poll(0)
+        self._maybe_checkpoint(now)
+        self._maybe_heartbeat(now)
+        self._maybe_gauges(now)
+        if got or (self.pending_lines < self.max_pending and not self.tailer.caught_up):
+            return  # more to read now
+        timeout = self.settings.shipper.poll_interval_s
+        nd = self.batcher.next_deadline()
+        if nd is not None:
+            timeout = min(timeout, nd - now)
+        if self.retry:
+            timeout = min(timeout, min(b.retry_at for b in self.retry) - now)
+        if self.inflight and self._producer is not None:
+            self._poll(max(0.0, min(timeout, INFLIGHT_WAIT_S)))
+        else:
+            self.waker.wait(timeout)
+
+    def _poll(self, timeout: float) -> None:
+        """Serve delivery reports; a fatal producer error (raised here) gets the producer replaced."""
+        if self._producer is None:
+            return
+        try:
+            self._producer.poll(timeout)
+        except Exception as exc:  # KafkaException: fatal state (e.g. the broker forgot our producer id)
+            self._fatal = True
+            self._rl.warning("poll", "kafka producer failed (%s): replacing it", exc)
+
+    def _process(self, items: list[TailItem], now: float) -> None:
+        """Parse what the tailer read; events join their IP's batch (full batches go out at once)."""
+        stats = self.stats
+        limit = self.tailer.max_line_bytes
+        counts = [0, 0]  # lines, events
+        host, batcher, tracker, file_ids = self.host, self.batcher, self.tracker, self._file_ids
+        for item in items:
+            seq, fid = item.seq, item.file_id
+            if seq not in file_ids:
+                file_ids[seq] = fid
+
+            def on_fast(
+                off: int,
+                ts: datetime,
+                ip: str,
+                port: int,
+                client: str,
+                reason: str,
+                raw: str,
+                seq: int = seq,
+                fid: str = fid,
+            ) -> None:
+                pos = (seq, off)
+                b, new, full = batcher.add(
+                    ip, Line(f"{host}:{fid}:{off}", ts, port, client, reason, raw), pos, now
+                )
+                if new:
+                    tracker.open(b.rid, pos)
+                if full:
+                    self._send(b)
+
+            def on_other(off: int, text: str, too_long: bool, seq: int = seq, fid: str = fid) -> None:
+                counts[0] += 1
+                result = (
+                    Rejected(TOO_LONG, f"line longer than {limit} bytes") if too_long else self.parser(text)
+                )
+                if type(result) is ParsedLine:
+                    counts[1] += 1
+                    on_fast(off, result.ts, result.ip, result.port, result.client, result.reason, result.raw)
+                elif type(result) is Liveness:
+                    stats.liveness += 1
+                    stats.last_liveness_ts = result.ts
+                    m.LIVENESS.inc()
+                    m.LAST_LIVENESS_TIME.set(result.ts.timestamp())
+                else:
+                    assert isinstance(result, Rejected)
+                    stats.rejected[result.kind] += 1
+                    m.REJECTED.labels(result.kind).inc()
+                    self._rl_parse.warning(
+                        f"reject-{result.kind}",
+                        "%s: line at byte %d rejected (%s): %s",
+                        self.path,
+                        off,
+                        result.kind,
+                        result.detail,
+                    )
+
+            if isinstance(item, TailLine):
+                on_other(item.offset, "" if item.too_long else decode_line(item.data), item.too_long)
+            elif self.parser is parse_line:
+                fast = scan_block(item.data, item.offset, limit, on_fast, on_other)
+                counts[0] += fast
+                counts[1] += fast
+            else:
+                for ln in chunk_lines(item, limit):
+                    on_other(ln.offset, "" if ln.too_long else decode_line(ln.data), ln.too_long)
+        lines, events = counts
+        stats.lines += lines
+        stats.events += events
+        self.pending_lines += events
+        m.LINES_READ.inc(lines)
+        if events:
+            m.EVENTS_READ.inc(events)
+            if self.batcher.last_ts is not None:
+                stats.last_event_ts = self.batcher.last_ts
+                m.LAST_EVENT_TIME.set(self.batcher.last_ts.timestamp())
+        cur = self.tailer.position[0]
+        if cur not in file_ids:
+            cur_fid = self.tailer.current_file_id()
+            if cur_fid is not None:
+                file_ids[cur] = cur_fid
+
+    def _send(self, b: Pending) -> None:
+        b.value = encode(EventBatch(host=self.host, ip=b.ip, lines=b.lines, instance=self.instance))
+        self.inflight[b.rid] = b
+        self._produce(b)
+
+    def _produce(self, b: Pending) -> None:
+        try:
+            self.producer.produce(
+                self.topics.events,
+                b.value,
+                b.ip.encode(),
+                on_delivery=functools.partial(self._delivered, b.rid),
+            )
+        except BufferError:
+            self._requeue(b, time.monotonic())
+        except Exception as exc:  # KafkaException: fatal state and the like
+            self._rl.warning("produce", "cannot hand a record to the producer (%s): retrying", exc)
+            self._requeue(b, time.monotonic())
+
+    def _requeue(self, b: Pending, now: float) -> None:
+        if not b.queued:
+            b.queued = True
+            b.attempts += 1
+            b.retry_at = now + backoff_s(b.attempts)
+            self.retry.append(b)
+
+    def _resend_due(self, now: float) -> None:
+        due = [b for b in self.retry if b.retry_at <= now]
+        if not due:
+            return
+        self.retry = [b for b in self.retry if b.retry_at > now]
+        for b in due:
+            b.queued = False
+            if b.rid in self.inflight:
+                self._produce(b)
+
+    def _delivered(self, rid: int, err: Any, msg: Any) -> None:
+        b = self.inflight.get(rid)
+        if b is None:
+            return  # a copy of a record that was already acknowledged
+        now = time.monotonic()
+        if err is None:
+            del self.inflight[rid]
+            self.tracker.ack(rid)
+            n = len(b.lines)
+            self.pending_lines -= n
+            self.stats.events_shipped += n
+            self.stats.records_shipped += 1
+            self._last_ack = now
+            if self.on_ack is not None:
+                self.on_ack(b)
+            if self._outage_since is not None:
+                log.info(
+                    "Kafka takes records again after %.1fs: %d records still to confirm",
+                    now - self._outage_since,
+                    len(self.inflight),
+                )
+                self._outage_since = None
+            return
+        self.stats.delivery_failures += 1
+        m.DELIVERY_FAILURES.inc()
+        if self._outage_since is None:
+            self._outage_since = now
+        self._rl.warning(
+            "delivery",
+            "cannot deliver to Kafka at %s for %.0fs (%s): holding %d events in %d records, retrying with"
+            " backoff; the checkpoint stays before them",
+            self.cluster.bootstrap,
+            now - self._outage_since,
+            err,
+            self.pending_lines,
+            len(self.inflight),
+        )
+        if getattr(err, "fatal", lambda: False)():
+            self._fatal = True
+        self._requeue(b, now)
+
+    # ------------------------------------------------------------------------ checkpoint, heartbeat
+
+    def checkpoint_position(self) -> Pos:
+        return self.tracker.low_water(self.tailer.position)
+
+    def _maybe_checkpoint(self, now: float, *, force: bool = False) -> None:
+        if not force and now - self._last_cp_write < CHECKPOINT_INTERVAL_S:
+            return
+        pos = self.checkpoint_position()
+        sync = force or now - self._last_cp_sync >= CHECKPOINT_SYNC_INTERVAL_S
+        if pos == self._checkpoint and not force:
+            return
+        seq, offset = pos
+        ident = self.tailer.identity(seq)
+        file_id = self._file_ids.get(seq)
+        if ident is None:
+            return
+        if file_id is None:
+            file_id = self.tailer.current_file_id() if seq == self.tailer.position[0] else None
+            if file_id is None:
+                return
+        path, dev, ino = ident
+        fp = file_id.rsplit("-", 1)[1] if offset else ""
+        save_checkpoint(self.checkpoint_path, Checkpoint(path, dev, ino, fp, offset), sync=sync)
+        self._checkpoint = pos
+        self._last_cp_write = now
+        if sync:
+            self._last_cp_sync = now
+        self.tailer.forget_before(seq)
+        for s in [s for s in self._file_ids if s < seq]:
+            del self._file_ids[s]
+
+    def heartbeat(self) -> Heartbeat:
+        st = self.stats
+        oldest = min((b.first for b in self.inflight.values()), default=None)
+        counters: dict[str, float] = {
+            "lines_read": st.lines,
+            "events_read": st.events,
+            "events_shipped": st.events_shipped,
+            "records_shipped": st.records_shipped,
+            "liveness_lines": st.liveness,
+            "rejected": sum(st.rejected.values()),
+            "delivery_failures": st.delivery_failures,
+            "queue_lines": self.pending_lines,
+            "lag_bytes": self.tailer.lag_bytes(),
+        }
+        for kind, n in st.rejected.items():
+            counters[f"rejected.{kind}"] = n
+        return Heartbeat(
+            host=self.host,
+            role="shipper",
+            at=utcnow(),
+            instance=self.instance,
+            version=__version__,
+            started_at=self.started_at,
+            interval_s=self.settings.metrics.heartbeat_interval_s,
+            lag=(time.monotonic() - self._last_ack) if oldest is not None else 0.0,
+            counters=counters,
+        )
+
+    def _maybe_heartbeat(self, now: float) -> None:
+        if now - self._last_hb < self.settings.metrics.heartbeat_interval_s:
+            return
+        self._last_hb = now
+        try:
+            self.producer.produce(self.topics.reports, encode(self.heartbeat()), self.host.encode())
+        except Exception as exc:
+            self._rl.warning("heartbeat", "cannot send a heartbeat: %s", exc)
+
+    def _maybe_gauges(self, now: float, *, force: bool = False) -> None:
+        if not force and now - self._last_gauges < 1.0:
+            return
+        self._last_gauges = now
+        # Per-record counters are synced here (a Prometheus inc per record costs more than the record).
+        st, synced = self.stats, self._synced
+        for counter, value in (
+            (m.EVENTS_SHIPPED, st.events_shipped),
+            (m.RECORDS_SHIPPED, st.records_shipped),
+        ):
+            counter.inc(value - synced.get(counter, 0))
+            synced[counter] = value
+        m.QUEUE_LINES.set(self.pending_lines)
+        m.QUEUE_RECORDS.set(len(self.inflight))
+        m.LAG_BYTES.set(self.tailer.lag_bytes())
+        m.ROTATIONS.set(self.tailer.rotations)
+        m.TRUNCATIONS.set(self.tailer.truncations)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        stuck = self._outage_since is not None and time.monotonic() - self._outage_since > 60
+        return not stuck, {
+            "log": str(self.path),
+            "queue_lines": self.pending_lines,
+            "lag_bytes": self.tailer.lag_bytes(),
+            "delivering": self._outage_since is None,
+        }
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Send what is open, wait (bounded) for acknowledgements, write the final checkpoint."""
+        for b in self.batcher.drain():
+            self._send(b)
+        if self._producer is not None:
+            deadline = time.monotonic() + timeout
+            while self.inflight and time.monotonic() < deadline:
+                if self._fatal:
+                    self._replace_producer()
+                self._resend_due(time.monotonic())
+                self._poll(0.05)
+            self._producer.flush(max(0.0, deadline - time.monotonic()))
+            self._producer = None  # closes its connections
+        self._maybe_checkpoint(time.monotonic(), force=True)
+        self._maybe_gauges(time.monotonic(), force=True)
+        if self.inflight:
+            log.warning(
+                "stopping with %d events unacknowledged: they will be shipped again on restart",
+                self.pending_lines,
+            )
+        self.tailer.close()
+        self.waker.close()
+        log.info("shipper stopped: %s; shipped %d events", self.stats.summary(), self.stats.events_shipped)
+
+
+def default_checkpoint(settings: Settings, host: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in host)
+    return settings.resolved_state_dir() / f"shipper-{safe}.checkpoint"

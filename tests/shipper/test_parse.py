@@ -1,0 +1,262 @@
+"""The strict parser: hostile names, address forms, timestamps, and reading files into wire Events."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet2ban.contract import RAW_LINE_MAX, line_id
+from shipper.parse import (
+    ParsedLine,
+    ParseStats,
+    Rejected,
+    iter_file_events,
+    parse_hostport,
+    parse_line,
+    parse_timestamp,
+)
+
+TS = "2017-12-07T16:55:49.9395590-08:00"
+
+
+def amps(name: str, hostport: str, reason: str, ts: str = TS) -> str:
+    return f"{ts} [26] info: 07-0013 client[{name}]({hostport}) disconnected: {reason}."
+
+
+# ------------------------------------------------------------------------------------ property tests
+
+HOSTILE_PIECES = [
+    "](",
+    ")",
+    "(",
+    "[",
+    "]",
+    "disconnected: auth.",
+    ") disconnected: auth.",
+    "](203.0.113.9:1) disconnected: auth.",
+    "(198.51.100.7:44) disconnected: name in use.",
+    "client[",
+    "info: 07-0013 ",
+    "[2001:db8::66]:1",
+    "::ffff:1.2.3.4:5",
+    "\t",
+    "\r",
+    "\x00",
+    "\ufffd",
+    "名前",
+    "🙂",
+    " ",
+    ".",
+    ":",
+]
+names = st.lists(
+    st.one_of(st.sampled_from(HOSTILE_PIECES), st.text(st.characters(exclude_characters="\n"), max_size=8)),
+    max_size=12,
+).map("".join)
+ipv4 = st.ip_addresses(v=4)
+ipv6 = st.ip_addresses(v=6)
+ports = st.integers(1, 65535)
+reasons = st.sampled_from(
+    ["auth", "name in use", "connection closed", "entitlement reset", "heartbeat", "slow client", "x.y"]
+)
+
+
+def canonical(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+@st.composite
+def hostports(draw: st.DrawFn) -> tuple[str, str, int]:
+    """(AMPS HOST:PORT text in one of its forms, canonical ip, port)."""
+    port = draw(ports)
+    if draw(st.booleans()):
+        a4 = draw(ipv4)
+        form = draw(st.sampled_from(["v4", "mapped", "mapped-bracket"]))
+        text = {"v4": f"{a4}", "mapped": f"::ffff:{a4}", "mapped-bracket": f"[::ffff:{a4}]"}[form]
+        return f"{text}:{port}", str(a4), port
+    a6 = draw(ipv6)
+    form = draw(st.sampled_from(["bare", "bracket", "exploded", "upper"]))
+    text = {
+        "bare": str(a6),
+        "bracket": f"[{a6}]",
+        "exploded": a6.exploded,
+        "upper": f"[{str(a6).upper()}]",
+    }[form]
+    return f"{text}:{port}", canonical(a6), port
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=names, hp=hostports(), reason=reasons)
+def test_no_client_name_changes_host_port_or_reason(name: str, hp: tuple[str, str, int], reason: str) -> None:
+    text, ip, port = hp
+    got = parse_line(amps(name, text, reason))
+    assert isinstance(got, ParsedLine), got
+    assert (got.ip, got.port, got.reason, got.client) == (ip, port, reason, name)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=names, reason=reasons)
+def test_a_hostile_name_never_makes_a_bad_address_an_event(name: str, reason: str) -> None:
+    """With AMPS's own address unusable, no name can smuggle in one of its own."""
+    for bad in ("999.1.2.3:5", "10.1.2.3:0", "host.example:5", "10.1.2.3", ""):
+        got = parse_line(amps(name, bad, reason))
+        assert isinstance(got, Rejected), (bad, got)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_parses_or_is_rejected_never_raises(text: str) -> None:
+    got = parse_line(text)
+    assert isinstance(got, ParsedLine | Rejected) or type(got).__name__ == "Liveness"
+
+
+# ----------------------------------------------------------------------------------------- examples
+
+
+def test_timestamp_is_utc_microseconds() -> None:
+    assert parse_timestamp(TS) == datetime(2017, 12, 8, 0, 55, 49, 939559, tzinfo=UTC)
+    assert parse_timestamp("2017-12-31T23:30:00.0000001-01:00") == datetime(2018, 1, 1, 0, 30, tzinfo=UTC)
+    assert parse_timestamp("2017-12-07T16:55:49+0100").hour == 15
+
+
+def test_hostport_forms() -> None:
+    assert parse_hostport("10.1.2.3:51234") == ("10.1.2.3", 51234)
+    assert parse_hostport("[2001:DB8::7]:50000") == ("2001:db8::7", 50000)
+    assert parse_hostport("2001:db8::8:50001") == ("2001:db8::8", 50001)
+    assert parse_hostport("::ffff:10.1.2.3:9") == ("10.1.2.3", 9)
+    assert isinstance(parse_hostport("[::1]50000"), Rejected)
+
+
+def test_long_and_crlf_lines() -> None:
+    line = amps("n" * 5000, "10.1.2.3:5", "auth")
+    got = parse_line(line)
+    assert isinstance(got, Rejected) and got.kind == "too-long"
+    got = parse_line(line, max_len=10_000)
+    assert isinstance(got, ParsedLine) and len(got.raw) == RAW_LINE_MAX
+    got = parse_line(amps("n", "10.1.2.3:5", "auth") + "\r\n")
+    assert isinstance(got, ParsedLine) and got.reason == "auth" and not got.raw.endswith("\r")
+
+
+def test_iter_file_events_ids_stats_and_bounds(tmp_path: Path) -> None:
+    path = tmp_path / "ban.log"
+    lines = [
+        amps("a", "10.0.0.1:1", "auth").encode() + b"\r\n",
+        b"2017-12-07T16:55:49.9395590-08:00 [1] info: 00-0015 alive\n",
+        b"garbage\n",
+        amps("b" * 9000, "10.0.0.2:1", "auth").encode() + b"\n",
+        b"\xff\xfe\x00\x00\x00\n",
+        amps("c@", "10.0.0.3:2", "name in use").encode().replace(b"@", b"\xff") + b"\n",
+        amps("d", "10.0.0.4:3", "auth").encode(),  # last line, no newline
+    ]
+    path.write_bytes(b"".join(lines))
+    st_ = os.stat(path)
+    stats = ParseStats()
+    events = list(iter_file_events(path, "h1", "amps", stats))
+    assert [e.ip for e in events] == ["10.0.0.1", "10.0.0.3", "10.0.0.4"]
+    offsets = [0, sum(map(len, lines[:5])), sum(map(len, lines[:6]))]
+    file_id = f"{st_.st_dev}-{st_.st_ino}-{zlib.crc32(lines[0][:-1]):08x}"
+    assert [e.id for e in events] == [line_id("h1", file_id, o) for o in offsets]
+    assert all(e.host == "h1" and e.instance == "amps" for e in events)
+    assert events[1].client == "c\ufffd"
+    assert (stats.lines, stats.events, stats.liveness) == (7, 3, 1)
+    assert stats.rejected == {"malformed": 1, "too-long": 1, "binary": 1}
+
+
+# ------------------------------------------------------- the file reader's fast path equals parse_line
+
+file_lines = st.one_of(
+    st.builds(
+        lambda name, hp, reason, frac, crlf: (
+            amps(name, hp[0], reason, f"2017-12-07T16:55:49{frac}-08:00") + ("\r" if crlf else "")
+        ),
+        names.filter(lambda s: "\n" not in s and "\r" not in s),
+        hostports(),
+        reasons,
+        st.sampled_from(["", ".1", ".9395590", ".123456789"]),
+        st.booleans(),
+    ),
+    st.sampled_from(
+        [
+            amps("x", "10.1.2.3:70000", "auth"),
+            amps("x", "10.1.2.3:0", "auth"),
+            amps("x", "999.1.2.3:5", "auth"),
+            amps("x", "[::1:5", "auth"),
+            amps("a" * 300, "10.1.2.3:5", "auth"),
+            amps("x", "10.1.2.3:5", "auth") + " junk",
+            "2017-12-07T16:55:49.1-08:00 [1] info: 00-0015 alive",
+            "2017-12-07T16:55:49.1+25:00 [1] info: 07-0013 client[x](10.1.2.3:5) disconnected: auth.",
+            "",
+            "garbage",
+        ]
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(file_lines, max_size=40), st.booleans())
+def test_file_reader_agrees_with_parse_line_line_by_line(lines: list[str], last_newline: bool) -> None:
+    import tempfile
+
+    from shipper.parse import decode_line, read_lines
+
+    data = "\n".join(lines).encode("utf-8", "surrogatepass") + (b"\n" if last_newline and lines else b"")
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "x.log"
+        path.write_bytes(data)
+        stats = ParseStats()
+        got = [
+            (e.id.rsplit(":", 1)[1], e.ip, e.port, e.client, e.reason, e.ts, e.raw)
+            for e in iter_file_events(path, "h", "", stats, max_line_bytes=256)
+        ]
+        want = []
+        ref = ParseStats()
+        with open(path, "rb") as f:
+            for off, raw, too_long in read_lines(f, 256):
+                r = Rejected("too-long") if too_long else parse_line(decode_line(raw), 256)
+                ref.count(r)
+                if isinstance(r, ParsedLine):
+                    want.append((str(off), r.ip, r.port, r.client, r.reason, r.ts, r.raw))
+    assert got == want
+    assert (stats.lines, stats.events, stats.liveness, stats.rejected) == (
+        ref.lines,
+        ref.events,
+        ref.liveness,
+        ref.rejected,
+    )
+
+
+def test_file_reader_fast_path_on_a_plain_ascii_log(tmp_path: Path) -> None:
+    from shipper.parse import decode_line, read_lines
+
+    rows = []
+    for i in range(3000):
+        ts = f"2026-11-25T06:{i // 600:02d}:{i // 10 % 60:02d}.{i:07d}+01:00"
+        ip = f"10.0.{i % 7}.{i % 5 + 1}" if i % 3 else f"[2001:db8::{i % 9:x}]"
+        rows.append(
+            f"{ts} [2] info: 07-0013 client[c{i}]({ip}:{i + 1}) disconnected: {'auth' if i % 2 else 'x y'}."
+        )
+        if i % 97 == 0:
+            rows.append(f"{ts} [2] info: 00-0015 alive")
+        if i % 101 == 0:
+            rows.append(f"{ts} [2] info: 07-0013 client[c{i}](10.0.0.1:99999) disconnected: auth.")
+    path = tmp_path / "plain.log"
+    path.write_bytes(("\n".join(rows) + "\n").encode())
+    got = [
+        (e.id.rsplit(":", 1)[1], e.ip, e.port, e.client, e.reason, e.ts, e.raw)
+        for e in iter_file_events(path, "h")
+    ]
+    with open(path, "rb") as f:
+        want = [
+            (str(off), r.ip, r.port, r.client, r.reason, r.ts, r.raw)
+            for off, raw, _ in read_lines(f)
+            if isinstance(r := parse_line(decode_line(raw)), ParsedLine)
+        ]
+    assert got == want and len(got) == 3000
