@@ -7,6 +7,7 @@ import functools
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 
 from fleet2ban.broker import EmbeddedBroker
-from fleet2ban.exceptions import Fleet2banError
+from fleet2ban.exceptions import BrokerError, Fleet2banError
 from fleet2ban.kafka import Cluster, ensure_topics_quietly, resolve
 from fleet2ban.logs import setup_logging
 from fleet2ban.settings import Settings, load_settings
@@ -82,8 +83,12 @@ def sigterm_as_interrupt() -> None:
 
 
 @contextlib.contextmanager
-def cluster_for(settings: Settings, *, create_topics: bool = True) -> Iterator[Cluster]:
-    """The configured Kafka, or an embedded broker started for this process when none is configured."""
+def cluster_for(settings: Settings, *, create_topics: bool = True, wait: bool = False) -> Iterator[Cluster]:
+    """The configured Kafka, or an embedded broker started for this process when none is configured.
+
+    ``wait``: a long-running component started while Kafka is unreachable keeps trying (with backoff,
+    one warning line every 30 s) instead of exiting; Ctrl-C/SIGTERM stops it.
+    """
     broker: EmbeddedBroker | None = None
     bootstrap = settings.kafka.bootstrap_servers
     if not bootstrap:
@@ -96,13 +101,39 @@ def cluster_for(settings: Settings, *, create_topics: bool = True) -> Iterator[C
             bootstrap,
         )
     try:
-        cluster = resolve(settings.kafka, bootstrap)
-        if create_topics:
-            ensure_topics_quietly(cluster)
+        cluster = (
+            _connect(settings, bootstrap, create_topics)
+            if not wait
+            else _connect_waiting(settings, bootstrap, create_topics)
+        )
         yield cluster
     finally:
         if broker is not None:
             broker.stop()
+
+
+def _connect(settings: Settings, bootstrap: str, create_topics: bool) -> Cluster:
+    cluster = resolve(settings.kafka, bootstrap)
+    if create_topics:
+        ensure_topics_quietly(cluster)
+    return cluster
+
+
+def _connect_waiting(settings: Settings, bootstrap: str, create_topics: bool) -> Cluster:
+    delay, last_warned, attempts = 0.5, 0.0, 0
+    while True:
+        try:
+            return _connect(settings, bootstrap, create_topics)
+        except BrokerError as exc:
+            attempts += 1
+            now = time.monotonic()
+            if now - last_warned >= 30.0:
+                log.warning(
+                    "waiting for Kafka (attempt %d, retrying every %.0fs at most): %s", attempts, 10, exc
+                )
+                last_warned = now
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def echo_json_line(data: bytes | str) -> None:

@@ -80,7 +80,7 @@ def enforcer(
             ", ".join(clash),
         )
     sigterm_as_interrupt()
-    with cluster_for(settings, create_topics=not settings.kafka.bootstrap_servers) as cluster:
+    with cluster_for(settings, create_topics=not settings.kafka.bootstrap_servers, wait=True) as cluster:
         agent = Agent(settings, cluster, fw)
         server = serve_metrics(settings.metrics.port, settings.metrics.bind, agent.health)
         try:
