@@ -174,7 +174,10 @@ def aiokafka_kwargs(cluster: Cluster) -> dict[str, Any]:
 
 
 def faust_broker_settings(cluster: Cluster) -> dict[str, Any]:
-    """Settings for ``faust.App`` that depend on the cluster (workarounds only for the embedded broker)."""
+    """Settings for ``faust.App`` that depend on the cluster (workarounds only for the embedded broker).
+
+    Keys starting with ``fleet2ban_`` are not Faust settings: ``processor.app`` pops and applies them.
+    """
     s = cluster.settings
     conf: dict[str, Any] = {
         "broker": ";".join(f"kafka://{b}" for b in cluster.bootstrap.split(",")),
@@ -198,10 +201,15 @@ def faust_broker_settings(cluster: Cluster) -> dict[str, Any]:
             conf["broker_credentials"] = faust.SSLCredentials(kw["ssl_context"])
     if cluster.embedded:
         conf.update(
-            broker_session_timeout=6.0,
-            broker_heartbeat_interval=1.0,
+            # tansu answers a JoinGroup after half the session timeout: 3 s puts the join at ~1.5 s and
+            # lets a restarted worker take over a dead one's partitions ~3 s after its last heartbeat.
+            broker_session_timeout=3.0,
+            broker_heartbeat_interval=0.5,
             broker_rebalance_timeout=10.0,
             producer_max_batch_size=1,  # exact changelog recovery despite tansu's wrong end offsets
+            # Not a Faust setting (processor.app pops it): Faust hard-codes fetch_max_wait_ms=1500 and
+            # tansu holds an empty fetch for half of it without waking on new data.
+            fleet2ban_fetch_max_wait_ms=10,
         )
     return conf
 

@@ -1,0 +1,423 @@
+"""The Faust worker: the jail core (``processor.policy``) over the ``events`` topic, state in a Faust table.
+
+Topology (DESIGN §2/§3)::
+
+    events (key IP) ──▶ agent ``events`` ──▶ Policy.process ──▶ decisions (ban/unban) + bans (state/tombstone)
+    decisions (key IP) ─▶ agent ``manual`` ─▶ Policy.manual ──▶ bans (mirror of the operator's decision)
+    timer (wall clock) ─▶ Policy.tick ─▶ unban + tombstone when a ban expires; forgets idle state
+
+State: one changelogged Faust ``Table`` keyed by target (the client address), whose value is the
+msgpack-encoded :class:`processor.policy.TargetState` of every jail. Why not a Faust windowed table:
+windowed tables keep one aggregate per (key, tumbling/hopping bucket) and expire whole buckets. The
+exact sliding window of DESIGN §3 needs the individual failure times across a bucket boundary, and ban
+state (a ban in force, ban counts for ``bantime.increment``) must outlive any window. So the table is a
+plain one and the core forgets, per key, what can no longer change a decision (``Policy.tick``, driven by
+the timer): memory follows the addresses active within findtime + lateness, plus bans in force and ban
+counts within their retention.
+
+Partitioning: the table uses ``use_partitioner=True`` (the timer writes outside stream iteration) with
+the key bytes equal to the ``events`` record key, so aiokafka's murmur2 puts each key's changelog in the
+same partition number as its events (the shippers produce with ``murmur2_random``). A worker therefore
+recovers exactly the state of the partitions it is assigned. ``table_standby_replicas`` is 0, and the
+timer only touches keys of partitions this worker actively owns.
+
+Faust traps handled here (shared/notes/embedded-broker.md):
+- the consumer's fetch wait (hard-coded 1,500 ms) is set from ``faust_broker_settings`` (10 ms on the
+  embedded broker, untouched on Kafka) by wrapping the driver's consumer factory;
+- ``faust.Worker`` puts the root logger at DEBUG through its terminal spinner: the spinner is disabled
+  and our own logging set-up is kept (``override_logging=False``);
+- the web server stays off unless ``processor.web_port`` is set (the programmatic worker honours
+  ``web_enabled``; the ``faust worker`` CLI would not).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleet2ban.contract import (
+    BanState,
+    ContractError,
+    Decision,
+    ban_key,
+    decode_batch,
+    decode_decision,
+    encode,
+    normalize_target,
+)
+from fleet2ban.kafka import Cluster, faust_broker_settings
+from fleet2ban.logs import RateLimitedLog
+from fleet2ban.settings import Settings
+from processor import metrics as m
+from processor.engine import ban_expiries
+from processor.policy import Output, Policy, TargetState, decode_state, encode_state
+
+log = logging.getLogger("fleet2ban.processor")
+rlog = RateLimitedLog(log)
+
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+TABLE_NAME = "targets"
+FETCH_WAIT_KEY = "fleet2ban_fetch_max_wait_ms"
+
+
+# --------------------------------------------------------------------------------- the fetch-wait patch
+
+
+def install_fetch_wait_patch() -> None:
+    """Let an app choose its consumer's ``fetch_max_wait_ms`` (Faust hard-codes 1,500 ms).
+
+    Wraps ``AIOKafkaConsumerThread._create_worker_consumer`` once per process; an app opts in by
+    setting ``app.fleet2ban_fetch_max_wait_ms``. The value is set on the aiokafka consumer before it
+    starts (its fetcher is built in ``start()``), so apps that do not opt in keep Faust's default.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    original = cls._create_worker_consumer
+    if getattr(original, "_fleet2ban_patched", False):
+        return
+
+    def patched(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        wait = getattr(self.app, "fleet2ban_fetch_max_wait_ms", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait)
+        return consumer
+
+    patched._fleet2ban_patched = True  # type: ignore[attr-defined]
+    cls._create_worker_consumer = patched  # type: ignore[method-assign]
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """The partition aiokafka's default partitioner (and librdkafka's murmur2) picks for a key."""
+    from aiokafka.partitioner import murmur2
+
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
+# ------------------------------------------------------------------------------------- the processor
+
+
+@dataclass
+class Processor:
+    """Record handling around the core; Faust-independent apart from the table mapping it is given.
+
+    Ban expiries are kept in a heap filled from the decisions the core emits; everything else that the
+    clock can change (idle state to forget, bans recovered from the changelog after a restart or a
+    rebalance) is found by a sweep over the table every ``sweep_every`` seconds, and at once after a
+    partition assignment (``sweep_due``).
+    """
+
+    policy: Policy
+    table: Any  # a faust Table (bytes -> bytes), or any MutableMapping in tests
+    sweep_every: float = 10.0
+    sweep_due: bool = True
+    expiries: list[tuple[float, bytes]] = field(default_factory=list)
+    _next_sweep: float = 0.0
+    _cached: tuple[bytes, bytes | None] = (b"", None)
+
+    def _get(self, target: str) -> TargetState | None:
+        key = target.encode()
+        raw = self.table.get(key)
+        self._cached = (key, raw)
+        return None if raw is None else decode_state(raw)
+
+    def _put(self, target: str, state: TargetState | None) -> None:
+        key = target.encode()
+        if state is None:
+            if key in self.table:
+                del self.table[key]
+            return
+        raw = encode_state(state)
+        if self._cached != (key, raw):  # only changes reach the changelog
+            self.table[key] = raw
+
+    def _note(self, out: list[Output], start: int) -> None:
+        for expires, target in ban_expiries(out, start):
+            heapq.heappush(self.expiries, (expires, target.encode()))
+
+    def on_events_record(self, key: bytes | None, value: bytes | None, out: list[Output]) -> None:
+        """One ``events`` record (bad input is counted, logged at a bounded rate and skipped)."""
+        m.RECORDS.inc()
+        if value is not None and len(value) > MAX_RECORD_BYTES:
+            m.BAD_RECORDS.labels("events", "too_large").inc()
+            rlog.warning("events-large", "skipped an events record of %d bytes", len(value))
+            return
+        n = len(out)
+        try:
+            batch = decode_batch(value)
+            events = batch.events()
+            m.LINES.inc(len(events))
+            self.policy.process(self._get, self._put, batch.ip, events, out)
+        except ContractError as exc:
+            m.BAD_RECORDS.labels("events", "contract").inc()
+            rlog.warning("events-bad", "skipped an invalid events record (key %r): %s", key, exc)
+        if len(out) > n:
+            self._note(out, n)
+
+    def on_decision_record(self, value: bytes | None, out: list[Output]) -> None:
+        """One ``decisions`` record: operators' (manual) decisions are applied and mirrored."""
+        try:
+            d = decode_decision(value)
+        except ContractError as exc:
+            m.BAD_RECORDS.labels("decisions", "contract").inc()
+            rlog.warning("decisions-bad", "skipped an invalid decisions record: %s", exc)
+            return
+        if d.origin != "manual":
+            return
+        if d.action == "ban" and d.expires_at is not None and d.expires_at.timestamp() <= time.time():
+            # a fresh consumer group reads the retained audit log from its start: a manual ban that has
+            # long expired must not be mirrored (and then lifted) again
+            m.DECISIONS.labels("expired_manual_skipped", "manual").inc()
+            return
+        target = normalize_target(d.ip)
+        n = len(out)
+        self._put(target, self.policy.manual(self._get(target), d, out))
+        self._note(out, n)
+
+    def _tick_key(self, key: bytes, now: float, out: list[Output]) -> None:
+        target = key.decode()
+        n = len(out)
+        self._put(target, self.policy.tick(self._get(target), target, now, out))
+        self._note(out, n)
+
+    def tick(self, now: float, owned: Callable[[bytes], bool], out: list[Output]) -> None:
+        """Expire bans due by ``now`` and, when a sweep is due, forget idle state (owned keys only)."""
+        heap = self.expiries
+        while heap and heap[0][0] <= now:
+            _, key = heapq.heappop(heap)
+            if key in self.table and owned(key):
+                self._tick_key(key, now, out)
+        if self.sweep_due or now >= self._next_sweep:
+            self.sweep(now, owned, out)
+
+    def sweep(self, now: float, owned: Callable[[bytes], bool], out: list[Output]) -> None:
+        recovered = self.sweep_due
+        self.sweep_due = False
+        self._next_sweep = now + self.sweep_every
+        bans = keys = 0
+        for key in list(self.table.keys()):
+            if not owned(key):
+                continue
+            raw = self.table.get(key)
+            if raw is None:
+                continue
+            state = decode_state(raw)
+            d = self.policy.deadline(state)
+            if d is not None and d <= now:
+                self._tick_key(key, now, out)
+                raw = self.table.get(key)
+                if raw is None:
+                    continue
+                state = decode_state(raw)
+            keys += 1
+            for js in state.jails.values():
+                if js.ban is not None:
+                    bans += 1
+                    if recovered and js.ban.expires_at is not None:
+                        heapq.heappush(self.expiries, (js.ban.expires_at, key))
+        m.ACTIVE_BANS.set(bans)
+        m.TABLE_SIZE.set(keys)
+
+
+def outputs_to_records(outs: list[Output]) -> list[tuple[str, bytes, bytes | None]]:
+    """(topic kind, key, value) records for the decisions and bans topics, in order."""
+    recs: list[tuple[str, bytes, bytes | None]] = []
+    for o in outs:
+        d: Decision = o.decision
+        if o.publish:
+            recs.append(("decisions", d.ip.encode(), encode(d)))
+        bkey = ban_key(d.jail, d.ip).encode()
+        if d.action == "ban":
+            recs.append(("bans", bkey, encode(BanState.from_decision(d))))
+        else:
+            recs.append(("bans", bkey, None))
+    return recs
+
+
+# ----------------------------------------------------------------------------------------- the app
+
+
+@dataclass
+class FaustProcessor:
+    app: Any
+    processor: Processor
+    settings: Settings
+    cluster: Cluster
+
+
+def app_id(settings: Settings) -> str:
+    """Faust app id (= consumer group and internal topics' prefix), under the fleet's topic prefix."""
+    return f"{settings.kafka.topic_prefix}{settings.processor.app_id}"
+
+
+def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
+    import faust
+
+    install_fetch_wait_patch()
+    conf = faust_broker_settings(cluster)
+    fetch_wait = conf.pop(FETCH_WAIT_KEY, None)
+    conf = {k: v for k, v in conf.items() if not k.startswith("fleet2ban_")}
+    p = settings.processor
+    data_dir = p.data_dir or (settings.resolved_state_dir() / "processor")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    web = bool(p.web_port)
+    app: Any = faust.App(
+        app_id(settings),
+        store=p.store,
+        datadir=str(data_dir),
+        table_standby_replicas=0,
+        web_enabled=web,
+        web_port=p.web_port or 6066,
+        stream_wait_empty=False,
+        broker_commit_interval=1.0,
+        **conf,
+    )
+    app.fleet2ban_fetch_max_wait_ms = fetch_wait
+    topics = cluster.topics
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
+    events_topic = app.topic(topics.events, **raw)
+    decisions_topic = app.topic(topics.decisions, **raw)
+    bans_topic = app.topic(topics.bans, **raw)
+    table = app.Table(
+        TABLE_NAME,
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=cluster.settings.partitions,
+        use_partitioner=True,
+    )
+    policy = Policy.from_settings(settings.jails, p.lateness_s)
+    proc = Processor(policy, table)
+    n_parts = cluster.settings.partitions
+
+    async def publish(outs: list[Output]) -> None:
+        now = time.time()
+        for o in outs:
+            d = o.decision
+            m.DECISIONS.labels(d.action, d.origin).inc()
+            if d.action == "ban" and d.origin == "auto":
+                m.DECISION_DELAY.observe(max(0.0, now - d.at.timestamp()))
+                log.info(
+                    "ban %s jail=%s failures=%d hosts=%s until=%s id=%s",
+                    d.ip,
+                    d.jail,
+                    d.failures,
+                    ",".join(d.hosts),
+                    d.expires_at,
+                    d.id,
+                )
+            elif o.publish:
+                log.info("unban %s jail=%s (%s) id=%s", d.ip, d.jail, d.reason or "", d.id)
+            else:
+                log.info("mirror manual %s %s jail=%s by=%s id=%s", d.action, d.ip, d.jail, d.by, d.id)
+        for kind, key, value in outputs_to_records(outs):
+            topic = decisions_topic if kind == "decisions" else bans_topic
+            await topic.send(key=key, value=value)
+        m.export_counters(policy.counters)
+
+    async def on_events(stream: Any) -> None:
+        out: list[Output] = []
+        async for event in stream.events():
+            msg = event.message
+            proc.on_events_record(msg.key, msg.value, out)
+            if out:
+                await publish(out)
+                out.clear()
+
+    async def on_decisions(stream: Any) -> None:
+        out: list[Output] = []
+        async for event in stream.events():
+            proc.on_decision_record(event.message.value, out)
+            if out:
+                await publish(out)
+                out.clear()
+
+    def owner() -> Callable[[bytes], bool]:
+        """Whether a key's partition is actively assigned to this worker (now)."""
+        actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.events}
+        return lambda key: murmur2_partition(key, n_parts) in actives
+
+    async def expire() -> None:
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            return
+        out: list[Output] = []
+        proc.tick(time.time(), owner(), out)
+        if out:
+            await publish(out)
+        m.export_counters(policy.counters)
+
+    async def gauges() -> None:
+        lag = 0
+        try:
+            consumer: Any = app.consumer
+            for tp in app.assignor.assigned_actives():
+                if tp.topic != topics.events:
+                    continue
+                hw = consumer.highwater(tp)
+                pos = consumer._read_offset.get(tp)
+                if hw is not None:
+                    lag += max(0, hw - (pos + 1 if pos is not None else 0))
+        except Exception as exc:  # metrics are best effort
+            log.debug("lag: %s", exc)
+        m.LAG.set(lag)
+
+    async def fix_root_logger() -> None:
+        # Belt and braces: the spinner is off, but never let the root logger sit at DEBUG by accident.
+        root = logging.getLogger()
+        wanted = logging.getLevelName(settings.log.level)
+        if root.level < wanted:
+            root.setLevel(wanted)
+        log.info(
+            "processor %s started: events=%s jails=%s lateness=%.1fs store=%s",
+            app.conf.id,
+            topics.events,
+            ",".join(j.name for j in policy.jails),
+            p.lateness_s,
+            p.store,
+        )
+
+    async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == topics.events)
+        proc.sweep_due = True  # recovered bans need their expiry timers
+        log.info("partitions assigned: events=%s", mine)
+
+    app.on_partitions_assigned.connect(on_assigned)
+    app.agent(events_topic, name="events")(on_events)
+    app.agent(decisions_topic, name="manual")(on_decisions)
+    app.timer(p.expiry_interval_s, name="expire")(expire)
+    app.timer(5.0, name="gauges")(gauges)
+    app.task(fix_root_logger)
+    return FaustProcessor(app, proc, settings, cluster)
+
+
+def run_worker(settings: Settings, cluster: Cluster) -> None:
+    """Run one worker in this process until SIGINT/SIGTERM."""
+    import faust
+
+    from fleet2ban.metrics import serve_metrics
+
+    fp = build_app(settings, cluster)
+    server = serve_metrics(settings.metrics.port, settings.metrics.bind)
+    worker = faust.Worker(
+        fp.app,
+        loglevel=settings.log.level.lower(),
+        quiet=True,
+        override_logging=False,
+        redirect_stdouts=False,
+    )
+    worker.spinner = None  # its handler would put the root logger at DEBUG (13% CPU)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if server is not None:
+            server.stop()

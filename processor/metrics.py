@@ -1,0 +1,41 @@
+"""The processor's Prometheus metrics (one set per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from processor.policy import Counters
+
+RECORDS = Counter("fleet2ban_processor_records_total", "events records consumed")
+BAD_RECORDS = Counter(
+    "fleet2ban_processor_bad_records_total", "records skipped as invalid, by topic and why", ["topic", "why"]
+)
+LINES = Counter("fleet2ban_processor_lines_total", "07-0013 lines consumed (inside events records)")
+CORE = Counter(
+    "fleet2ban_processor_core_total",
+    "what the jail core saw: failures counted, duplicates, late (not counted), evidence (while banned), "
+    "ignored (ignoreip), not_failure (reason not in the jail), bans, unbans, manual",
+    ["what"],
+)
+DECISIONS = Counter(
+    "fleet2ban_processor_decisions_total", "decisions written or mirrored", ["action", "origin"]
+)
+ACTIVE_BANS = Gauge("fleet2ban_processor_active_bans", "bans in force in this worker's partitions")
+TABLE_SIZE = Gauge("fleet2ban_processor_table_keys", "targets remembered in this worker's table")
+LAG = Gauge("fleet2ban_processor_consumer_lag", "events records not yet processed (this worker)")
+DECISION_DELAY = Histogram(
+    "fleet2ban_processor_decision_delay_seconds",
+    "wall-clock delay from a ban's triggering failure (event time) to the decision being sent",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+_last: dict[str, int] = {}
+
+
+def export_counters(c: Counters) -> None:
+    """Move the core's counters (plain ints, monotonic) into Prometheus."""
+    for name, value in c.as_dict().items():
+        prev = _last.get(name, 0)
+        if value > prev:
+            CORE.labels(name).inc(value - prev)
+            _last[name] = value

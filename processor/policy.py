@@ -1,0 +1,565 @@
+"""The jail core: fail2ban's jail semantics, fleet-wide, in event time (DESIGN §3). No I/O.
+
+``Policy.apply(state, target, events, out)`` takes one target's state (or None) and the events of one
+``events`` record, appends the decisions they cause to ``out`` and returns the new state (None when
+nothing is left to remember). The Faust agent (``processor.app``), ``fleet2ban replay`` and the benchmark
+all call it, so online and offline answers are the same by construction. For speed the state object is
+updated in place: the caller hands it over and keeps the returned one.
+
+Semantics, per (jail, target):
+
+- A failure is an event whose reason is one of the jail's ``reasons`` and whose address is not in
+  ``ignoreip``. The target is the address, or its ``/ban_prefix_v6`` network for IPv6.
+- Window: the target is banned at the event time T of a failure when the counted failures with event
+  time in ``(T - findtime, T]`` number at least ``maxretry`` (the exact sliding window). The decision's
+  ``at`` is T; its ``failures``, ``first_failure_at``, ``hosts`` and ``evidence`` describe that window.
+  When a late failure completes a window ending at a later failure, T is that later failure's time.
+- Lateness: the *watermark* is the newest failure time seen for the target in the jail. A failure older
+  than ``watermark - lateness`` is *late*: not counted (metric ``late``). Failures inside the bound are
+  inserted in event-time order, whatever their arrival order.
+- Duplicates: a failure whose line ``id`` is already in the window is not counted again (a restarted
+  shipper resends lines; they keep their id).
+- On a ban the window is cleared. While the ban is active (event time before ``expires_at``) failures
+  are evidence only. A failure at or after ``expires_at`` first ends the ban (``unban`` at
+  ``expires_at``); counting then starts afresh: failures before ``expires_at`` never count again.
+- ``Policy.tick(state, target, now, out)`` ends bans whose ``expires_at`` is at or before ``now`` (the
+  processor's clock) with the same ``unban`` decision the event path would give (same id, same ``at``),
+  and forgets state that can no longer matter.
+- ``bantime.increment``: the n-th ban of a target lasts ``increment(bantime, n - 1)`` (fail2ban's formula,
+  see ``processor.increment``). Ban counts (reported in every decision, used by the increment) are kept
+  ``ban_count_retention_s`` after the last ban (as fail2ban's ``dbpurgeage``, default one day), then
+  forgotten; every other piece of state is forgotten once it can no longer change a decision.
+- Manual decisions (origin ``manual``): a ban replaces whatever is in force and is mirrored to ``bans``
+  (never re-issued on ``decisions``); an unban lifts the ban, clears the window and is mirrored as a
+  tombstone. After a manual unban only failures newer than both the watermark and the unban's ``at``
+  count (the events and decisions topics are read concurrently: failures from before the unban that
+  arrive after it must not resurrect the ban).
+
+Decisions have deterministic ids: a ban's from (jail, target, triggering line id), an expiry unban's from
+the ban's id. Replaying the same events therefore gives the same decisions, and a re-emitted decision
+is recognised downstream.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from operator import itemgetter
+
+import msgspec
+
+from fleet2ban.contract import (
+    EVIDENCE_MAX,
+    RAW_LINE_MAX,
+    ContractError,
+    Decision,
+    Event,
+    auto_decision_id,
+    from_epoch,
+    normalize_ip,
+    normalize_target,
+)
+from fleet2ban.settings import JailSettings
+from processor.increment import BanTimeFn, compile_increment
+
+EPSILON = 1e-6
+"""One microsecond: after a manual unban only failures strictly newer than the watermark count."""
+DEFAULT_BAN_COUNT_RETENTION_S = 86400.0
+"""How long a target's ban count is kept for ``bantime.increment`` (fail2ban's dbpurgeage default)."""
+NEG_INF = -math.inf
+
+# --------------------------------------------------------------------------------------------- state
+
+
+Failure = tuple[float, str, str, str]
+"""One counted failure in a window: (event time, line id, host, raw line). Windows are lists of these in
+event-time order (equal times in arrival order). A plain tuple: bisect compares them in C."""
+_HI = "\U0010ffff"
+"""Sorts after any line id: ``bisect_right(window, (x, _HI))`` is the first failure newer than ``x``."""
+
+
+class ActiveBan(msgspec.Struct, array_like=True):
+    """The ban in force for a (jail, target)."""
+
+    decision_id: str
+    at: float
+    expires_at: float | None
+    origin: str = "auto"
+    ban_count: int = 1
+    ports: list[int] = msgspec.field(default_factory=list)
+    evidence: int = 0
+    """Failures seen while the ban was active (evidence only)."""
+
+
+class JailState(msgspec.Struct, array_like=True):
+    """Everything one jail remembers about one target."""
+
+    window: list[Failure] = msgspec.field(default_factory=list)
+    watermark: float = NEG_INF
+    floor: float = NEG_INF
+    ban: ActiveBan | None = None
+    ban_count: int = 0
+    last_ban_at: float | None = None
+    last_manual: str | None = None
+
+
+class TargetState(msgspec.Struct):
+    """The table value: per jail, what is remembered about one target (an address or a network)."""
+
+    jails: dict[str, JailState] = msgspec.field(default_factory=dict)
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(TargetState)
+
+
+def encode_state(state: TargetState) -> bytes:
+    """Compact binary form for the Faust table (msgpack: it keeps ``-inf``)."""
+    return _state_encoder.encode(state)
+
+
+def decode_state(data: bytes) -> TargetState:
+    return _state_decoder.decode(data)
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One effect of the core: ``decision`` goes to ``bans`` (a ban's state, or a tombstone for an
+    unban) and, when ``publish`` is true, to ``decisions``. Manual decisions are mirrored only."""
+
+    decision: Decision
+    publish: bool = True
+
+
+@dataclass
+class Counters:
+    """What the core saw, for metrics (monotonic)."""
+
+    events: int = 0
+    failures: int = 0
+    not_failure: int = 0
+    ignored: int = 0
+    duplicates: int = 0
+    late: int = 0
+    evidence: int = 0
+    bans: int = 0
+    unbans: int = 0
+    manual: int = 0
+    expired_forgotten: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# ---------------------------------------------------------------------------------------------- jails
+
+
+@dataclass(frozen=True)
+class Jail:
+    """A jail's settings, compiled for the hot path."""
+
+    name: str
+    reasons: frozenset[str]
+    maxretry: int
+    findtime: float
+    bantime: float
+    ports: tuple[int, ...]
+    ignore: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    prefix_v6: int
+    increment: BanTimeFn | None
+    overalljails: bool
+
+    @classmethod
+    def from_settings(cls, s: JailSettings) -> Jail:
+        return cls(
+            name=s.name,
+            reasons=frozenset(r.strip() for r in s.reasons),
+            maxretry=s.maxretry,
+            findtime=s.findtime,
+            bantime=s.bantime,
+            ports=tuple(s.ports),
+            ignore=tuple(s.ignoreip),
+            prefix_v6=s.ban_prefix_v6,
+            increment=compile_increment(s.bantime_increment),
+            overalljails=s.bantime_increment.overalljails,
+        )
+
+    @property
+    def permanent(self) -> bool:
+        return self.bantime < 0
+
+    def target(self, ip: str) -> str | None:
+        """The ban target of an address in this jail, or None when ``ignoreip`` covers it."""
+        addr = ipaddress.ip_address(ip)
+        for net in self.ignore:
+            if addr.version == net.version and addr in net:
+                return None
+        if addr.version == 6 and self.prefix_v6 < 128:
+            return str(ipaddress.ip_network(f"{addr}/{self.prefix_v6}", strict=False))
+        return ip
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the failures of one address go: target -> the jails counting them there."""
+
+    ip: str
+    targets: dict[str, tuple[Jail, ...]]
+    ignored: int
+
+    @property
+    def single(self) -> tuple[str, tuple[Jail, ...]] | None:
+        """The one target of an address that no jail ignores (the common case), else None."""
+        if self.ignored or len(self.targets) != 1:
+            return None
+        return next(iter(self.targets.items()))
+
+
+_ts_key = itemgetter(0)
+
+
+# ---------------------------------------------------------------------------------------------- policy
+
+
+@dataclass
+class Policy:
+    """The compiled jails plus the lateness bound; stateless apart from its counters and caches."""
+
+    jails: tuple[Jail, ...]
+    lateness: float = 5.0
+    ban_count_retention_s: float = DEFAULT_BAN_COUNT_RETENTION_S
+    counters: Counters = field(default_factory=Counters)
+    _routes: dict[str, Route] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_settings(cls, jails: Sequence[JailSettings], lateness: float = 5.0) -> Policy:
+        return cls(tuple(Jail.from_settings(j) for j in jails if j.enabled), lateness)
+
+    def jail(self, name: str) -> Jail | None:
+        for j in self.jails:
+            if j.name == name:
+                return j
+        return None
+
+    # -------------------------------------------------------------------------------------- routing
+
+    def route(self, ip: str) -> Route:
+        """Targets of an address (cached). Raises ContractError when ``ip`` is not an address."""
+        r = self._routes.get(ip)
+        if r is None:
+            norm = normalize_ip(ip)
+            targets: dict[str, list[Jail]] = {}
+            ignored = 0
+            for j in self.jails:
+                t = j.target(norm)
+                if t is None:
+                    ignored += 1
+                else:
+                    targets.setdefault(t, []).append(j)
+            r = Route(norm, {t: tuple(js) for t, js in targets.items()}, ignored)
+            if len(self._routes) > 100_000:
+                self._routes.clear()
+            self._routes[ip] = r
+        return r
+
+    def process(
+        self,
+        get: Callable[[str], TargetState | None],
+        put: Callable[[str, TargetState | None], None],
+        ip: str,
+        events: Sequence[Event],
+        out: list[Output],
+    ) -> None:
+        """Route the events of one address to their targets' states (read with ``get``, written back
+        with ``put``, which receives None when a state is to be forgotten)."""
+        r = self._routes.get(ip) or self.route(ip)
+        c = self.counters
+        c.events += len(events)
+        if r.ignored:
+            c.ignored += r.ignored * len(events)
+        for target, jails in r.targets.items():
+            state = get(target)
+            new = self.apply(state, target, events, out, jails)
+            if new is not None or state is not None:
+                put(target, new)
+
+    # ------------------------------------------------------------------------------------------ core
+
+    def apply(
+        self,
+        state: TargetState | None,
+        target: str,
+        events: Iterable[Event],
+        out: list[Output],
+        jails: Sequence[Jail] | None = None,
+    ) -> TargetState | None:
+        """Apply failures of one target (all events are of addresses that map to ``target``)."""
+        jails = self.jails if jails is None else jails
+        c = self.counters
+        failure = self._failure
+        for ev in events:
+            reason = ev.reason
+            t = None
+            for j in jails:
+                if reason not in j.reasons:
+                    c.not_failure += 1
+                    continue
+                if t is None:
+                    t = ev.ts.timestamp()
+                if state is None:
+                    state = TargetState()
+                js = state.jails.get(j.name)
+                if js is None:
+                    js = state.jails[j.name] = JailState()
+                failure(j, js, state, target, ev, t, out)
+        return state
+
+    def _failure(
+        self, j: Jail, js: JailState, state: TargetState, target: str, ev: Event, t: float, out: list[Output]
+    ) -> None:
+        c = self.counters
+        if t > js.watermark:  # noqa: PLR1730 - hot path: cheaper than max()
+            js.watermark = t
+        ban = js.ban
+        if ban is not None:
+            if ban.expires_at is not None and t >= ban.expires_at:
+                self._expire(j.name, js, target, out)
+            else:
+                ban.evidence += 1
+                c.evidence += 1
+                return
+        if t < js.floor or t < js.watermark - self.lateness:
+            c.late += 1
+            return
+        window = js.window
+        ev_id = ev.id
+        if window:
+            # a duplicate line has the id, hence the time, of one already counted: look at equal times
+            i = bisect_left(window, (t,))
+            n = len(window)
+            while i < n and window[i][0] == t:
+                if window[i][1] == ev_id:
+                    c.duplicates += 1
+                    return
+                i += 1
+        c.failures += 1
+        raw = ev.raw
+        failure: Failure = (t, ev_id, ev.host, raw if len(raw) <= RAW_LINE_MAX else raw[:RAW_LINE_MAX])
+        findtime = j.findtime
+        if not window or t >= window[-1][0]:
+            window.append(failure)
+            n = len(window)
+            if n >= j.maxretry and n - bisect_right(window, (t - findtime, _HI)) >= j.maxretry:
+                self._ban(j, js, state, target, n - 1, out)
+                return
+        else:
+            insort(window, failure, key=_ts_key)
+            self._check_late_insert(j, js, state, target, t, out)
+            if js.ban is not None:
+                return
+        cutoff = js.watermark - self.lateness - findtime
+        if window[0][0] <= cutoff:
+            del window[: bisect_right(window, (cutoff, _HI))]
+
+    def _check_late_insert(
+        self, j: Jail, js: JailState, state: TargetState, target: str, t: float, out: list[Output]
+    ) -> None:
+        """After inserting a failure at ``t`` before newer ones: the first window (ending at a failure at
+        or after ``t``) that now holds ``maxretry`` failures bans."""
+        window = js.window
+        findtime = j.findtime
+        i = bisect_right(window, (t, _HI)) - 1  # the last failure at time t
+        n = len(window)
+        while i < n:
+            end = window[i][0]
+            if end >= t + findtime:
+                return
+            last = bisect_right(window, (end, _HI)) - 1  # latest arrival among equal times
+            count = last + 1 - bisect_right(window, (end - findtime, _HI))
+            if count >= j.maxretry:
+                self._ban(j, js, state, target, last, out)
+                return
+            i = last + 1
+
+    def _ban(
+        self, j: Jail, js: JailState, state: TargetState, target: str, last: int, out: list[Output]
+    ) -> None:
+        window = js.window
+        end, trigger_id, _, _ = window[last]
+        first = bisect_right(window, (end - j.findtime, _HI))
+        counted = window[first : last + 1]
+        earlier = sum(s.ban_count for s in state.jails.values()) if j.overalljails else js.ban_count
+        decision_id = auto_decision_id(j.name, target, trigger_id)
+        if j.permanent:
+            expires: float | None = None
+        else:
+            bantime = j.bantime if j.increment is None else j.increment(j.bantime, earlier, decision_id)
+            expires = end + bantime
+        ban_count = earlier + 1
+        decision = Decision(
+            id=decision_id,
+            action="ban",
+            ip=target,
+            jail=j.name,
+            at=from_epoch(end),
+            ports=list(j.ports),
+            expires_at=None if expires is None else from_epoch(expires),
+            failures=len(counted),
+            first_failure_at=from_epoch(counted[0][0]),
+            last_failure_at=from_epoch(end),
+            hosts=sorted({f[2] for f in counted}),
+            ban_count=ban_count,
+            origin="auto",
+            evidence=[f[3] for f in counted[-EVIDENCE_MAX:]],
+        )
+        js.ban = ActiveBan(
+            decision_id,
+            end,
+            expires,
+            "auto",
+            ban_count,
+            list(j.ports),
+            evidence=len(window) - last - 1,
+        )
+        js.ban_count += 1
+        js.last_ban_at = end
+        js.window = []
+        self.counters.bans += 1
+        out.append(Output(decision))
+
+    def _expire(self, jail: str, js: JailState, target: str, out: list[Output]) -> None:
+        ban = js.ban
+        assert ban is not None and ban.expires_at is not None
+        x = ban.expires_at
+        out.append(
+            Output(
+                Decision(
+                    id=auto_decision_id(jail, target, ban.decision_id, "unban"),
+                    action="unban",
+                    ip=target,
+                    jail=jail,
+                    at=from_epoch(x),
+                    ports=list(ban.ports),
+                    ban_count=ban.ban_count,
+                    origin="auto",
+                    reason="expired",
+                )
+            )
+        )
+        js.ban = None
+        js.window = []
+        js.floor = max(js.floor, x)
+        self.counters.unbans += 1
+
+    # ------------------------------------------------------------------------------------ the clock
+
+    def tick(
+        self, state: TargetState | None, target: str, now: float, out: list[Output], forget: bool = True
+    ) -> TargetState | None:
+        """End the bans that expired at or before ``now``; forget what can no longer matter.
+
+        Forgetting assumes that no failure older than ``now - lateness`` arrives afterwards (the worker's
+        clock runs ahead of event time by less than the lateness bound)."""
+        if state is None:
+            return None
+        for name in list(state.jails):
+            js = state.jails[name]
+            ban = js.ban
+            if ban is not None:
+                if ban.expires_at is not None and ban.expires_at <= now:
+                    self._expire(name, js, target, out)
+                else:
+                    continue
+            if forget and self._forgettable(name, js, now):
+                del state.jails[name]
+                self.counters.expired_forgotten += 1
+        return state if state.jails else None
+
+    def _horizon(self, name: str, js: JailState) -> float:
+        """When an unbanned jail state stops mattering (``inf`` while it still can)."""
+        j = self.jail(name)
+        findtime = j.findtime if j is not None else 0.0
+        keep = max(js.floor, js.window[-1][0] + findtime if js.window else NEG_INF)
+        keep += self.lateness
+        if js.last_ban_at is not None:
+            keep = max(keep, js.last_ban_at + self.ban_count_retention_s)
+        return keep
+
+    def _forgettable(self, name: str, js: JailState, now: float) -> bool:
+        return js.ban is None and self._horizon(name, js) <= now
+
+    def deadline(self, state: TargetState | None) -> float | None:
+        """The next ``now`` at which ``tick`` has something to do for this state (None: never)."""
+        if state is None:
+            return None
+        best = math.inf
+        for name, js in state.jails.items():
+            if js.ban is not None:
+                if js.ban.expires_at is not None:
+                    best = min(best, js.ban.expires_at)
+            else:
+                best = min(best, self._horizon(name, js))
+        return None if best == math.inf else best
+
+    # -------------------------------------------------------------------------------- manual decisions
+
+    def manual(self, state: TargetState | None, decision: Decision, out: list[Output]) -> TargetState | None:
+        """Apply an operator's decision (origin ``manual``) and mirror it to ``bans``."""
+        if decision.origin != "manual":
+            return state
+        target = normalize_target(decision.ip)
+        if state is None:
+            state = TargetState()
+        js = state.jails.get(decision.jail)
+        if js is None:
+            js = state.jails[decision.jail] = JailState()
+        if js.last_manual == decision.id:
+            return state  # a redelivered decision: already applied
+        js.last_manual = decision.id
+        self.counters.manual += 1
+        if decision.action == "ban":
+            j = self.jail(decision.jail)
+            js.ban_count += 1
+            at = decision.at.timestamp()
+            js.ban = ActiveBan(
+                decision.id,
+                at,
+                decision.expires_at.timestamp() if decision.expires_at is not None else None,
+                "manual",
+                js.ban_count,
+                list(decision.ports or (j.ports if j is not None else ())),
+            )
+            js.last_ban_at = at
+            js.window = []
+        else:
+            js.ban = None
+            js.window = []
+            # forgive every failure up to the unban: those already seen (watermark) and those still on
+            # their way from other hosts or through the other topic (event time up to the decision's at)
+            js.floor = max(js.floor, js.watermark + EPSILON, decision.at.timestamp() + EPSILON)
+        if target != decision.ip:
+            decision = msgspec.structs.replace(decision, ip=target)
+        out.append(Output(decision, publish=False))
+        return state
+
+
+__all__ = [
+    "ActiveBan",
+    "ContractError",
+    "Counters",
+    "Failure",
+    "Jail",
+    "JailState",
+    "Output",
+    "Policy",
+    "Route",
+    "TargetState",
+    "decode_state",
+    "encode_state",
+]

@@ -1,0 +1,245 @@
+"""A harness for processor workers (subprocesses of ``fleet2ban processor``) on the session's broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from fleet2ban.broker import free_port
+from fleet2ban.contract import (
+    Decision,
+    EventBatch,
+    Line,
+    decode_decision,
+    encode,
+    utcnow,
+)
+from fleet2ban.kafka import Cluster, consumer_config, ensure_topics, producer_config, resolve
+from fleet2ban.settings import KafkaSettings
+
+T = TypeVar("T")
+
+WORKER_CONFIG: dict[str, Any] = {
+    "jails": [
+        {"name": "amps", "reasons": ["auth"], "maxretry": 20, "findtime": 10, "bantime": 120},
+        {"name": "short", "reasons": ["name in use"], "maxretry": 3, "findtime": 10, "bantime": 2},
+    ],
+    "processor": {"expiry_interval_s": 0.2, "lateness_s": 5.0},
+}
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30.0, every: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+class Follower:
+    """Reads topics from the beginning (no group) in a thread and keeps every record."""
+
+    def __init__(self, cluster: Cluster, topics: list[str]) -> None:
+        self.records: dict[str, list[tuple[bytes | None, bytes | None]]] = {t: [] for t in topics}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._consumer = Consumer(consumer_config(cluster, **{"enable.partition.eof": False}))
+        parts = []
+        for t in topics:
+            meta = self._consumer.list_topics(t, timeout=10).topics[t]
+            parts += [TopicPartition(t, p, OFFSET_BEGINNING) for p in meta.partitions]
+        self._consumer.assign(parts)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(500, 0.05):
+                err = msg.error()
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        raise RuntimeError(str(err))
+                    continue
+                with self._lock:
+                    self.records[msg.topic()].append((msg.key(), msg.value()))
+
+    def get(self, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+        with self._lock:
+            return list(self.records[topic])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._consumer.close()
+
+
+class Fleet:
+    """The topics of one test module, a producer standing in for shippers, and processor workers."""
+
+    wait_for = staticmethod(wait_for)
+
+    def __init__(self, bootstrap: str, tmp: Path, config: dict[str, Any] | None = None) -> None:
+        self.prefix = f"p{uuid.uuid4().hex[:8]}."
+        self.kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=self.prefix, partitions=3)
+        self.cluster = resolve(self.kafka)
+        ensure_topics(self.cluster)
+        self.topics = self.cluster.topics
+        self.tmp = tmp
+        self.metrics_port = free_port()
+        cfg = {
+            **(config or WORKER_CONFIG),
+            "kafka": {"partitions": 3},
+            "state_dir": str(tmp / "state"),
+            "metrics": {"port": self.metrics_port, "bind": "127.0.0.1"},
+        }
+        self.config_path = tmp / "processor.yaml"
+        self.config_path.write_text(yaml.safe_dump(cfg))
+        self.producer = Producer(producer_config(self.cluster, linger_ms=0))
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.follower = Follower(self.cluster, [self.topics.decisions, self.topics.bans])
+        self._n = 0
+
+    # ------------------------------------------------------------------------------------- workers
+
+    def start_worker(self, metrics: bool = True) -> subprocess.Popen[bytes]:
+        n = len(self.workers)
+        env = dict(os.environ)
+        env.pop("FLEET2BAN_CONFIG", None)
+        args = [
+            sys.executable,
+            "-m",
+            "fleet2ban.cli.main",
+            "-c",
+            str(self.config_path),
+            "-b",
+            self.cluster.bootstrap,
+            "--topic-prefix",
+            self.prefix,
+            "processor",
+        ]
+        if not metrics:
+            args += ["--metrics-port", "0"]
+        log = open(self.tmp / f"worker{n}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- worker{i}.log\n" + (self.tmp / f"worker{i}.log").read_text(errors="replace")[-4000:]
+            for i in range(len(self.workers))
+        )
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(3)  # a graceful stop; the state dies with the test's topic prefix anyway
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        self.follower.close()
+
+    # ------------------------------------------------------------------------------------- shipping
+
+    def line_ids(self, host: str, n: int) -> list[str]:
+        ids = [f"{host}:test:{self._n + i}" for i in range(n)]
+        self._n += n
+        return ids
+
+    def ship(
+        self,
+        ip: str,
+        host: str,
+        ids: list[str],
+        reason: str = "auth",
+        ts: datetime | None = None,
+        key: bytes | None = None,
+    ) -> None:
+        ts = ts or utcnow()
+        batch = EventBatch(
+            host=host,
+            ip=ip,
+            lines=[Line(id=i, ts=ts, port=40000, client="c", reason=reason, raw=f"line {i}") for i in ids],
+        )
+        self.produce_raw(key if key is not None else ip.encode(), encode(batch))
+
+    def produce_raw(self, key: bytes | None, value: bytes | None, topic: str | None = None) -> None:
+        self.producer.produce(topic or self.topics.events, key=key, value=value)
+        self.producer.flush(10)
+
+    def fail(self, ip: str, n: int, host: str = "h1", reason: str = "auth") -> list[str]:
+        ids = self.line_ids(host, n)
+        self.ship(ip, host, ids, reason)
+        return ids
+
+    # --------------------------------------------------------------------------------------- reading
+
+    def decisions(self, ip: str | None = None) -> list[Decision]:
+        out = [decode_decision(v) for _, v in self.follower.get(self.topics.decisions)]
+        return [d for d in out if ip is None or d.ip == ip]
+
+    def bans(self) -> dict[bytes, bytes | None]:
+        latest: dict[bytes, bytes | None] = {}
+        for k, v in self.follower.get(self.topics.bans):
+            assert k is not None
+            latest[k] = v
+        return latest
+
+    def ban_records(self, key: bytes) -> list[bytes | None]:
+        return [v for k, v in self.follower.get(self.topics.bans) if k == key]
+
+    def wait_decision(
+        self, ip: str, action: str = "ban", count: int = 1, timeout: float = 30.0
+    ) -> list[Decision]:
+        def check() -> list[Decision] | None:
+            got = [d for d in self.decisions(ip) if d.action == action]
+            return got if len(got) >= count else None
+
+        try:
+            return wait_for(f"{count} {action} decision(s) for {ip}", check, timeout)
+        except AssertionError:
+            print(self.logs())
+            raise
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def ready(self, timeout: float = 40.0) -> None:
+        """Wait until the workers are consuming: a probe address gets banned."""
+        probe = f"192.0.2.{len(self.decisions()) % 250 + 1}"
+        self.fail(probe, 3, reason="name in use")
+        self.wait_decision(probe, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """One worker for the whole module, ready to ban."""
+    f = Fleet(kafka_bootstrap, tmp_path_factory.mktemp("fleet"))
+    f.start_worker()
+    try:
+        f.ready()
+        yield f
+    finally:
+        f.stop()

@@ -1,0 +1,452 @@
+"""The jail core: examples for each rule of DESIGN §3, and property tests against a brute-force reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from fleet2ban.contract import Decision, Event, auto_decision_id, from_epoch, rfc3339
+from fleet2ban.settings import IncrementSettings, JailSettings
+from processor.engine import Engine
+from processor.policy import Output, Policy, TargetState, decode_state, encode_state
+
+
+def _load_reference() -> Any:
+    # --import-mode=importlib: sibling modules are not importable by name; load it by path.
+    name = "fleet2ban_tests_policy_reference"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("policy_reference.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+Reference = _load_reference().Reference
+
+BASE = 1_764_000_000.0  # 2025-11-24T16:00:00Z
+IPS = ["10.0.0.1", "10.0.0.2", "2001:db8::7"]
+HOSTS = ["h1", "h2", "h3"]
+
+
+def ev(
+    t: float,
+    ip: str = "10.0.0.1",
+    host: str = "h1",
+    n: int | None = None,
+    reason: str = "auth",
+) -> Event:
+    ident = f"{host}:f:{n if n is not None else int(t * 1000)}"
+    return Event(
+        host=host,
+        ip=ip,
+        id=ident,
+        ts=from_epoch(BASE + t),
+        port=40000,
+        client="c",
+        reason=reason,
+        raw=f"raw {host} {t}",
+    )
+
+
+def run(policy: Policy, events: list[Event]) -> list[Output]:
+    engine = Engine(policy)
+    return engine.feed(events)
+
+
+def bans(outs: list[Output]) -> list[Decision]:
+    return [o.decision for o in outs if o.decision.action == "ban"]
+
+
+def default_policy(**jail: object) -> Policy:
+    return Policy.from_settings([JailSettings(**jail)], lateness=5.0)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------- examples
+
+
+def test_bans_at_the_maxretry_th_failure_within_findtime() -> None:
+    p = default_policy()
+    outs = run(p, [ev(i * 0.4, n=i) for i in range(25)])
+    (b,) = bans(outs)
+    assert b.at == from_epoch(BASE + 19 * 0.4)
+    assert b.failures == 20
+    assert b.expires_at == b.at + timedelta(seconds=120)
+    assert b.ports == [9007] and b.jail == "amps" and b.ip == "10.0.0.1" and b.ban_count == 1
+    assert b.first_failure_at == from_epoch(BASE)
+    assert b.id == auto_decision_id("amps", "10.0.0.1", "h1:f:19")
+    assert len(b.evidence) == 5 and b.evidence[-1] == f"raw h1 {19 * 0.4}"
+    assert p.counters.evidence == 5  # the 5 failures after the ban
+
+
+def test_window_is_exact_not_tumbling() -> None:
+    # 19 failures at 0..9.0, then one at 10.5: the window (0.5, 10.5] holds only 18 (a tumbling 0-10/10-20
+    # bucket would see 19 + 1 across two buckets, fail2ban's rate estimate might ban).
+    p = default_policy()
+    events = [ev(0.5 * i, n=i) for i in range(19)] + [ev(10.5, n=100)]
+    assert bans(run(p, events)) == []
+    p = default_policy()
+    events = [ev(0.5 * i, n=i) for i in range(20)]  # 0 .. 9.5: 20 failures within 10 s
+    assert len(bans(run(p, events))) == 1
+
+
+def test_findtime_boundary_is_open_on_the_left() -> None:
+    p = default_policy(maxretry=2, findtime=10.0)
+    assert bans(run(p, [ev(0.0, n=1), ev(10.0, n=2)])) == []  # (0, 10] excludes 0
+    p = default_policy(maxretry=2, findtime=10.0)
+    assert len(bans(run(p, [ev(0.0, n=1), ev(9.999, n=2)]))) == 1
+
+
+def test_fleet_wide_failures_over_three_hosts_ban() -> None:
+    p = default_policy()
+    events = [ev(i * 0.1, host=HOSTS[i % 3], n=i) for i in range(20)]
+    (b,) = bans(run(p, events))
+    assert b.hosts == ["h1", "h2", "h3"]
+
+
+def test_duplicates_count_once() -> None:
+    p = default_policy(maxretry=3)
+    events = [ev(1.0, n=1), ev(1.0, n=1), ev(1.1, n=2), ev(1.1, n=2)]
+    assert bans(run(p, events)) == []
+    assert p.counters.duplicates == 2
+
+
+def test_late_events_beyond_the_bound_are_not_counted() -> None:
+    p = default_policy(maxretry=3)
+    events = [ev(10.0, n=1), ev(11.0, n=2), ev(4.0, n=3)]  # 4.0 < 11 - 5
+    assert bans(run(p, events)) == []
+    assert p.counters.late == 1
+    # within the bound it counts, and the ban is at the newest failure of the full window
+    p = default_policy(maxretry=3)
+    (b,) = bans(run(p, [ev(10.0, n=1), ev(11.0, n=2), ev(7.0, n=3)]))
+    assert b.at == from_epoch(BASE + 11.0) and b.failures == 3
+
+
+def test_a_late_failure_completes_an_earlier_window() -> None:
+    # windows ending at 5.0 hold {4.5, 5.0}; at 9.0 only {9.0}. A late 4.0 makes (3, 5] hold 3.
+    p = Policy.from_settings([JailSettings(maxretry=3, findtime=2.0)], lateness=30)
+    (b,) = bans(run(p, [ev(4.5, n=1), ev(5.0, n=2), ev(9.0, n=3), ev(4.0, n=4)]))
+    assert b.at == from_epoch(BASE + 5.0)
+    assert b.id == auto_decision_id("amps", "10.0.0.1", "h1:f:2")
+
+
+def test_ban_expiry_by_event_time_then_counting_afresh() -> None:
+    p = default_policy(maxretry=2, findtime=10.0, bantime=5.0)
+    events = [ev(0.0, n=1), ev(1.0, n=2), ev(3.0, n=3), ev(6.0, n=4), ev(6.5, n=5), ev(7.0, n=6)]
+    outs = run(p, events)
+    assert [(o.decision.action, o.decision.at) for o in outs] == [
+        ("ban", from_epoch(BASE + 1.0)),
+        ("unban", from_epoch(BASE + 6.0)),
+        ("ban", from_epoch(BASE + 6.5)),
+    ]
+    assert outs[2].decision.failures == 2  # 3.0 was during the ban: evidence only
+
+
+def test_timer_expiry_gives_the_same_unban_as_event_time() -> None:
+    p1 = default_policy(maxretry=2, bantime=5.0)
+    p2 = default_policy(maxretry=2, bantime=5.0)
+    e = Engine(p1)
+    e.feed([ev(0.0, n=1), ev(1.0, n=2)])
+    timer = e.advance(BASE + 100)
+    by_event = run(p2, [ev(0.0, n=1), ev(1.0, n=2), ev(50.0, n=3)])
+    assert timer == [by_event[1]]
+    assert timer[0].decision.at == from_epoch(BASE + 6.0)
+    assert e.states["10.0.0.1"].jails["amps"].ban_count == 1  # kept for the retention horizon
+    e.advance(BASE + 6.0 + 86400 + 10)
+    assert e.states == {}  # then forgotten
+
+
+def test_ignoreip_and_reasons() -> None:
+    p = default_policy(maxretry=1, ignoreip=["10.0.0.0/24"])
+    assert bans(run(p, [ev(1.0, ip="10.0.0.9", n=1)])) == []
+    assert p.counters.ignored == 1
+    p = default_policy(maxretry=1)
+    assert bans(run(p, [ev(1.0, reason="timeout", n=1)])) == []
+    assert p.counters.not_failure == 1
+
+
+def test_ipv6_prefix_counts_and_bans_the_network() -> None:
+    p = default_policy(maxretry=3, ban_prefix_v6=64)
+    events = [ev(1.0 + i, ip=f"2001:db8:0:1::{i + 1}", n=i) for i in range(3)]
+    (b,) = bans(run(p, events))
+    assert b.ip == "2001:db8:0:1::/64"
+
+
+def test_ipv4_mapped_is_ipv4() -> None:
+    p = default_policy(maxretry=2)
+    (b,) = bans(run(p, [ev(1.0, ip="::ffff:10.1.2.3", n=1), ev(2.0, ip="10.1.2.3", n=2)]))
+    assert b.ip == "10.1.2.3"
+
+
+def test_permanent_ban_never_expires() -> None:
+    p = default_policy(maxretry=1, bantime=-1)
+    e = Engine(p)
+    (o,) = e.feed([ev(1.0, n=1)])
+    assert o.decision.expires_at is None
+    assert e.advance(BASE + 1e7) == []
+    assert list(e.active_bans()) == [("amps", "10.0.0.1")]
+
+
+def test_bantime_increment_follows_fail2ban_formula() -> None:
+    inc = IncrementSettings(enabled=True, factor=1.0, maxtime=1000.0)
+    p = default_policy(maxretry=1, bantime=10.0, bantime_increment=inc)
+    outs = run(p, [ev(t, n=i) for i, t in enumerate((0.0, 20.0, 60.0, 200.0, 1000.0, 3000.0))])
+    durations = [
+        (o.decision.expires_at - o.decision.at).total_seconds()  # type: ignore[operator]
+        for o in outs
+        if o.decision.action == "ban"
+    ]
+    # fail2ban: Time * (1 << Count) * factor, capped by maxtime; the first ban is plain bantime
+    assert durations == [10.0, 20.0, 40.0, 80.0, 160.0, 320.0]
+    assert [b.ban_count for b in bans(outs)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_bantime_increment_multipliers() -> None:
+    inc = IncrementSettings(enabled=True, multipliers=[1, 5, 30])
+    p = default_policy(maxretry=1, bantime=10.0, bantime_increment=inc)
+    outs = run(p, [ev(t, n=i) for i, t in enumerate((0.0, 20.0, 100.0, 1000.0))])
+    durations = [(b.expires_at - b.at).total_seconds() for b in bans(outs)]  # type: ignore[operator]
+    assert durations == [10.0, 50.0, 300.0, 300.0]
+
+
+def test_manual_ban_is_mirrored_not_reissued_and_suppresses_counting() -> None:
+    p = default_policy(maxretry=2)
+    e = Engine(p)
+    manual = Decision(
+        id="m-1",
+        action="ban",
+        ip="10.0.0.1",
+        jail="amps",
+        at=from_epoch(BASE),
+        expires_at=from_epoch(BASE + 100),
+        origin="manual",
+        by="alice",
+        reason="test",
+    )
+    (o,) = e.manual(manual)
+    assert o.publish is False and o.decision == manual
+    assert e.manual(manual) == []  # redelivered: applied once
+    assert e.feed([ev(1.0, n=1), ev(2.0, n=2)]) == []  # banned: evidence only
+    unban = Decision(
+        id="m-2", action="unban", ip="10.0.0.1", jail="amps", at=from_epoch(BASE), origin="manual"
+    )
+    (o,) = e.manual(unban)
+    assert o.publish is False and o.decision.action == "unban"
+    assert e.feed([ev(2.0, n=3)]) == []  # not newer than the watermark: cleared
+    (b,) = bans(e.feed([ev(3.0, n=4), ev(4.0, n=5)]))
+    assert b.failures == 2 and b.ban_count == 2
+
+
+def test_state_roundtrips_through_the_table_codec() -> None:
+    p = default_policy()
+    e = Engine(p)
+    e.feed([ev(i * 0.1, n=i) for i in range(10)])
+    state = e.states["10.0.0.1"]
+    assert decode_state(encode_state(state)) == state
+    assert decode_state(encode_state(TargetState())) == TargetState()
+
+
+def test_decision_wire_fields_for_replay() -> None:
+    p = default_policy(maxretry=1)
+    (o,) = run(p, [ev(1.0, n=1)])
+    assert rfc3339(o.decision.at).endswith("Z")
+
+
+# ----------------------------------------------------------------------------------- property tests
+
+
+@st.composite
+def streams(draw: st.DrawFn, disorder: float = 12.0) -> tuple[list[tuple[str, object]], JailSettings]:
+    """A random multi-host stream: failures, other reasons, duplicates, manual decisions and ticks."""
+    maxretry = draw(st.integers(1, 6))
+    findtime = draw(st.sampled_from([1.0, 2.5, 10.0]))
+    bantime = draw(st.sampled_from([0.5, 3.0, 20.0, -1.0]))
+    jail = JailSettings(maxretry=maxretry, findtime=findtime, bantime=bantime)
+    n = draw(st.integers(1, 80))
+    steps: list[tuple[str, object]] = []
+    sent: list[Event] = []
+    clock = 0.0
+    for i in range(n):
+        kind = draw(st.sampled_from(["fail"] * 8 + ["other", "dup", "manual", "tick"]))
+        if kind == "dup" and sent:
+            steps.append(("event", draw(st.sampled_from(sent))))
+            continue
+        if kind == "tick":
+            steps.append(("tick", BASE + clock + draw(st.sampled_from([0.0, 1.0, 30.0]))))
+            continue
+        ip = draw(st.sampled_from(IPS))
+        if kind == "manual":
+            action = draw(st.sampled_from(["ban", "unban"]))
+            exp = draw(st.sampled_from([None, 2.0, 15.0]))
+            steps.append(
+                (
+                    "manual",
+                    Decision(
+                        id=f"m-{i}",
+                        action=action,
+                        ip=ip,
+                        jail="amps",
+                        at=from_epoch(BASE + clock),
+                        expires_at=None
+                        if exp is None or action == "unban"
+                        else from_epoch(BASE + clock + exp),
+                        origin="manual",
+                        by="op",
+                    ),
+                )
+            )
+            continue
+        clock += draw(st.sampled_from([0.0, 0.1, 0.25, 1.0, 3.0]))
+        t = clock - draw(st.sampled_from([0.0, 0.0, 0.0, 0.5, 2.0, disorder]))
+        host = draw(st.sampled_from(HOSTS))
+        reason = "auth" if kind == "fail" else "timeout"
+        e = Event(
+            host=host,
+            ip=ip,
+            id=f"{host}:f:{i}",
+            ts=from_epoch(BASE + round(t, 2)),
+            port=1,
+            client="c",
+            reason=reason,
+            raw=f"line {i}",
+        )
+        sent.append(e)
+        steps.append(("event", e))
+    return steps, jail
+
+
+def _run_both(
+    steps: list[tuple[str, object]], jail: JailSettings, lateness: float, forget: bool
+) -> tuple[list[tuple[Decision, bool]], list[tuple[Decision, bool]]]:
+    policy = Policy.from_settings([jail], lateness=lateness)
+    ref = Reference(jail, lateness)
+    states: dict[str, TargetState] = {}
+    got: list[tuple[Decision, bool]] = []
+    want: list[tuple[Decision, bool]] = []
+
+    def get(t: str) -> TargetState | None:
+        return states.get(t)
+
+    def put(t: str, s: TargetState | None) -> None:
+        if s is None:
+            states.pop(t, None)
+        else:
+            # through the table codec, as the Faust worker stores it
+            states[t] = decode_state(encode_state(s))
+
+    for kind, item in steps:
+        out: list[Output] = []
+        if kind == "event":
+            assert isinstance(item, Event)
+            policy.process(get, put, item.ip, [item], out)
+            ref.event(item, want)
+        elif kind == "manual":
+            assert isinstance(item, Decision)
+            put(item.ip, policy.manual(get(item.ip), item, out))
+            ref.manual(item, want)
+        else:
+            assert isinstance(item, float)
+            for target in sorted(states):
+                put(target, policy.tick(states[target], target, item, out, forget=forget))
+            ref.tick(item, want)
+        got.extend((o.decision, o.publish) for o in out)
+    return got, want
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.sampled_from([0.0, 1.0, 5.0, 30.0]))
+def test_core_matches_brute_force_reference(
+    case: tuple[list[tuple[str, object]], JailSettings], lateness: float
+) -> None:
+    steps, jail = case
+    got, want = _run_both(steps, jail, lateness, forget=False)
+    assert got == want
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(disorder=1.0))
+def test_forgetting_idle_state_changes_nothing(case: tuple[list[tuple[str, object]], JailSettings]) -> None:
+    """With disorder within the lateness bound and the clock not ahead of event time, the timer may forget
+    idle state without changing a decision."""
+    steps, jail = case
+    clock = -1e18
+    bounded: list[tuple[str, object]] = []
+    for kind, item in steps:
+        if kind == "event":
+            assert isinstance(item, Event)
+            clock = max(clock, item.ts.timestamp())
+        if kind == "tick":
+            item = min(float(item), clock)  # type: ignore[arg-type]  # noqa: PLW2901
+        if kind == "event" and item in [i for k, i in bounded if k == "event"]:
+            continue  # duplicates older than the lateness bound would be forgotten ids
+        bounded.append((kind, item))
+    got, want = _run_both(bounded, jail, lateness=5.0, forget=True)
+    assert got == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(streams())
+def test_batching_per_address_gives_the_same_decisions(
+    case: tuple[list[tuple[str, object]], JailSettings],
+) -> None:
+    """One record per line or one record per run of same-address lines: same decisions."""
+    steps, jail = case
+    events = [e for k, e in steps if k == "event"]
+    p1 = Policy.from_settings([jail], lateness=5.0)
+    p2 = Policy.from_settings([jail], lateness=5.0)
+    e1, e2 = Engine(p1), Engine(p2)
+    out1: list[Output] = []
+    out2: list[Output] = []
+    for e in events:
+        assert isinstance(e, Event)
+        e1.feed_batch(e.ip, [e], out1)
+    run_ip: str | None = None
+    batch: list[Event] = []
+    for e in events:
+        assert isinstance(e, Event)
+        if e.ip != run_ip and batch:
+            e2.feed_batch(batch[0].ip, batch, out2)
+            batch = []
+        run_ip = e.ip
+        batch.append(e)
+    if batch:
+        e2.feed_batch(batch[0].ip, batch, out2)
+    assert out1 == out2
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_tick_on_nothing(n: int) -> None:
+    p = default_policy()
+    assert p.tick(None, "x", BASE, []) is None
+    assert p.deadline(None) is None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.sampled_from([0.0, 5.0, 30.0]))
+def test_engine_fast_path_matches_brute_force_reference(
+    case: tuple[list[tuple[str, object]], JailSettings], lateness: float
+) -> None:
+    """``Engine.feed`` (replay's inlined fast path + clock-driven expiry) against the reference."""
+    steps, jail = case
+    events = [e for k, e in steps if k == "event"]
+    engine = Engine(Policy.from_settings([jail], lateness), sweep_every=math.inf)
+    ref = Reference(jail, lateness)
+    clock = -math.inf
+    for e in events:
+        assert isinstance(e, Event)
+        got = [(o.decision, o.publish) for o in engine.feed([e])]
+        want: list[tuple[Decision, bool]] = []
+        clock = max(clock, e.ts.timestamp())
+        ref.tick(clock, want)
+        ref.event(e, want)
+        key = lambda x: (x[0].at, x[0].ip, x[0].action)  # noqa: E731
+        assert sorted(got, key=key) == sorted(want, key=key)

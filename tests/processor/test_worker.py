@@ -1,0 +1,133 @@
+"""The Faust worker on the embedded broker, end to end (one worker shared by the module)."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+
+from fleet2ban.contract import Decision, EventBatch, Line, decode_ban, encode, utcnow
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def test_fleet_wide_failures_ban_with_decision_and_bans_entry(fleet) -> None:  # type: ignore[no-untyped-def]
+    ip = "203.0.113.10"
+    for host in ("h1", "h2", "h3"):  # 7 + 7 + 6: no host reaches maxretry=20 on its own
+        fleet.fail(ip, 7 if host != "h3" else 6, host=host)
+    (d,) = fleet.wait_decision(ip)
+    assert d.action == "ban" and d.jail == "amps" and d.origin == "auto"
+    assert d.failures == 20 and d.hosts == ["h1", "h2", "h3"] and d.ban_count == 1
+    assert d.expires_at is not None and d.expires_at - d.at == timedelta(seconds=120)
+    key = b"amps|" + ip.encode()
+    state = fleet.bans()[key]
+    assert state is not None
+    ban = decode_ban(state)
+    assert ban.decision_id == d.id and ban.expires_at == d.expires_at
+    # further failures while banned: evidence only, no second decision
+    fleet.fail(ip, 25, host="h1")
+    probe = "203.0.113.11"
+    fleet.fail(probe, 20)
+    fleet.wait_decision(probe)
+    assert len(fleet.decisions(ip)) == 1
+
+
+def test_expiry_writes_unban_and_tombstone(fleet) -> None:  # type: ignore[no-untyped-def]
+    ip = "203.0.113.20"
+    fleet.fail(ip, 3, reason="name in use")  # jail "short": maxretry 3, bantime 2 s
+    (ban,) = fleet.wait_decision(ip)
+    (unban,) = fleet.wait_decision(ip, "unban", timeout=15)
+    assert unban.at == ban.expires_at and unban.origin == "auto" and unban.reason == "expired"
+    key = b"short|" + ip.encode()
+    records = fleet.ban_records(key)
+    assert records[0] is not None and records[-1] is None  # the state, then the tombstone
+
+
+def test_manual_decisions_are_mirrored_not_reissued(fleet) -> None:  # type: ignore[no-untyped-def]
+    ip = "203.0.113.30"
+    now = utcnow()
+    manual = Decision(
+        id="m-test-1",
+        action="ban",
+        ip=ip,
+        jail="amps",
+        at=now,
+        expires_at=now + timedelta(hours=1),
+        origin="manual",
+        by="alice",
+        reason="seen in the SOC",
+        ports=[9007],
+    )
+    fleet.produce_raw(ip.encode(), encode(manual), fleet.topics.decisions)
+    key = b"amps|" + ip.encode()
+
+    def mirrored() -> bool:
+        v = fleet.bans().get(key)
+        return v is not None and decode_ban(v).decision_id == "m-test-1"
+
+    fleet.wait_for("manual ban mirrored to bans", mirrored, 20)
+    ban = decode_ban(fleet.bans()[key])  # type: ignore[arg-type]
+    assert ban.origin == "manual" and ban.by == "alice"
+    fleet.fail(ip, 20)  # banned by hand: evidence only
+    unban = Decision(
+        id="m-test-2", action="unban", ip=ip, jail="amps", at=utcnow(), origin="manual", by="bob"
+    )
+    fleet.produce_raw(ip.encode(), encode(unban), fleet.topics.decisions)
+    fleet.wait_for("tombstone after manual unban", lambda: fleet.ban_records(key)[-1:] == [None], 20)
+    # after the unban, counting starts afresh
+    fleet.fail(ip, 20)
+    (auto,) = [d for d in fleet.wait_decision(ip, count=2) if d.origin == "auto"]
+    assert auto.failures == 20 and auto.ban_count == 2
+    assert [d.id for d in fleet.decisions(ip)] == ["m-test-1", "m-test-2", auto.id]  # nothing re-issued
+
+
+def test_resent_lines_are_counted_once(fleet) -> None:  # type: ignore[no-untyped-def]
+    ip = "203.0.113.40"
+    ids = fleet.line_ids("h1", 15)
+    ts = utcnow()
+    fleet.ship(ip, "h1", ids, ts=ts)
+    fleet.ship(ip, "h1", ids, ts=ts)  # a restarted shipper resends the same lines
+    fleet.ship(ip, "h1", ids[:10], ts=ts)
+    probe = "203.0.113.41"
+    fleet.fail(probe, 20)
+    fleet.wait_decision(probe)
+    assert fleet.decisions(ip) == []
+    fleet.fail(ip, 5, host="h2")
+    (d,) = fleet.wait_decision(ip)
+    assert d.failures == 20
+
+
+def test_bad_input_is_counted_and_skipped(fleet) -> None:  # type: ignore[no-untyped-def]
+    ok_line = Line(id="x:1", ts=utcnow(), port=1, client="c", reason="auth")
+    bad = [
+        (b"1.2.3.4", b"not json at all"),
+        (b"1.2.3.4", b'{"v": 1, "host": "h"}'),  # wrong schema
+        (b"1.2.3.4", encode(EventBatch(host="h", ip="not-an-ip", lines=[ok_line]))),
+        (b"not-an-ip", b"\xff\xfe\x00garbage"),
+        (None, None),
+        (b"1.2.3.4", b'{"v": 1, "host": "h", "ip": "1.2.3.4", "lines": [' + b"1," * 200_000 + b"1]}"),
+        (b"1.2.3.4", encode(EventBatch(host="h", ip="1.2.3.4", lines=[]))),
+    ]
+    for key, value in bad:
+        fleet.produce_raw(key, value)
+    # a huge raw line is accepted but bounded in the state and the evidence
+    huge = EventBatch(
+        host="h1",
+        ip="203.0.113.50",
+        lines=[
+            Line(id=f"huge:{i}", ts=utcnow(), port=1, client="c", reason="auth", raw="A" * 300_000)
+            for i in range(2)
+        ],
+    )
+    fleet.produce_raw(b"203.0.113.50", encode(huge))
+    fleet.fail("203.0.113.50", 18)
+    (d,) = fleet.wait_decision("203.0.113.50")
+    assert all(len(e) <= 512 for e in d.evidence)
+    text = fleet.metrics()
+    skipped = sum(
+        float(v)
+        for v in re.findall(r'fleet2ban_processor_bad_records_total\{topic="events",why="\w+"\} (\S+)', text)
+    )
+    assert skipped >= len(bad)
+    assert all(w.poll() is None for w in fleet.workers), fleet.logs()
