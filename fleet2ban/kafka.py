@@ -203,8 +203,8 @@ def faust_broker_settings(cluster: Cluster) -> dict[str, Any]:
         conf.update(
             # tansu answers a JoinGroup after half the session timeout: 3 s puts the join at ~1.5 s and
             # lets a restarted worker take over a dead one's partitions ~3 s after its last heartbeat.
-            broker_session_timeout=3.0,
-            broker_heartbeat_interval=0.5,
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=1.0,
             broker_rebalance_timeout=10.0,
             producer_max_batch_size=1,  # exact changelog recovery despite tansu's wrong end offsets
             # Not a Faust setting (processor.app pops it): Faust hard-codes fetch_max_wait_ms=1500 and

@@ -295,14 +295,7 @@ class IpsetBackend(Backend):
         return out
 
     def uninstall(self) -> builtins.list[str]:
-        removed: builtins.list[str] = []
-        with xtables_lock():
-            self.xt.refresh()
-            for family in FAMILIES:
-                found = [s.name for s in self.jails if self.xt.remove_chain(family, s.name)]
-                if found:
-                    self.xt.commit(family)
-                    removed += [f"IPv{family} chain {self.chain_name(j)}" for j in found]
+        removed = self.xt.uninstall_chains()
         for _, _, set_name in self._sets():
             if self.header(set_name) is not None:
                 self._run("destroy", set_name)

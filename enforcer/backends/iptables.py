@@ -166,15 +166,7 @@ class IptablesBackend(Backend):
         return out
 
     def uninstall(self) -> builtins.list[str]:
-        removed: builtins.list[str] = []
-        with xtables_lock():
-            self.xt.refresh()
-            for family in FAMILIES:
-                found = [s.name for s in self.jails if self.xt.remove_chain(family, s.name)]
-                if found:
-                    self.xt.commit(family)
-                    removed += [f"IPv{family} chain {self.chain_name(j)}" for j in found]
-        return removed
+        return self.xt.uninstall_chains()
 
     def show(self) -> str:
         chains = self._chains()

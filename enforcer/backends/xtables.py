@@ -266,6 +266,18 @@ class XTables:
             found = True
         return found
 
+    def uninstall_chains(self) -> list[str]:
+        """Remove every jail's jump rules and chain in both families, committed; what was removed."""
+        removed: list[str] = []
+        with xtables_lock():
+            self.refresh()
+            for family in FAMILIES:
+                found = [s.name for s in self.jails if self.remove_chain(family, s.name)]
+                if found:
+                    self.commit(family)
+                    removed += [f"IPv{family} chain {self.chain_name(j)}" for j in found]
+        return removed
+
     def legacy_listing(self, family: int, chains: Sequence[str]) -> str:
         """``iptables-legacy -S`` of INPUT's jumps and our chains (for ``--show``)."""
         exe = shutil.which("iptables-legacy" if family == 4 else "ip6tables-legacy")

@@ -57,6 +57,9 @@ class DevOptions:
     heartbeat_interval_s: float = 1.0
     reconcile_interval_s: float = 5.0
     extra_settings: dict[str, Any] = field(default_factory=dict)
+    sim_roll_bytes: int | None = None
+    """The simulated AMPS services roll their log over at this size (None: their default, about 1 MB).
+    A benchmark that writes the log itself sets it high and rolls the file over on its own."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,8 @@ class DevFleet:
     def _start_sim(self, host: SimHost) -> Child:
         host.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = python_module("fleet2ban.dev.amps_sim", "--log", str(host.log_path), "--port", str(AMPS_PORT))
+        if self.opts.sim_roll_bytes is not None:
+            argv += ["--roll-bytes", str(self.opts.sim_roll_bytes)]
         if host.netns is None:
             argv += ["--bind", host.address]
         child = self.supervisor.start(f"amps-{host.name}", argv, netns=host.netns)
@@ -315,6 +320,27 @@ class DevFleet:
         if client.netns is not None:
             argv = ["ip", "netns", "exec", client.netns, *argv]
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    # ------------------------------------------------------------------------------- benchmark hooks
+
+    def add_client_addresses(self, client: Client, addresses: list[str]) -> None:
+        """Give a client's namespace extra IPv4 addresses on the bridge (secondary addresses in the fleet's
+        subnet), so that one namespace can play many attackers. Needs namespaces."""
+        if client.netns is None or self.nsfleet is None:
+            raise RuntimeError("extra client addresses need network namespaces (root)")
+        plen = self.nsfleet.subnet4.prefixlen
+        for addr in addresses:
+            netns.ip("-n", client.netns, "addr", "add", f"{addr}/{plen}", "dev", "eth0")
+
+    def add_sim_host(self, name: str, index: int) -> SimHost:
+        """A host namespace on the bridge running only the simulated AMPS service: no shipper, no enforcer
+        (for a reference such as fail2ban watching its log). Not one of ``hosts``; removed with the fleet."""
+        if self.nsfleet is None:
+            raise RuntimeError("an extra simulated host needs network namespaces (root)")
+        h = self.nsfleet.add_host(name, index=index)
+        host = SimHost(name, h.ipv4, h.ipv6, self._log_path(name), h.ns)
+        self._start_sim(host)
+        return host
 
     def can_connect(self, client: Client, host: SimHost, timeout: float = 0.5) -> bool:
         """Whether ``client`` gets a TCP connection to ``host``'s AMPS port now (a ban drops it)."""
