@@ -26,6 +26,7 @@ from fleet2ban.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
+librdkafka_log = logging.getLogger("fleet2ban.librdkafka")
 TANSU_CLUSTER_PREFIX = "tansu"
 _flavor_cache: dict[str, str] = {}
 
@@ -80,6 +81,8 @@ def _common(settings: KafkaSettings, bootstrap: str) -> dict[str, Any]:
         "security.protocol": settings.security_protocol,
         "client.id": settings.client_id or f"fleet2ban-{socket.gethostname()}",
         "log.connection.close": False,
+        # librdkafka's own log lines go through Python logging (greppable, one format), not raw stderr
+        "logger": librdkafka_log,
     }
     if settings.sasl_mechanism:
         conf["sasl.mechanism"] = settings.sasl_mechanism
@@ -203,8 +206,8 @@ def faust_broker_settings(cluster: Cluster) -> dict[str, Any]:
         conf.update(
             # tansu answers a JoinGroup after half the session timeout: 3 s puts the join at ~1.5 s and
             # lets a restarted worker take over a dead one's partitions ~3 s after its last heartbeat.
-            broker_session_timeout=6.0,
-            broker_heartbeat_interval=1.0,
+            broker_session_timeout=3.0,
+            broker_heartbeat_interval=0.5,
             broker_rebalance_timeout=10.0,
             producer_max_batch_size=1,  # exact changelog recovery despite tansu's wrong end offsets
             # Not a Faust setting (processor.app pops it): Faust hard-codes fetch_max_wait_ms=1500 and
