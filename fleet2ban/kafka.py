@@ -204,10 +204,13 @@ def faust_broker_settings(cluster: Cluster) -> dict[str, Any]:
             conf["broker_credentials"] = faust.SSLCredentials(kw["ssl_context"])
     if cluster.embedded:
         conf.update(
-            # tansu answers a JoinGroup after half the session timeout: 3 s puts the join at ~1.5 s and
-            # lets a restarted worker take over a dead one's partitions ~3 s after its last heartbeat.
-            broker_session_timeout=3.0,
-            broker_heartbeat_interval=0.5,
+            # tansu answers a JoinGroup after half the session timeout (Faust's default 60 s would put
+            # a join at 30 s). 6 s: a join takes ~3 s, a worker restarted after kill -9 consumes ~13 s
+            # later (it first joins a generation with the dead member, as on Kafka, until that
+            # member's session expires), and heartbeats have 6 s of slack on a loaded 2-core box.
+            # 3 s/0.5 s also works (restart ~4 s) but mostly skips the dead-member generation.
+            broker_session_timeout=6.0,
+            broker_heartbeat_interval=1.0,
             broker_rebalance_timeout=10.0,
             producer_max_batch_size=1,  # exact changelog recovery despite tansu's wrong end offsets
             # Not a Faust setting (processor.app pops it): Faust hard-codes fetch_max_wait_ms=1500 and

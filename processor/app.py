@@ -54,7 +54,7 @@ from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import Settings
 from processor import metrics as m
 from processor.engine import ban_expiries
-from processor.policy import Output, Policy, TargetState, decode_state, encode_state
+from processor.policy import NEG_INF, Output, Policy, TargetState, decode_state, encode_state
 
 log = logging.getLogger("fleet2ban.processor")
 rlog = RateLimitedLog(log)
@@ -114,7 +114,13 @@ class Processor:
 
     policy: Policy
     table: Any  # a faust Table (bytes -> bytes), or any MutableMapping in tests
+    partitions: int = 1
+    """Partitions of the events topic (keys map to them with murmur2, as the table's do)."""
     sweep_every: float = 10.0
+    watermarks: dict[int, float] = field(default_factory=dict)
+    """Per events partition, the newest event time read. Idle state is forgotten by this clock, never by
+    the wall clock alone: a worker catching up on a backlog (after an outage or a restart) must not
+    forget failures that the backlog's older events still count with."""
     sweep_due: bool = True
     expiries: list[tuple[float, bytes]] = field(default_factory=list)
     _next_sweep: float = 0.0
@@ -152,6 +158,10 @@ class Processor:
             batch = decode_batch(value)
             events = batch.events()
             m.LINES.inc(len(events))
+            part = murmur2_partition(batch.ip.encode(), self.partitions)
+            newest = max(ln.ts for ln in batch.lines).timestamp()
+            if newest > self.watermarks.get(part, NEG_INF):
+                self.watermarks[part] = newest
             self.policy.process(self._get, self._put, batch.ip, events, out)
         except ContractError as exc:
             m.BAD_RECORDS.labels("events", "contract").inc()
@@ -182,7 +192,8 @@ class Processor:
     def _tick_key(self, key: bytes, now: float, out: list[Output]) -> None:
         target = key.decode()
         n = len(out)
-        self._put(target, self.policy.tick(self._get(target), target, now, out))
+        read_up_to = self.watermarks.get(murmur2_partition(key, self.partitions), NEG_INF)
+        self._put(target, self.policy.tick(self._get(target), target, now, out, forget_now=read_up_to))
         self._note(out, n)
 
     def tick(self, now: float, owned: Callable[[bytes], bool], out: list[Output]) -> None:
@@ -297,8 +308,8 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         use_partitioner=True,
     )
     policy = Policy.from_settings(settings.jails, p.lateness_s)
-    proc = Processor(policy, table)
     n_parts = cluster.settings.partitions
+    proc = Processor(policy, table, partitions=n_parts)
 
     async def publish(outs: list[Output]) -> None:
         now = time.time()

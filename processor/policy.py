@@ -460,12 +460,19 @@ class Policy:
     # ------------------------------------------------------------------------------------ the clock
 
     def tick(
-        self, state: TargetState | None, target: str, now: float, out: list[Output], forget: bool = True
+        self,
+        state: TargetState | None,
+        target: str,
+        now: float,
+        out: list[Output],
+        forget: bool = True,
+        forget_now: float | None = None,
     ) -> TargetState | None:
         """End the bans that expired at or before ``now``; forget what can no longer matter.
 
-        Forgetting assumes that no failure older than ``now - lateness`` arrives afterwards (the worker's
-        clock runs ahead of event time by less than the lateness bound)."""
+        Forgetting assumes that no failure older than ``forget_now - lateness`` arrives afterwards.
+        ``forget_now`` defaults to ``now``; a worker passes the event time it has read up to instead, so
+        that failures read late (a backlog after an outage or a restart) still meet the ones before."""
         if state is None:
             return None
         for name in list(state.jails):
@@ -476,7 +483,7 @@ class Policy:
                     self._expire(name, js, target, out)
                 else:
                     continue
-            if forget and self._forgettable(name, js, now):
+            if forget and self._forgettable(name, js, now if forget_now is None else min(now, forget_now)):
                 del state.jails[name]
                 self.counters.expired_forgotten += 1
         return state if state.jails else None

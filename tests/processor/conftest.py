@@ -233,10 +233,23 @@ class Fleet:
         self.wait_decision(probe, timeout=timeout)
 
 
+def worker_config(jail_changes: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``WORKER_CONFIG`` with some jails' settings changed (``{jail name: {setting: value}}``)."""
+    changes = jail_changes or {}
+    jails = [{**j, **changes.get(j["name"], {})} for j in WORKER_CONFIG["jails"]]
+    return {**WORKER_CONFIG, "jails": jails}
+
+
 @pytest.fixture(scope="module")
-def fleet(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    """One worker for the whole module, ready to ban."""
-    f = Fleet(kafka_bootstrap, tmp_path_factory.mktemp("fleet"))
+def fleet(
+    request: pytest.FixtureRequest, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fleet]:
+    """One worker for the whole module, ready to ban.
+
+    A module changes its workers' jails with ``FLEET_JAIL_CHANGES = {jail name: {setting: value}}``.
+    """
+    config = worker_config(getattr(request.module, "FLEET_JAIL_CHANGES", None))
+    f = Fleet(kafka_bootstrap, tmp_path_factory.mktemp("fleet"), config)
     f.start_worker()
     try:
         f.ready()

@@ -96,3 +96,25 @@ def test_manual_decisions_only() -> None:
     (o,) = out
     assert not o.publish and [r[0] for r in outputs_to_records(out)] == ["bans"]
     assert p.expiries == [((now + timedelta(seconds=5)).timestamp(), b"10.0.0.5")]
+
+
+def test_idle_state_is_forgotten_by_event_time_read_not_by_the_wall_clock() -> None:
+    """A worker catching up on a backlog (an outage, a restart) must not forget failures that later
+    backlog events still count with: forgetting follows the newest event time read per partition."""
+    p = make(maxretry=20, findtime=10)
+    out: list[Output] = []
+    p.on_events_record(b"10.0.0.7", batch("10.0.0.7", 10), out)
+    # the wall clock is far ahead (the events are a backlog): nothing may be forgotten yet
+    p.sweep(BASE + 3600, lambda key: True, out)
+    assert b"10.0.0.7" in p.table
+    p.on_events_record(b"10.0.0.7", batch("10.0.0.7", 10, t=5, start=10), out)
+    (ban,) = out
+    assert ban.decision.action == "ban" and ban.decision.failures == 20
+    # once the partition's events have moved on past findtime + lateness, idle state goes
+    out.clear()
+    p.on_events_record(b"10.0.0.8", batch("10.0.0.8", 1), out)
+    p.on_events_record(b"10.0.0.9", batch("10.0.0.9", 1, t=100), out)
+    same = murmur2_partition(b"10.0.0.8", 1) == murmur2_partition(b"10.0.0.9", 1)
+    assert same  # one partition in this test
+    p.sweep(BASE + 3600, lambda key: True, out)
+    assert b"10.0.0.8" not in p.table and b"10.0.0.9" in p.table
