@@ -11,8 +11,10 @@ from rich.table import Table
 from fleet2ban.broker import EmbeddedBroker
 from fleet2ban.cli.common import EXIT_FINDINGS, handle_errors, settings_for, sigterm_as_interrupt
 from fleet2ban.kafka import ensure_topics, resolve
+from fleet2ban.settings import dump_settings, env_names, to_yaml
 
 topics_app = typer.Typer(help="Create and check the fleet's Kafka topics.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the effective settings and the names they go by.", no_args_is_help=True)
 
 
 @handle_errors
@@ -61,6 +63,21 @@ def topics_create(
         raise typer.Exit(EXIT_FINDINGS)
 
 
+@config_app.command("show")
+@handle_errors
+def config_show(ctx: typer.Context) -> None:
+    """Print the effective settings (file + environment + flags) as YAML, secrets masked."""
+    typer.echo(to_yaml(dump_settings(settings_for(ctx))), nl=False)
+
+
+@config_app.command("env")
+def config_env() -> None:
+    """List every FLEET2BAN_* environment variable the settings accept (nested names joined by __)."""
+    for name in sorted(env_names()):
+        typer.echo(name)
+
+
 def register(app: typer.Typer) -> None:
     app.command("broker")(broker)
     app.add_typer(topics_app, name="topics")
+    app.add_typer(config_app, name="config")

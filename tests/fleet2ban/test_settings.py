@@ -105,3 +105,26 @@ def test_cli_version_and_help() -> None:
     runner = CliRunner()
     assert runner.invoke(app, ["--version"]).output.startswith("fleet2ban ")
     assert runner.invoke(app, ["--help"]).exit_code == 0
+
+
+def test_config_show_prints_effective_settings_with_secrets_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    monkeypatch.setenv("FLEET2BAN_KAFKA__SASL_PASSWORD", "hunter2")
+    monkeypatch.setenv("FLEET2BAN_ENFORCER__BACKEND", "dryrun")
+    result = CliRunner().invoke(app, ["--topic-prefix", "acme.", "config", "show"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert shown["kafka"]["topic_prefix"] == "acme." and shown["enforcer"]["backend"] == "dryrun"
+    assert "hunter2" not in result.output
+    # what it prints loads back as the same settings
+    assert (
+        load_settings(None, {"kafka.topic_prefix": "acme."}).jails[0].maxretry
+        == shown["jails"][0]["maxretry"]
+    )
+
+
+def test_config_env_lists_the_accepted_variables() -> None:
+    result = CliRunner().invoke(app, ["config", "env"])
+    assert result.exit_code == 0
+    assert set(result.output.split()) == env_names()
