@@ -92,6 +92,18 @@ def install_fetch_wait_patch() -> None:
     cls._create_worker_consumer = patched  # type: ignore[method-assign]
 
 
+STALL_S = 10.0
+"""An events partition with records waiting behind its highwater and none processed for this long is
+re-sought (``watchdog`` in :func:`build_app`)."""
+
+
+def stalled(highwater: int | None, next_offset: int | None, idle_s: float, bound_s: float) -> bool:
+    """Whether records wait at ``next_offset`` below ``highwater`` with no progress for ``bound_s``."""
+    if highwater is None or next_offset is None:
+        return False
+    return highwater > next_offset and idle_s >= bound_s
+
+
 def murmur2_partition(key: bytes, partitions: int) -> int:
     """The partition aiokafka's default partitioner (and librdkafka's murmur2) picks for a key."""
     from aiokafka.partitioner import murmur2
@@ -336,10 +348,17 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             await topic.send(key=key, value=value)
         m.export_counters(policy.counters)
 
+    # The stall watchdog's view of progress: per events partition, the next offset to process and when
+    # the last one was processed (see ``stalled``).
+    next_offset: dict[int, int] = {}
+    progress_at: dict[int, float] = {}
+
     async def on_events(stream: Any) -> None:
         out: list[Output] = []
         async for event in stream.events():
             msg = event.message
+            next_offset[msg.partition] = msg.offset + 1
+            progress_at[msg.partition] = time.monotonic()
             proc.on_events_record(msg.key, msg.value, out)
             if out:
                 await publish(out)
@@ -382,6 +401,38 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             log.debug("lag: %s", exc)
         m.LAG.set(lag)
 
+    async def watchdog() -> None:
+        """Re-seek an events partition whose records wait behind its highwater but are not processed.
+
+        Faust can drop records fetched while a freshly assigned partition is being resumed (seen after a
+        kill -9 and restart: the records stay unprocessed until the next rebalance). Seeking back to the
+        next unprocessed offset re-fetches them; at worst a record is seen twice, which the core counts
+        once (line ids) and never turns into a second decision."""
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            return
+        try:
+            consumer: Any = app.consumer
+            now = time.monotonic()
+            for tp in app.assignor.assigned_actives():
+                if tp.topic != topics.events:
+                    continue
+                nxt = next_offset.get(tp.partition, consumer._committed_offset.get(tp))
+                hw = consumer.highwater(tp)
+                idle = now - progress_at.setdefault(tp.partition, now)
+                if stalled(hw, nxt, idle, STALL_S):
+                    m.STALLS.inc()
+                    log.warning(
+                        "events partition %d stalled at offset %d (highwater %d) for %.0fs: seeking back",
+                        tp.partition,
+                        nxt,
+                        hw,
+                        idle,
+                    )
+                    progress_at[tp.partition] = now
+                    await consumer.seek(tp, nxt)
+        except Exception as exc:  # the watchdog must never take the worker down
+            log.debug("watchdog: %s", exc)
+
     async def fix_root_logger() -> None:
         # Belt and braces: the spinner is off, but never let the root logger sit at DEBUG by accident.
         root = logging.getLogger()
@@ -400,6 +451,8 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     async def on_assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
         mine = sorted(tp.partition for tp in assigned if tp.topic == topics.events)
         proc.sweep_due = True  # recovered bans need their expiry timers
+        next_offset.clear()
+        progress_at.clear()
         log.info("partitions assigned: events=%s", mine)
 
     app.on_partitions_assigned.connect(on_assigned)
@@ -407,6 +460,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     app.agent(decisions_topic, name="manual")(on_decisions)
     app.timer(p.expiry_interval_s, name="expire")(expire)
     app.timer(5.0, name="gauges")(gauges)
+    app.timer(STALL_S / 2, name="watchdog")(watchdog)
     app.task(fix_root_logger)
     return FaustProcessor(app, proc, settings, cluster)
 

@@ -22,6 +22,9 @@ DECISIONS = Counter(
 )
 ACTIVE_BANS = Gauge("fleet2ban_processor_active_bans", "bans in force in this worker's partitions")
 TABLE_SIZE = Gauge("fleet2ban_processor_table_keys", "targets remembered in this worker's table")
+STALLS = Counter(
+    "fleet2ban_processor_stalls_total", "events partitions found stalled behind their highwater and re-sought"
+)
 LAG = Gauge("fleet2ban_processor_consumer_lag", "events records not yet processed (this worker)")
 DECISION_DELAY = Histogram(
     "fleet2ban_processor_decision_delay_seconds",

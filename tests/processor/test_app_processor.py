@@ -118,3 +118,13 @@ def test_idle_state_is_forgotten_by_event_time_read_not_by_the_wall_clock() -> N
     assert same  # one partition in this test
     p.sweep(BASE + 3600, lambda key: True, out)
     assert b"10.0.0.8" not in p.table and b"10.0.0.9" in p.table
+
+
+def test_stall_detection_needs_waiting_records_and_no_progress() -> None:
+    from processor.app import stalled
+
+    assert stalled(highwater=5, next_offset=3, idle_s=12, bound_s=10)
+    assert not stalled(highwater=5, next_offset=3, idle_s=4, bound_s=10)  # still making progress
+    assert not stalled(highwater=3, next_offset=3, idle_s=60, bound_s=10)  # caught up: nothing waits
+    assert not stalled(highwater=None, next_offset=3, idle_s=60, bound_s=10)  # no fetch answered yet
+    assert not stalled(highwater=5, next_offset=None, idle_s=60, bound_s=10)  # position unknown
