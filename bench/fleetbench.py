@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from fleet2ban import waiting
 from fleet2ban.audit.reader import Source, TopicReader
 from fleet2ban.audit.view import TopicKind
 from fleet2ban.dev.amps_sim import format_disconnect
@@ -309,11 +310,9 @@ class Fail2ban:
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> float:
+    """Seconds until ``cond`` held (fleet2ban.waiting's bounded poll)."""
     start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    waiting.wait_for(cond, timeout, what, interval)
     return time.monotonic() - start
 
 

@@ -32,9 +32,10 @@ import yaml
 
 from fleet2ban.broker import EmbeddedBroker
 from fleet2ban.dev import netns
-from fleet2ban.dev.supervisor import Child, Supervisor, fleet2ban_cmd, python_module, wait_until
+from fleet2ban.dev.supervisor import Child, Supervisor, fleet2ban_cmd, python_module
 from fleet2ban.kafka import Cluster, ensure_topics, resolve
 from fleet2ban.settings import KafkaSettings
+from fleet2ban.waiting import wait_for
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ class DevFleet:
         if host.netns is None:
             argv += ["--bind", host.address]
         child = self.supervisor.start(f"amps-{host.name}", argv, netns=host.netns)
-        wait_until(
+        wait_for(
             lambda: host.log_path.exists() or not child.alive(), 15, f"the AMPS simulator on {host.name}"
         )
         if not child.alive():

@@ -14,8 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,14 +136,3 @@ class Supervisor:
                 child.stop()
             except Exception as exc:  # stopping the rest matters more than this one
                 log.warning("stopping %s: %s", child.name, exc)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``cond`` until true; raise ``TimeoutError`` naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if cond():
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)

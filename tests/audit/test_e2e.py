@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from fleet2ban import waiting
 from fleet2ban.cli.main import app
 from fleet2ban.kafka import ensure_topics, resolve
 from fleet2ban.settings import KafkaSettings
@@ -33,14 +33,7 @@ T = TypeVar("T")
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 45.0, every: float = 0.3) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
+    return waiting.wait_for(check, timeout, what, every)
 
 
 class E2E:

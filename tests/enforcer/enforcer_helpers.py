@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import pytest
 
+from fleet2ban import waiting
 from fleet2ban.contract import Heartbeat, Report
 from fleet2ban.dev.netns import Fleet, Host, TcpListener, cleanup_stale, try_connect
 from fleet2ban.kafka import Cluster
@@ -61,14 +62,7 @@ def fw() -> Iterator[FwFleet]:
 
 def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
     """Poll ``cond`` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    return waiting.wait_for(cond, timeout, what)
 
 
 # ------------------------------------------------------------------------------------------ Kafka

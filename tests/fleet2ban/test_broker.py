@@ -16,6 +16,7 @@ from fleet2ban.broker import EmbeddedBroker, free_port
 from fleet2ban.exceptions import BrokerError
 from fleet2ban.kafka import Cluster, aiokafka_kwargs, ensure_topics, producer_config, read_to_end, resolve
 from fleet2ban.settings import KafkaSettings
+from fleet2ban.waiting import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -28,15 +29,6 @@ def _alive(pid: int) -> bool:
     # a zombie is not alive for our purposes
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] != "Z"
-
-
-def _wait(cond: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_session_broker_is_detected_as_embedded(cluster: Cluster) -> None:
@@ -103,7 +95,7 @@ def test_context_manager_stops_the_process() -> None:
         pid = b.pid
         assert pid is not None and _alive(pid)
         assert resolve(KafkaSettings(), b.bootstrap).embedded
-    assert _wait(lambda: not _alive(pid))
+    wait_for(lambda: not _alive(pid), 10, "the broker process to exit")
 
 
 def test_port_in_use_is_a_clear_error() -> None:
@@ -137,7 +129,7 @@ def test_cli_broker_prints_bootstrap_and_stops_on_sigterm() -> None:
         assert children, "the broker runs as a child process"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
-        assert _wait(lambda: not any(_alive(int(p)) for p in children))
+        wait_for(lambda: not any(_alive(int(p)) for p in children), 10, "the broker to exit with the CLI")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -151,7 +143,7 @@ def test_broker_dies_with_a_killed_parent() -> None:
         assert _alive(child)
         proc.kill()
         proc.wait(5)
-        assert _wait(lambda: not _alive(child)), "broker outlived a kill -9 of its parent"
+        wait_for(lambda: not _alive(child), 10, "the broker to die with its kill -9'd parent")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from fleet2ban import waiting
 from fleet2ban.contract import EventBatch, decode_batch
 from fleet2ban.kafka import Cluster, read_to_end
 from fleet2ban.settings import KafkaSettings, Settings, ShipperSettings
@@ -31,11 +31,7 @@ def append(path: Path, data: bytes) -> None:
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+    waiting.wait_for(cond, timeout, what, every=0.01)
 
 
 def make_settings(kafka: KafkaSettings, tmp: Path, **shipper: Any) -> Settings:

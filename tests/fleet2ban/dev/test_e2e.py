@@ -19,6 +19,7 @@ import pytest
 from fleet2ban.audit.reader import iter_all
 from fleet2ban.contract import ContractError, Decision, decode_ban, decode_decision
 from fleet2ban.dev.fleet import Client, DevFleet, DevOptions
+from fleet2ban.waiting import wait_for
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -31,11 +32,8 @@ BANTIME = 25.0
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> float:
     """Poll ``cond``; return the seconds it took, or fail naming ``what``."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if cond():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+    wait_for(cond, timeout, what, every=0.1)
+    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
