@@ -155,9 +155,10 @@ class ProcessorSettings(_Section):
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
     data_dir: Path | None = Field(None, description="default: <state_dir>/processor")
     expiry_interval_s: float = Field(0.5, gt=0, description="how often expired bans are lifted")
-    batch_size: int = Field(1000, ge=1)
-    batch_within_s: float = Field(0.01, gt=0)
     web_port: int = Field(0, ge=0, le=65535, description="Faust web port (0 = off)")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="the worker's event loop: uvloop (faster), or the standard asyncio one"
+    )
 
 
 class EnforcerSettings(_Section):

@@ -10,6 +10,18 @@ RECORDS = Counter("fleet2ban_processor_records_total", "events records consumed"
 BAD_RECORDS = Counter(
     "fleet2ban_processor_bad_records_total", "records skipped as invalid, by topic and why", ["topic", "why"]
 )
+REPLAYED = Counter(
+    "fleet2ban_processor_replayed_records_total",
+    "events records read back to rebuild failure windows after a partition assignment",
+)
+REBUILDS = Counter(
+    "fleet2ban_processor_rebuilds_total", "window rebuilds of an events partition, by outcome", ["outcome"]
+)
+REBUILD_SECONDS = Histogram(
+    "fleet2ban_processor_rebuild_seconds",
+    "time to rebuild one events partition's windows (read back + replay)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 LINES = Counter("fleet2ban_processor_lines_total", "07-0013 lines consumed (inside events records)")
 CORE = Counter(
     "fleet2ban_processor_core_total",
@@ -21,7 +33,10 @@ DECISIONS = Counter(
     "fleet2ban_processor_decisions_total", "decisions written or mirrored", ["action", "origin"]
 )
 ACTIVE_BANS = Gauge("fleet2ban_processor_active_bans", "bans in force in this worker's partitions")
-TABLE_SIZE = Gauge("fleet2ban_processor_table_keys", "targets remembered in this worker's table")
+TABLE_SIZE = Gauge(
+    "fleet2ban_processor_table_keys",
+    "targets remembered by this worker (windows in memory, bans in the table)",
+)
 STALLS = Counter(
     "fleet2ban_processor_stalls_total", "events partitions found stalled behind their highwater and re-sought"
 )

@@ -125,6 +125,33 @@ def decode_state(data: bytes) -> TargetState:
     return _state_decoder.decode(data)
 
 
+def durable_part(state: TargetState) -> TargetState | None:
+    """What of a state cannot be rebuilt by replaying the recent events (None when nothing).
+
+    Windows and watermarks are rebuilt by re-reading the last findtime + lateness of events; a ban in
+    force, ban counts, the last ban's time and the floor (failures before an expiry or a manual unban
+    never count again) are not, since the events that caused them can be long gone. The watermark is
+    left out on purpose: a stored newer watermark would make the replayed events look late. The ban's
+    running ``evidence`` count is left out too, so that failures while banned do not rewrite it."""
+    jails: dict[str, JailState] | None = None
+    for name, js in state.jails.items():
+        ban = js.ban
+        if ban is None and not js.ban_count and js.floor == NEG_INF and js.last_manual is None:
+            continue
+        if ban is not None and ban.evidence:
+            ban = msgspec.structs.replace(ban, evidence=0)
+        if jails is None:
+            jails = {}
+        jails[name] = JailState(
+            floor=js.floor,
+            ban=ban,
+            ban_count=js.ban_count,
+            last_ban_at=js.last_ban_at,
+            last_manual=js.last_manual,
+        )
+    return None if jails is None else TargetState(jails)
+
+
 # ------------------------------------------------------------------------------------------- outputs
 
 
@@ -568,5 +595,6 @@ __all__ = [
     "Route",
     "TargetState",
     "decode_state",
+    "durable_part",
     "encode_state",
 ]

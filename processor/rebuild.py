@@ -1,0 +1,98 @@
+"""Rebuilding window state by re-reading the recent events of a partition (the thin I/O part).
+
+The processor keeps failure windows in memory only: a worker that is assigned an events partition (at
+start, after a restart, after a rebalance) re-reads that partition's records from ``span`` seconds
+before the first record it is about to process, up to that record, and feeds them through the same core.
+Only what the events cannot give back (bans in force, ban counts, floors) is in the changelogged table
+(``processor.policy.durable_part``). This saves a changelog write per events record, which is most of a
+Faust worker's cost with many distinct addresses (issue #5; figures in bench/bench_processor_worker.py).
+
+The span is the longest findtime plus the lateness bound plus a margin: every failure that can still
+count with the records to come has an event time inside it, and a record's timestamp (the shipper's
+produce time) is never earlier than the event time of its lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from fleet2ban.kafka import Cluster, consumer_config
+from processor.exceptions import ProcessorError
+from processor.policy import Policy
+
+log = logging.getLogger("fleet2ban.processor")
+
+MARGIN_S = 10.0
+"""Read this much more than findtime + lateness (clock skew between shippers and the broker)."""
+
+
+class RebuildError(ProcessorError):
+    """The recent events of a partition could not be read back."""
+
+
+def span_s(policy: Policy, margin_s: float = MARGIN_S) -> float:
+    """How far back (record time) a rebuild reads: the longest findtime + lateness + a margin."""
+    longest = max((j.findtime for j in policy.jails), default=0.0)
+    return longest + policy.lateness + margin_s
+
+
+@dataclass(frozen=True)
+class Span:
+    """The records of one partition read back for a rebuild, in offset order."""
+
+    records: Sequence[tuple[bytes | None, bytes | None]]
+    first_offset: int
+    end_offset: int
+
+
+def read_span(
+    cluster: Cluster,
+    topic: str,
+    partition: int,
+    since_ms: int,
+    end_offset: int,
+    timeout_s: float = 30.0,
+) -> Span:
+    """The (key, value) of the records of ``topic``/``partition`` with a timestamp at or after
+    ``since_ms`` and an offset before ``end_offset``.
+
+    ``offsets_for_times`` is used as a lower bound only (the embedded broker answers it per batch, an
+    earlier batch at times): records before ``since_ms`` are skipped. Raises RebuildError when the
+    records cannot be read within ``timeout_s``."""
+    if end_offset <= 0:
+        return Span((), end_offset, end_offset)
+    c = Consumer(consumer_config(cluster))  # assign() only; partition EOF on
+    try:
+        try:
+            (found,) = c.offsets_for_times([TopicPartition(topic, partition, since_ms)], timeout=10)
+        except Exception as exc:
+            raise RebuildError(f"offsets_for_times on {topic}[{partition}]: {exc}") from exc
+        start = found.offset
+        if start < 0 or start >= end_offset:
+            return Span((), end_offset, end_offset)
+        c.assign([TopicPartition(topic, partition, start)])
+        out: list[tuple[bytes | None, bytes | None]] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for msg in c.consume(1000, 0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        return Span(out, start, end_offset)
+                    log.warning("rebuild read of %s[%d]: %s", topic, partition, err)
+                    continue
+                offset = msg.offset()
+                if offset is None or offset >= end_offset:
+                    return Span(out, start, end_offset)
+                if msg.timestamp()[1] >= since_ms:
+                    out.append((msg.key(), msg.value()))
+        raise RebuildError(
+            f"could not read {topic}[{partition}] offsets {start}..{end_offset} within {timeout_s:.0f}s"
+        )
+    finally:
+        c.close()
