@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
+from bench.pyspy import Recording, components, top_self
 from fleet2ban.broker import EmbeddedBroker, free_port
 from fleet2ban.contract import EventBatch, Line, decode_batch, encode, utcnow
 from fleet2ban.kafka import Cluster, consumer_config, ensure_topics, producer_config, resolve
@@ -294,22 +295,33 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--ips", type=int, default=10_000)
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    ap.add_argument(
+        "--profile", action="store_true", help="py-spy the 1-worker distinct-IPs run: where the time goes"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.flood_lines, args.ips, args.trials = 5_000, 500, 3
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as d, EmbeddedBroker() as broker:
         tmp = Path(d)
+        profile = tmp / "worker.pyspy" if args.profile else None
 
-        def through_workers(n_workers: int, recs: list[tuple[bytes, bytes]]) -> tuple[float, float, float]:
+        def through_workers(
+            n_workers: int, recs: list[tuple[bytes, bytes]], profile: Path | None = None
+        ) -> tuple[float, float, float]:
             """Start workers on fresh topics, wait until each consumes, then produce and time the backlog."""
             c = fresh(broker.bootstrap)
             w = Workers(c, tmp, n_workers)
+            rec = None
             try:
                 base = w.ready(c)
+                if profile is not None:
+                    rec = Recording(w.procs[0].pid, profile).start()
                 fill(c, recs)
                 return w.run_until(len(recs), base)
             finally:
+                if rec is not None:
+                    rec.stop()
                 w.stop()
 
         def reference(recs: list[tuple[bytes, bytes]]) -> tuple[float, int]:
@@ -345,7 +357,7 @@ def main(argv: list[str]) -> int:
         rows.append(("distinct IPs, plain loop (reference)", "", f"{ref_rec_rate:,.0f} rec/s", "1.00"))
         results: dict[int, float] = {}
         for n_workers in (1, 2):
-            secs, n_rec, _ = through_workers(n_workers, recs)
+            secs, n_rec, _ = through_workers(n_workers, recs, profile if n_workers == 1 else None)
             results[n_workers] = n_rec / secs
             rows.append(
                 (
@@ -382,7 +394,20 @@ def main(argv: list[str]) -> int:
                     f"{statistics.median(delays) / statistics.median(rt):.2f}",
                 )
             )
+        profile_rows = profile_table(profile) if profile is not None and profile.exists() else []
     print(f"\n{'scenario':<40} {'lines':>18} {'records / delay':>18} {'x reference':>12}")
     for r in rows:
         print(f"{r[0]:<40} {r[1]:>18} {r[2]:>18} {r[3]:>12}")
+    for line in profile_rows:
+        print(line)
     return 0
+
+
+def profile_table(path: Path) -> list[str]:
+    """py-spy's view of the 1-worker distinct-IPs run (CPU samples holding the GIL)."""
+    title = "where the worker's CPU goes (py-spy --gil, distinct IPs)"
+    lines = ["", f"{title:<64} {'share':>8}"]
+    lines += [f"{name:<64} {share:>8.1%}" for name, share in components(path)]
+    lines += ["", f"{'hottest functions (self)':<64} {'share':>8}"]
+    lines += [f"{name[:64]:<64} {share:>8.1%}" for name, share in top_self(path)]
+    return lines

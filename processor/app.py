@@ -6,14 +6,20 @@ Topology (DESIGN §2/§3)::
     decisions (key IP) ─▶ agent ``manual`` ─▶ Policy.manual ──▶ bans (mirror of the operator's decision)
     timer (wall clock) ─▶ Policy.tick ─▶ unban + tombstone when a ban expires; forgets idle state
 
-State: one changelogged Faust ``Table`` keyed by target (the client address), whose value is the
-msgpack-encoded :class:`processor.policy.TargetState` of every jail. Why not a Faust windowed table:
-windowed tables keep one aggregate per (key, tumbling/hopping bucket) and expire whole buckets. The
-exact sliding window of DESIGN §3 needs the individual failure times across a bucket boundary, and ban
-state (a ban in force, ban counts for ``bantime.increment``) must outlive any window. So the table is a
-plain one and the core forgets, per key, what can no longer change a decision (``Policy.tick``, driven by
-the timer): memory follows the addresses active within findtime + lateness, plus bans in force and ban
-counts within their retention.
+State, split by what can be rebuilt (issue #5's "window state rebuilt from the events topic"):
+- the failure windows (and watermarks) of every target live in memory only (``Processor.live``). A
+  worker that is assigned an events partition re-reads the partition's last findtime + lateness (+ a
+  margin) of records before the first one it processes, through the same core (``processor.rebuild``);
+- what the events cannot give back -- a ban in force, ban counts for ``bantime.increment``, the floor
+  below which failures never count again (after an expiry or a manual unban) -- is kept in one
+  changelogged Faust ``Table`` keyed by target (``processor.policy.durable_part``, msgpack), written only
+  when it changes (a ban, an unban, a manual decision), not for every events record.
+A changelog write per record was most of a worker's cost with many distinct addresses (2.6k records/s
+with it, 8k without; bench/bench_processor_worker.py). Why not a Faust windowed table: windowed tables
+keep one aggregate per (key, tumbling/hopping bucket) and expire whole buckets. The exact sliding window
+of DESIGN §3 needs the individual failure times across a bucket boundary, and ban state must outlive any
+window. Memory follows the addresses active within findtime + lateness, plus bans in force and ban counts
+within their retention (``Policy.tick``, driven by the timer).
 
 Partitioning: the table uses ``use_partitioner=True`` (the timer writes outside stream iteration) with
 the key bytes equal to the ``events`` record key, so aiokafka's murmur2 puts each key's changelog in the
@@ -26,6 +32,8 @@ Faust traps handled here (shared/notes/embedded-broker.md):
   embedded broker, untouched on Kafka) by wrapping the driver's consumer factory;
 - ``faust.Worker`` puts the root logger at DEBUG through its terminal spinner: the spinner is disabled
   and our own logging set-up is kept (``override_logging=False``);
+- Faust's Monitor sensor (per-message statistics for Faust's own web views) is not registered, and
+  the worker runs on uvloop (``processor.event_loop``): ~30% more records/s together;
 - the web server stays off unless ``processor.web_port`` is set (the programmatic worker honours
   ``web_enabled``; the ``faust worker`` CLI would not).
 """
