@@ -13,7 +13,10 @@ parentheses. No client name, however built, can move that anchor.
 :func:`parse_line` returns a :class:`ParsedLine` (a ``07-0013`` event), a :class:`Liveness` (a
 ``00-0015`` line) or a :class:`Rejected` with a ``kind`` that is counted and logged by the caller.
 :func:`iter_file_events` reads a whole file into wire :class:`~fleet2ban.contract.Event` records (the
-offline path used by ``fleet2ban parse`` and ``fleet2ban replay``).
+offline path used by ``fleet2ban replay``); :func:`write_file_json` writes the same events as JSON lines
+(``fleet2ban parse``). Both, and the shipper, take well-formed lines by :func:`scan_block`'s one-regex block
+scan and every other line through :func:`parse_line`; tests/shipper/test_parse_json.py holds them to
+giving exactly what :func:`parse_line` gives line by line.
 """
 
 from __future__ import annotations
@@ -371,14 +374,87 @@ def read_lines(f: BinaryIO, max_bytes: int = LINE_MAX, offset: int = 0) -> Itera
         yield start, data[:max_bytes], True
 
 
-_BLOCK = re.compile(
-    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d) \[[^\]\s]*\] [A-Za-z]+: 07-0013 "
-    r"client\[([^\n]*?)\]\(([^()\n]*)\) disconnected: ([^()\n]+)\.\r?$",
+# ------------------------------------------------------------------------ the block fast path
+
+_FAST_EVENT = re.compile(
+    r"^((.{19})\.([0-9]{6})[0-9]([-+]..:..) \[[0-9]*\] info: 07-0013 "
+    r"client\[(.*?)\]\((.*?):([1-9][0-9]{0,4})\) disconnected: (.+)\.)\r?$",
     re.MULTILINE,
 )
-"""The block fast path of :func:`iter_file_events`: well-formed 07-0013 lines of an ASCII block, found by
-one scan. It accepts exactly what :func:`parse_line` accepts (the tail admits no parenthesis, so the
-lazy NAME still splits at the last "("); every other line goes through :func:`parse_line`."""
+"""The well-formed ``07-0013`` line as AMPS writes it (7-digit fraction, ``+HH:MM`` offset, numeric thread,
+``info``), for :func:`scan_block` and :func:`write_file_json`. On its own it accepts more than :func:`parse_line` does; a line
+is taken only once the caller has also checked, by the caches below, that the time and address are valid
+(:func:`parse_timestamp`, :func:`_canonical_ip`), that the reason holds no parenthesis, the port is at most
+65535 and the line needs no cutting (nor, for JSON, escaping). Then the split at the lazy NAME is the one at
+the last "(" of the line, which :func:`parse_line` takes. Any other line goes through :func:`parse_line`."""
+
+_JSON_SAFE: Final = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\') + b"\n"
+"""Bytes that JSON carries verbatim (plus the newline that ends a line)."""
+
+_utc: dict[str, tuple[str, datetime] | None] = {}
+"""``SECOND + OFFSET`` text -> (the UTC second as msgspec writes it, without fraction and ``Z``; the UTC
+second as a datetime), or None: not a valid time."""
+_fast_ip: dict[str, str | None] = {}
+"""HOST as written (``10.1.2.3``, ``[2001:db8::7]``, ``2001:db8::8``) -> canonical address, or None."""
+
+
+def _utc_of(sec: str, off: str) -> tuple[str, datetime] | None:
+    out: tuple[str, datetime] | None
+    try:
+        base = parse_timestamp(sec + off)
+    except ValueError:
+        out = None
+    else:
+        out = _json_encode(base)[1:-2].decode("ascii"), base
+    if len(_utc) >= _CACHE_MAX:
+        _utc.clear()
+    _utc[sec + off] = out
+    return out
+
+
+def _fast_ip_of(addr: str) -> str | None:
+    if addr[:1] == "[":
+        # "[X]:PORT": parse_line splits at the first "]:"; X itself holds no bracket, or it is no address
+        out = _canonical_ip(addr[1:-1]) if addr[-1:] == "]" else None
+    else:
+        out = _canonical_ip(addr)  # parse_line splits at the last ":"; PORT holds none
+    if len(_fast_ip) >= _CACHE_MAX:
+        _fast_ip.clear()
+    _fast_ip[addr] = out
+    return out
+
+
+_json_encode = msgspec.json.Encoder().encode
+
+
+def _lines_with_others(block: bytes, allowed: bytes) -> set[int] | None:
+    """Start offsets of the lines of ``block`` holding a byte not in ``allowed`` (a CR right before the
+    newline counts as allowed); None when there are none."""
+    odd = block.translate(None, allowed)
+    if not odd:
+        return None
+    starts: set[int] = set()
+    if len(odd) <= 64:  # a few: find each
+        for b in set(odd):
+            ch = bytes((b,))
+            i = block.find(ch)
+            while i >= 0:
+                if b != 13 or block[i + 1 : i + 2] != b"\n":
+                    starts.add(block.rfind(b"\n", 0, i) + 1)
+                i = block.find(ch, i + 1)
+    else:  # many (CRLF endings, much UTF-8): line by line
+        pos = 0
+        for line in block.split(b"\n"):
+            bad = line.translate(None, allowed)
+            if bad and (bad != b"\r" or line[-1:] != b"\r"):
+                starts.add(pos)
+            pos += len(line) + 1
+    return starts or None
+
+
+_ASCII: Final = bytes(range(0x80))
+
+
 BLOCK = 1 << 20
 
 
@@ -392,56 +468,80 @@ def scan_block(block: bytes, base: int, limit: int, on_fast: OnFast, on_other: O
     """Hand every line of ``block`` (complete lines, each ending in a newline; the first at byte ``base``)
     to ``on_fast`` or ``on_other``, in file order. Returns how many went to ``on_fast``.
 
-    An ASCII block is scanned with one regex (:data:`_BLOCK`); any line it does not take, or whose time
-    or address is not cached yet, goes to ``on_other`` (normally :func:`parse_line`, which fills the
-    caches). A block with other bytes goes line by line to ``on_other``.
+    One regex scan (:data:`_FAST_EVENT`) over the block (as Latin-1: offsets are byte offsets) finds the
+    well-formed 07-0013 lines; a line with non-ASCII bytes is matched again as UTF-8 text. One whose
+    time, address, port, reason or length the checks do not pass, or that is not UTF-8, goes to
+    ``on_other`` (normally :func:`parse_line`), like every line the regex does not take.
     """
-    if not block.isascii():
-        pos = base
-        for raw in block.split(b"\n")[:-1]:
-            on_other(pos, decode_line(raw[:limit]), len(raw) > limit)
-            pos += len(raw) + 1
-        return 0
-    text = block.decode("ascii")
-    ts_cache, ip_cache = _ts_cache, _ip_cache
-    pos = 0
-    fast = 0
-    for m in _BLOCK.finditer(text):
+    odd = None if block.isascii() else _lines_with_others(block, _ASCII)
+    text = block.decode("latin-1")  # one character per byte: match offsets are byte offsets
+    bound = min(limit, RAW_LINE_MAX, LINE_MAX) + 1  # a line's bytes and its newline
+    utc, ips = _utc, _fast_ip
+    pos = fast = 0
+    last_sec = last_off = ""
+    last_u: tuple[str, datetime] | None = None
+    for m in _FAST_EVENT.finditer(text):
         s = m.start()
         if s != pos:
-            _gap(text, pos, s, base, limit, on_other)
+            _other_lines(block, pos, s, base, limit, on_other)
         pos = m.end() + 1
-        sec, frac, off, client, hostport, reason = m.groups()
-        base_ts = ts_cache.get(sec + off)
-        if hostport[:1] == "[":
-            addr, sep, port_text = hostport[1:].partition("]:")
+        if odd is not None and s in odd:  # not ASCII: the same checks on the line's UTF-8 text
+            mu = _utf8_match(block, s, pos - 1)
+            if mu is None:
+                _other_lines(block, s, pos, base, limit, on_other)
+                continue
+            groups = mu.groups()
         else:
-            addr, sep, port_text = hostport.rpartition(":")
-        ip = ip_cache.get(addr)
-        line = m.group()
-        port = int(port_text) if port_text.isdigit() and len(port_text) <= 5 else 0
-        if base_ts is None or ip is None or not sep or pos - s > limit + 1 or not 0 < port < 65536:
-            on_other(base + s, line, pos - s > limit + 1)
+            groups = m.groups()
+        raw, sec, us, off, client, addr, port, reason = groups
+        if sec != last_sec or off != last_off:  # consecutive lines mostly share their second
+            u = utc.get(sec + off)
+            if u is None and sec + off not in utc:
+                u = _utc_of(sec, off)
+            last_sec, last_off, last_u = sec, off, u
+        else:
+            u = last_u
+        ip = ips.get(addr)
+        if ip is None and addr not in ips:
+            ip = _fast_ip_of(addr)
+        if (
+            u is None
+            or ip is None
+            or pos - s > bound
+            or "(" in reason
+            or ")" in reason
+            or (len(port) == 5 and port > "65535")
+        ):
+            _other_lines(block, s, pos, base, limit, on_other)
             continue
-        if frac:
-            us = int(frac[:6]) if len(frac) >= 6 else int(frac.ljust(6, "0"))
-            ts = base_ts + timedelta(0, 0, us) if us else base_ts
-        else:
-            ts = base_ts
-        if line[-1] == "\r":
-            line = line[:-1]
         fast += 1
-        on_fast(base + s, ts, ip, port, client, reason, line[:RAW_LINE_MAX])
-    if pos < len(text):
-        _gap(text, pos, len(text), base, limit, on_other)
+        on_fast(
+            base + s,
+            u[1] + timedelta(0, 0, int(us)) if us != "000000" else u[1],
+            ip,
+            int(port),
+            client,
+            reason,
+            raw,
+        )
+    if pos < len(block):
+        _other_lines(block, pos, len(block), base, limit, on_other)
     return fast
 
 
-def _gap(text: str, start: int, end: int, base: int, limit: int, on_other: OnOther) -> None:
+def _utf8_match(block: bytes, start: int, end: int) -> re.Match[str] | None:
+    try:
+        return _FAST_EVENT.match(block[start:end].decode("utf-8"))
+    except UnicodeDecodeError:
+        return None  # decode_line replaces what is not UTF-8: parse_line decides
+
+
+def _other_lines(block: bytes, start: int, end: int, base: int, limit: int, on_other: OnOther) -> None:
+    """Lines ``block[start:end]`` (complete, each with its newline) to ``on_other``."""
     pos = start
-    for line in text[start : end - 1].split("\n"):
-        on_other(base + pos, line[:limit] if len(line) > limit else line, len(line) > limit)
-        pos += len(line) + 1
+    for raw in block[start : end - 1].split(b"\n"):
+        on_other(base + pos, decode_line(raw[:limit]), len(raw) > limit)
+        pos += len(raw) + 1
 
 
 class _FileParse:
@@ -477,8 +577,10 @@ class _FileParse:
             self.on_reject(offset, result)
         return None
 
-    def blocks(self, f: BinaryIO) -> Iterator[list[Event] | int]:
-        """Events of the file, a list per block; ends with the offset to go on from line by line, if any."""
+    def chunks(self, f: BinaryIO) -> Iterator[tuple[bytes, int] | int]:
+        """(data, its first byte's offset) per block of complete lines (``data`` ends with a newline), then
+        possibly a last line without newline (``data`` does not); or, to end with, the offset to go on from
+        line by line (a line longer than one block: the line reader skips it with bounded memory)."""
         offset = 0
         carry = b""
         limit = self.max_line_bytes
@@ -486,26 +588,42 @@ class _FileParse:
             data = f.read(BLOCK)
             if not data:
                 if carry:  # a last line without newline
-                    ev = self.line(offset, decode_line(carry[:limit]), len(carry) > limit)
-                    if ev is not None:
-                        yield [ev]
+                    yield carry, offset
                 return
             buf = carry + data if carry else data
             nl = buf.rfind(b"\n")
             if nl < 0:
                 if len(buf) > limit:
-                    yield offset  # one very long line: the line reader skips it with bounded memory
+                    yield offset
                     return
                 carry = buf
                 continue
             carry = buf[nl + 1 :]
-            out: list[Event] = []
-            self.block(buf[: nl + 1], offset, out)
-            yield out
+            yield buf[: nl + 1], offset
             offset += nl + 1
             if len(carry) > limit:
                 yield offset
                 return
+
+    def last_line(self, data: bytes, offset: int) -> Event | None:
+        limit = self.max_line_bytes
+        return self.line(offset, decode_line(data[:limit]), len(data) > limit)
+
+    def blocks(self, f: BinaryIO) -> Iterator[list[Event] | int]:
+        """Events of the file, a list per block; ends with the offset to go on from line by line, if any."""
+        for item in self.chunks(f):
+            if isinstance(item, int):
+                yield item
+                return
+            data, offset = item
+            if not data.endswith(b"\n"):
+                ev = self.last_line(data, offset)
+                if ev is not None:
+                    yield [ev]
+                return
+            out: list[Event] = []
+            self.block(data, offset, out)
+            yield out
 
     def block(self, block: bytes, base: int, out: list[Event]) -> None:
         """Events of complete lines (``block`` ends with a newline) starting at byte ``base``."""
@@ -581,6 +699,168 @@ def iter_file_events(
         path, host, instance, stats, parser=parser, max_line_bytes=max_line_bytes, on_reject=on_reject
     ):
         yield from events
+
+
+# ------------------------------------------------------------------------------ JSON output
+
+
+class _JsonFile(_FileParse):
+    """:func:`write_file_json`'s state: the general path of :class:`_FileParse` plus the JSON fast path."""
+
+    def __init__(
+        self,
+        host: str,
+        instance: str,
+        file_id: str,
+        stats: ParseStats | None,
+        max_line_bytes: int,
+        on_reject: Callable[[int, Rejected], None] | None,
+    ) -> None:
+        super().__init__(host, instance, file_id, stats, parse_line, max_line_bytes, on_reject)
+        self.head = _json_encode(self.host).decode()
+        self.id_head = _json_encode(self.prefix)[:-1].decode()
+        self.tail = _json_encode(self.instance).decode()
+        self.encode = msgspec.json.Encoder().encode
+
+    def general(self, block: bytes, start: int, end: int, base: int, parts: list[str]) -> None:
+        """Lines ``block[start:end]`` (complete, each with its newline) by the general path."""
+        limit = self.max_line_bytes
+        pos = start
+        encode = self.encode
+        for raw in block[start : end - 1].split(b"\n"):
+            ev = self.line(base + pos, decode_line(raw[:limit]), len(raw) > limit)
+            if ev is not None:
+                parts.append(encode(ev).decode())
+                parts.append("\n")
+            pos += len(raw) + 1
+
+    def json_block(self, block: bytes, base: int) -> list[str]:
+        """The JSON lines of the events among the complete lines ``block``, whose first is at ``base``
+        (pieces of text; :func:`write_parts` writes them)."""
+        parts: list[str] = []
+        append = parts.append
+        unsafe = _lines_with_others(block, _JSON_SAFE)
+        text = block.decode("latin-1")  # one character per byte: match offsets are byte offsets
+        bound = min(self.max_line_bytes, RAW_LINE_MAX, LINE_MAX) + 1  # a line's bytes and its newline
+        utc, ips = _utc, _fast_ip
+        head = '{"host":' + self.head + ',"ip":"'
+        id_head = '","id":' + self.id_head
+        tail = '","instance":' + self.tail + "}\n"
+        pos = fast = 0
+        last_sec = last_off = ""
+        last_u: tuple[str, datetime] | None = None
+        for m in _FAST_EVENT.finditer(text):
+            s = m.start()
+            if s != pos:
+                self.general(block, pos, s, base, parts)
+            pos = m.end() + 1
+            if unsafe is not None and s in unsafe:  # JSON must escape it: msgspec will, below
+                mu = _utf8_match(block, s, pos - 1)
+                if mu is None:
+                    self.general(block, s, pos, base, parts)
+                    continue
+                groups = mu.groups()
+                escape = True
+            else:
+                groups = m.groups()
+                escape = False
+            raw, sec, us, off, client, addr, port, reason = groups
+            if sec != last_sec or off != last_off:  # consecutive lines mostly share their second
+                u = utc.get(sec + off)
+                if u is None and sec + off not in utc:
+                    u = _utc_of(sec, off)
+                last_sec, last_off, last_u = sec, off, u
+            else:
+                u = last_u
+            ip = ips.get(addr)
+            if ip is None and addr not in ips:
+                ip = _fast_ip_of(addr)
+            if (
+                u is None
+                or ip is None
+                or pos - s > bound
+                or "(" in reason
+                or ")" in reason
+                or (len(port) == 5 and port > "65535")
+            ):
+                self.general(block, s, pos, base, parts)
+                continue
+            fast += 1
+            if escape:
+                ev = Event(
+                    self.host,
+                    ip,
+                    f"{self.prefix}{base + s}",
+                    u[1] + timedelta(0, 0, int(us)) if us != "000000" else u[1],
+                    int(port),
+                    client,
+                    reason,
+                    raw,
+                    self.instance,
+                )
+                append(self.encode(ev).decode())
+                append("\n")
+                continue
+            if us != "000000":
+                append(
+                    f'{head}{ip}{id_head}{base + s}","ts":"{u[0]}.{us}Z","port":{port},"client":"{client}",'
+                    f'"reason":"{reason}","raw":"{raw}{tail}'
+                )
+            else:
+                append(
+                    f'{head}{ip}{id_head}{base + s}","ts":"{u[0]}Z","port":{port},"client":"{client}",'
+                    f'"reason":"{reason}","raw":"{raw}{tail}'
+                )
+        if pos < len(block):
+            self.general(block, pos, len(block), base, parts)
+        self.stats.lines += fast
+        self.stats.events += fast
+        return parts
+
+
+def write_parts(out: BinaryIO, parts: list[str], n: int = 64) -> None:
+    """Write text pieces as UTF-8, joined a few at a time: joining a whole block's output into one string
+    (megabytes of fresh memory) costs several times more than joining in small, cache-sized runs."""
+    write = out.write
+    for i in range(0, len(parts), n):
+        write("".join(parts[i : i + n]).encode())
+
+
+def write_file_json(
+    path: Path,
+    host: str,
+    out: BinaryIO,
+    instance: str = "",
+    stats: ParseStats | None = None,
+    *,
+    max_line_bytes: int = LINE_MAX,
+    on_reject: Callable[[int, Rejected], None] | None = None,
+) -> None:
+    """Write every ``07-0013`` event of a file to ``out`` as one JSON line each: byte for byte what
+    ``msgspec.json.Encoder().encode_lines`` gives for :func:`iter_file_events` (the built-in parser), which
+    stays the definition; this only gets there faster (one regex scan per block of lines, cached times and
+    addresses, the JSON text built directly for the lines that need no escaping)."""
+    with open(path, "rb") as f:
+        fp = _JsonFile(host, instance, file_identity(f.fileno()), stats, max_line_bytes, on_reject)
+        resume: int | None = None
+        for item in fp.chunks(f):
+            if isinstance(item, int):
+                resume = item
+                break
+            data, offset = item
+            if data.endswith(b"\n"):
+                write_parts(out, fp.json_block(data, offset))
+            else:
+                ev = fp.last_line(data, offset)
+                if ev is not None:
+                    out.write(fp.encode(ev) + b"\n")
+        if resume is None:
+            return
+        f.seek(resume)
+        for off, data, too_long in read_lines(f, max_line_bytes, resume):
+            ev = fp.line(off, decode_line(data), too_long)
+            if ev is not None:
+                out.write(fp.encode(ev) + b"\n")
 
 
 def to_event(p: ParsedLine, host: str, instance: str, id_: str) -> Event:

@@ -22,6 +22,7 @@ import heapq
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -113,72 +114,101 @@ class Batcher:
     def __init__(self, interval_s: float, max_lines: int) -> None:
         self.interval_s = interval_s
         self.max_lines = max_lines
-        self._open: dict[str, Pending] = {}  # insertion order = deadline order
+        self.open_batches: dict[str, Pending] = {}
+        # Deadline order (= opening order). A batch that went out full stays here until it reaches the
+        # front and is skipped: popping from the front of a deque stays O(1), where taking the first key
+        # of a dict whose front entries were deleted costs a scan over the deleted slots.
+        self._order: deque[Pending] = deque()
         self.last_ts: datetime | None = None  # event time of the last line added
         self._next_rid = 0
+
+    def open(self, ip: str, pos: Pos, now: float) -> Pending:
+        """A new open batch for ``ip`` (which has none), its first line at ``pos``."""
+        self._next_rid += 1
+        b = Pending(self._next_rid, ip, pos, now + self.interval_s)
+        self.open_batches[ip] = b
+        self._order.append(b)
+        return b
 
     def add(self, ip: str, line: Line, pos: Pos, now: float) -> tuple[Pending, bool, bool]:
         """Add one line; returns (its batch, whether the batch is new, whether it is full and removed)."""
         self.last_ts = line.ts
-        b = self._open.get(ip)
+        b = self.open_batches.get(ip)
         new = b is None
         if b is None:
-            self._next_rid += 1
-            b = Pending(self._next_rid, ip, pos, now + self.interval_s)
-            self._open[ip] = b
+            b = self.open(ip, pos, now)
         b.lines.append(line)
         if len(b.lines) >= self.max_lines:
-            del self._open[ip]
+            del self.open_batches[ip]
             return b, new, True
         return b, new, False
 
+    def _front(self) -> Pending | None:
+        order, opened = self._order, self.open_batches
+        while order:
+            b = order[0]
+            if opened.get(b.ip) is b:
+                return b
+            order.popleft()  # went out full
+        return None
+
     def due(self, now: float) -> list[Pending]:
         out: list[Pending] = []
-        opened = self._open
-        while opened:
-            ip = next(iter(opened))
-            b = opened[ip]
-            if b.deadline > now:
-                break
-            del opened[ip]
+        while (b := self._front()) is not None and b.deadline <= now:
+            self._order.popleft()
+            del self.open_batches[b.ip]
             out.append(b)
         return out
 
     def drain(self) -> list[Pending]:
-        out = list(self._open.values())
-        self._open.clear()
+        out = list(self.open_batches.values())
+        self.open_batches.clear()
+        self._order.clear()
         return out
 
     def next_deadline(self) -> float | None:
-        for b in self._open.values():
-            return b.deadline
-        return None
+        b = self._front()
+        return None if b is None else b.deadline
 
     def __len__(self) -> int:
-        return len(self._open)
+        return len(self.open_batches)
 
 
 class AckTracker:
     """The checkpoint position: before the first line of the oldest unacknowledged record."""
 
     def __init__(self) -> None:
+        # Records are opened in file order, so a FIFO holds them in position order at O(1) a record; one
+        # opened before the last (not done by the shipper, but allowed) goes to a heap.
+        self._fifo: deque[tuple[Pos, int]] = deque()
         self._heap: list[tuple[Pos, int]] = []
         self._done: set[int] = set()
 
     def open(self, rid: int, first: Pos) -> None:
-        heapq.heappush(self._heap, (first, rid))
+        fifo = self._fifo
+        if not fifo or fifo[-1][0] <= first:
+            fifo.append((first, rid))
+        else:
+            heapq.heappush(self._heap, (first, rid))
 
     def ack(self, rid: int) -> None:
         self._done.add(rid)
 
     def low_water(self, read_pos: Pos) -> Pos:
-        heap, done = self._heap, self._done
+        fifo, heap, done = self._fifo, self._heap, self._done
+        while fifo and fifo[0][1] in done:
+            done.discard(fifo.popleft()[1])
         while heap and heap[0][1] in done:
             done.discard(heapq.heappop(heap)[1])
-        return min(heap[0][0], read_pos) if heap else read_pos
+        low = read_pos
+        if fifo and fifo[0][0] < low:
+            low = fifo[0][0]
+        if heap and heap[0][0] < low:
+            low = heap[0][0]
+        return low
 
     def __len__(self) -> int:
-        return len(self._heap) - len(self._done)
+        return len(self._fifo) + len(self._heap) - len(self._done)
 
 
 def backoff_s(attempts: int) -> float:
@@ -412,10 +442,13 @@ class Shipper:
         limit = self.tailer.max_line_bytes
         counts = [0, 0]  # lines, events
         host, batcher, tracker, file_ids = self.host, self.batcher, self.tracker, self._file_ids
+        opened, max_lines, send = batcher.open_batches, batcher.max_lines, self._send
+        last_ts = batcher.last_ts
         for item in items:
             seq, fid = item.seq, item.file_id
             if seq not in file_ids:
                 file_ids[seq] = fid
+            id_prefix = f"{host}:{fid}:"
 
             def on_fast(
                 off: int,
@@ -426,18 +459,22 @@ class Shipper:
                 reason: str,
                 raw: str,
                 seq: int = seq,
-                fid: str = fid,
+                id_prefix: str = id_prefix,
             ) -> None:
-                pos = (seq, off)
-                b, new, full = batcher.add(
-                    ip, Line(f"{host}:{fid}:{off}", ts, port, client, reason, raw), pos, now
-                )
-                if new:
-                    tracker.open(b.rid, pos)
-                if full:
-                    self._send(b)
+                # Batcher.add, inlined: this runs once per line
+                nonlocal last_ts
+                last_ts = ts
+                b = opened.get(ip)
+                if b is None:
+                    b = batcher.open(ip, (seq, off), now)
+                    tracker.open(b.rid, b.first)
+                lines = b.lines
+                lines.append(Line(f"{id_prefix}{off}", ts, port, client, reason, raw))
+                if len(lines) >= max_lines:
+                    del opened[ip]
+                    send(b)
 
-            def on_other(off: int, text: str, too_long: bool, seq: int = seq, fid: str = fid) -> None:
+            def on_other(off: int, text: str, too_long: bool) -> None:
                 counts[0] += 1
                 result = (
                     Rejected(TOO_LONG, f"line longer than {limit} bytes") if too_long else self.parser(text)
@@ -472,6 +509,7 @@ class Shipper:
             else:
                 for ln in chunk_lines(item, limit):
                     on_other(ln.offset, "" if ln.too_long else decode_line(ln.data), ln.too_long)
+        batcher.last_ts = last_ts
         lines, events = counts
         stats.lines += lines
         stats.events += events

@@ -21,7 +21,7 @@ from fleet2ban.cli.common import (
     sigterm_as_interrupt,
 )
 from fleet2ban.metrics import serve_metrics
-from shipper.parse import Parser, ParseStats, iter_file_event_lists, parse_line
+from shipper.parse import Parser, ParseStats, iter_file_event_lists, parse_line, write_file_json
 
 log = logging.getLogger("fleet2ban.shipper")
 
@@ -108,8 +108,11 @@ def parse(
     for f in files:
         stats = ParseStats()
         try:
-            for events in iter_file_event_lists(f, name, instance, stats, parser=parser):
-                out.write(encoder.encode_lines(events))
+            if parser is parse_line:  # the same bytes as below, faster (shipper.parse.write_file_json)
+                write_file_json(f, name, out, instance, stats)
+            else:
+                for events in iter_file_event_lists(f, name, instance, stats, parser=parser):
+                    out.write(encoder.encode_lines(events))
         except OSError as exc:
             raise fail(f"cannot read {f}: {exc}", EXIT_USAGE) from None
         if len(files) > 1:

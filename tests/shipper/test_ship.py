@@ -41,6 +41,25 @@ def test_batcher_groups_per_ip_within_the_interval_and_cuts_at_max() -> None:
     assert [d.ip for d in b.drain()] == ["10.0.0.2"]
 
 
+def test_batcher_skips_batches_that_went_out_full_and_keeps_deadline_order() -> None:
+    b = Batcher(0.010, max_lines=2)
+    b.add("a", _line(1), (1, 0), now=1.000)
+    b.add("b", _line(2), (1, 1), now=1.001)
+    _, _, full = b.add("a", _line(3), (1, 2), now=1.002)  # a's first batch goes out full
+    assert full
+    b.add("a", _line(4), (1, 3), now=1.003)  # a's next batch, due after b's
+    assert b.next_deadline() == pytest.approx(1.011)
+    assert [(d.ip, [ln.id for ln in d.lines]) for d in b.due(1.012)] == [("b", ["2"])]
+    assert [(d.ip, [ln.id for ln in d.lines]) for d in b.due(1.014)] == [("a", ["4"])]
+    assert b.next_deadline() is None and len(b) == 0 and b.due(9.0) == []
+    # many IPs opened and sent: due() costs what is due, not what went before
+    for i in range(20_000):
+        b.add(f"ip{i}", _line(i), (1, 10 + i), now=2.0)
+        b.add(f"ip{i}", _line(i), (1, 10 + i), now=2.0)  # full at once
+    b.add("last", _line(0), (1, 99_999), now=2.0)
+    assert [d.ip for d in b.due(2.5)] == ["last"]
+
+
 def test_ack_tracker_low_water_is_the_oldest_unacked_record() -> None:
     t = AckTracker()
     t.open(1, (1, 0))
@@ -54,6 +73,23 @@ def test_ack_tracker_low_water_is_the_oldest_unacked_record() -> None:
     t.ack(3)
     assert t.low_water((2, 100)) == (2, 100)
     assert len(t) == 0
+
+
+def test_ack_tracker_takes_records_opened_out_of_order_too() -> None:
+    t = AckTracker()
+    t.open(1, (1, 100))
+    t.open(2, (1, 200))
+    t.open(3, (1, 50))  # before the last one opened
+    t.open(4, (2, 0))
+    assert t.low_water((3, 0)) == (1, 50) and len(t) == 4
+    t.ack(3)
+    assert t.low_water((3, 0)) == (1, 100)
+    t.ack(1)
+    t.ack(4)
+    assert t.low_water((3, 0)) == (1, 200) and len(t) == 1
+    assert t.low_water((1, 150)) == (1, 150)  # never past what was read
+    t.ack(2)
+    assert t.low_water((3, 0)) == (3, 0) and len(t) == 0
 
 
 # ------------------------------------------------------------------------------------------ kafka
