@@ -3,9 +3,12 @@
 Against a fresh embedded broker. `history`: decisions spread evenly over 30 days (record timestamps =
 decision time); the query seeks by time (offsets_for_times) and folds one hour, for the last hour and for
 an hour in the middle; the reference is a full scan of the same topic in the same run. `list`: 100,000
-bans in force on `bans` plus, per enforcer, an `applied` report for every ban and a truncated heartbeat
-(as the enforcer sends above 1,000 keys); the reference is a raw confluent-kafka read of the same records
-without decoding. Target: each query under 2 s.
+bans in force on `bans` plus, per enforcer, an `applied` report for every ban (five minutes old) and
+heartbeats as the enforcer sends them above 1,000 keys (a truncated list, the digest of its applied set,
+its `bans` offsets); the reference is a raw confluent-kafka read of the same records without decoding.
+Also timed: the same answer from every applied report (the path taken before heartbeats had digests, and
+the fallback), which must agree, and the fallback when one enforcer misses one ban, which must name it.
+Target: each query under 2 s.
 
     python -m bench audit [--decisions N] [--bans N] [--enforcers N] [--partitions N] [--cli]
 """
@@ -24,9 +27,19 @@ from typing import Any
 from confluent_kafka import Producer
 
 from fleet2ban.audit import queries
-from fleet2ban.audit.reader import load_view, read_decisions
+from fleet2ban.audit.reader import load_coverage_view, load_view, read_decisions
 from fleet2ban.broker import EmbeddedBroker
-from fleet2ban.contract import BanState, Decision, Heartbeat, Report, ban_key, encode, utcnow
+from fleet2ban.contract import (
+    BanState,
+    Decision,
+    Heartbeat,
+    Report,
+    applied_digest,
+    ban_key,
+    digest_item,
+    encode,
+    utcnow,
+)
 from fleet2ban.kafka import Cluster, ensure_topics, producer_config, read_to_end, resolve
 from fleet2ban.settings import KafkaSettings
 
@@ -92,11 +105,22 @@ def fill_decisions(cluster: Cluster, n: int, days: float = 30.0) -> None:
     p.flush(120)
 
 
-def fill_bans(cluster: Cluster, n: int, enforcers: int) -> None:
+def fill_bans(cluster: Cluster, n: int, enforcers: int) -> dict[str, Any]:
+    """``n`` bans in force, and per enforcer an ``applied`` report for each (record time = its ``at``, as an
+    enforcer writes them) and three heartbeats as the enforcer sends them: the applied list cut at 1,000
+    keys, the digest of all it has applied, the ``bans`` offsets it had read. Returns what
+    :func:`break_one` needs."""
     now = utcnow()
     p = _producer(cluster)
     t = cluster.topics
+    ends: dict[int, int] = {}
+
+    def delivered(err: Any, msg: Any) -> None:
+        if err is None:
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
     keys = []
+    items = []
     for i in range(n):
         ip = _ip(i)
         at = now - timedelta(seconds=600 - i * 300 / n)
@@ -112,35 +136,68 @@ def fill_bans(cluster: Cluster, n: int, enforcers: int) -> None:
         )
         key = ban_key("amps", ip)
         keys.append(key)
-        _produce(p, t.bans, key.encode(), encode(st))
+        items.append(digest_item(key, st.expires_at))
+        while True:
+            try:
+                p.produce(t.bans, key=key.encode(), value=encode(st), on_delivery=delivered)
+                break
+            except BufferError:
+                p.poll(0.05)
+    p.flush(120)
+    digest = applied_digest(items)
+    applied_at = now - timedelta(seconds=300)
+    started = now - timedelta(seconds=900)
     for e in range(enforcers):
         host = f"enf{e}"
-        started = now - timedelta(seconds=900)
         for i in range(len(keys)):
             r = Report(
                 host=host,
                 kind="applied",
                 jail="amps",
                 ip=_ip(i),
-                at=now - timedelta(seconds=300),
+                at=applied_at,
                 decision_id=f"b-{i:012x}",
                 backend="ipset",
             )
-            _produce(p, t.reports, host.encode(), encode(r))
+            _produce(p, t.reports, host.encode(), encode(r), int(applied_at.timestamp() * 1000))
         for k in range(3):
-            hb = Heartbeat(
-                host=host,
-                role="enforcer",
-                at=now - timedelta(seconds=10 - 5 * k),
-                instance="ipset",
-                started_at=started,
-                interval_s=5.0,
-                counters={"active": float(n)},
-                applied=keys[:1000],
-                applied_total=n,
-            )
-            _produce(p, t.reports, host.encode(), encode(hb))
+            hb = heartbeat(host, now - timedelta(seconds=10 - 5 * k), started, keys, digest, ends)
+            _produce(p, t.reports, host.encode(), encode(hb), int(hb.at.timestamp() * 1000))
     p.flush(120)
+    return {"keys": keys, "items": items, "ends": ends, "started": started}
+
+
+def heartbeat(
+    host: str, at: Any, started: Any, keys: list[str], digest: str, ends: dict[int, int]
+) -> Heartbeat:
+    return Heartbeat(
+        host=host,
+        role="enforcer",
+        at=at,
+        instance="ipset",
+        started_at=started,
+        interval_s=5.0,
+        counters={"active": float(len(keys))},
+        applied=keys[:1000],
+        applied_total=len(keys),
+        applied_digest=digest,
+        bans_offsets=dict(ends),
+    )
+
+
+def break_one(cluster: Cluster, filled: dict[str, Any]) -> str:
+    """A newer heartbeat from enf0 whose digest lacks the last ban (a host missing one ban), and the
+    ``removed`` report that says so: ``bans list`` must fall back to the reports and name enf0."""
+    keys, items = filled["keys"], filled["items"]
+    p = _producer(cluster)
+    now = utcnow()
+    gone: str = keys[-1]
+    rep = Report(host="enf0", kind="removed", jail="amps", ip=gone.split("|")[1], at=now, backend="ipset")
+    _produce(p, cluster.topics.reports, b"enf0", encode(rep))
+    hb = heartbeat("enf0", now, filled["started"], keys[:-1], applied_digest(items[:-1]), filled["ends"])
+    _produce(p, cluster.topics.reports, b"enf0", encode(hb))
+    p.flush(30)
+    return gone
 
 
 def timed(fn: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
@@ -206,7 +263,7 @@ def main(argv: list[str]) -> int:
 
         # ---------------------------------------------------------------------------------- list
         t = time.perf_counter()
-        fill_bans(cluster, args.bans, args.enforcers)
+        filled = fill_bans(cluster, args.bans, args.enforcers)
         print(
             f"wrote {args.bans:,} bans and {args.bans * args.enforcers:,} reports in "
             f"{time.perf_counter() - t:.1f}s",
@@ -221,6 +278,10 @@ def main(argv: list[str]) -> int:
 
         def lst() -> list[Any]:
             n = utcnow()
+            return queries.bans_in_force(load_coverage_view(cluster, n), n)
+
+        def lst_reports() -> list[Any]:
+            n = utcnow()
             return queries.bans_in_force(load_view(cluster, n), n)
 
         s, bans = timed(lst)
@@ -234,6 +295,11 @@ def main(argv: list[str]) -> int:
                 f"{s / ref_s:.3f}",
             )
         )
+        s, old = timed(lst_reports, repeat=1)
+        assert [(b.key, b.coverage) for b in old] == [(b.key, b.coverage) for b in bans]
+        rows.append(
+            ("list: from every applied report (as before)", f"{len(old):,}", f"{s:.3f}", f"{s / ref_s:.3f}")
+        )
         n = utcnow()
         view = load_view(cluster, n)
         s, _ = timed(lambda: queries.bans_in_force(view, n))
@@ -241,6 +307,19 @@ def main(argv: list[str]) -> int:
         if args.cli:
             s = cli_seconds(cluster, ["bans", "list"])
             rows.append(("list: CLI process --json", "", f"{s:.3f}", f"{s / ref_s:.3f}"))
+        gone = break_one(cluster, filled)
+        s, bans = timed(lst, repeat=1)
+        named = [b.coverage.missing for b in bans if b.key == gone]
+        assert named == [["enf0"]], named
+        assert sum(1 for b in bans if b.coverage.missing) == 1
+        rows.append(
+            (
+                "list: enf0 missing 1 ban (falls back to reports)",
+                f"{len(bans):,}",
+                f"{s:.3f}",
+                f"{s / ref_s:.3f}",
+            )
+        )
 
     width = max(len(r[0]) for r in rows)
     print(f"\n{'query':<{width}}  {'records':>10}  {'seconds':>8}  {'ratio':>6}")

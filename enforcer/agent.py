@@ -51,8 +51,10 @@ from fleet2ban.contract import (
     Heartbeat,
     Report,
     ReportKind,
+    applied_digest,
     ban_key,
     decode_ban,
+    digest_item,
     encode,
     normalize_target,
     split_ban_key,
@@ -139,6 +141,7 @@ class Enforcer:
         self._reconciled_once = False
         self._due: datetime | None = None
         self.last_desired: Desired | None = None
+        self._digest_memo: dict[Key, tuple[datetime | None, int]] = {}
 
     # -- input
 
@@ -194,6 +197,23 @@ class Enforcer:
     def take_reports(self) -> list[Report]:
         out, self.outbox = self.outbox, []
         return out
+
+    def applied_digest(self, at: datetime) -> str:
+        """:func:`fleet2ban.contract.applied_digest` of the bans in force at ``at`` (per the active set)
+        that are applied: what a reader compares with the bans in force it derives from ``bans``."""
+        memo = self._digest_memo
+        items: list[int] = []
+        for key in self.applied:
+            ban = self.bans.get(key)
+            if ban is None or not ban.active_at(at):
+                continue
+            cached = memo.get(key)
+            if cached is None or cached[0] != ban.expires_at:
+                cached = memo[key] = (ban.expires_at, digest_item(ban_key(*key), ban.expires_at))
+            items.append(cached[1])
+        if len(memo) > 2 * len(self.applied) + 1000:
+            self._digest_memo = {k: v for k, v in memo.items() if k in self.applied}
+        return applied_digest(items)
 
     # -- reconcile
 
@@ -537,10 +557,13 @@ class Agent:
         counters: dict[str, float] = {k: float(v) for k, v in self.enforcer.counters.items()}
         counters["active"] = float(len(self.enforcer.applied))
         counters["active_set"] = float(len(self.enforcer.bans))
+        at = utcnow()
+        # every bans record read so far is reconciled by now (the loop reconciles before it beats)
+        offsets = self._positions(consumer)
         hb = Heartbeat(
             host=self.host,
             role="enforcer",
-            at=utcnow(),
+            at=at,
             instance=self.backend.name,
             version=__version__,
             started_at=self.started_at,
@@ -549,8 +572,18 @@ class Agent:
             counters=counters,
             applied=keys[:HEARTBEAT_APPLIED_MAX],
             applied_total=len(keys) if len(keys) > HEARTBEAT_APPLIED_MAX else None,
+            applied_digest=self.enforcer.applied_digest(at) if offsets is not None else None,
+            bans_offsets=offsets,
         )
         self._produce(producer, topic, encode(hb))
+
+    @staticmethod
+    def _positions(consumer: Any) -> dict[int, int] | None:
+        """The next offset to read per ``bans`` partition (0 where nothing was read yet); None if unknown."""
+        try:
+            return {tp.partition: max(tp.offset, 0) for tp in consumer.position(consumer.assignment())}
+        except Exception:
+            return None
 
     def _records_behind(self, consumer: Any) -> float:
         behind = 0

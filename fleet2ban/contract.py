@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
@@ -191,6 +192,13 @@ class Heartbeat(msgspec.Struct, frozen=True, tag="heartbeat", tag_field="type"):
     """For enforcers: how many keys are in force in all; when larger than ``len(applied)`` the list was
     cut by the sender's bound, and readers (fleet2ban.audit) merge it with ``reports`` instead of taking it
     as the whole set. ``None``: ``applied`` is complete."""
+    applied_digest: str | None = None
+    """For enforcers: :func:`applied_digest` of the bans in force at ``at`` that it has applied, as
+    ``COUNT:HEX``, so a reader that derives the bans in force from ``bans`` can check that the host has
+    them all without its per-ban reports. ``None``: not sent (an older enforcer)."""
+    bans_offsets: dict[int, int] | None = None
+    """For enforcers: per ``bans`` partition, the offset of the next record it would read: the
+    ``applied_digest`` is over the bans in force in the topic before these offsets."""
     v: int = SCHEMA_VERSION
 
 
@@ -369,6 +377,29 @@ class Topics:
 def ban_key(jail: str, ip: str) -> str:
     """The ``bans`` key of one (jail, target)."""
     return f"{jail}|{ip}"
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_DIGEST_MOD: Final = 1 << 128
+
+
+def digest_item(key: str, expires_at: datetime | None) -> int:
+    """One ban's share of an :func:`applied_digest`: a 128-bit hash of its ``JAIL|IP`` key and expiry."""
+    exp = "-" if expires_at is None else str((expires_at - _EPOCH) // _MICROSECOND)
+    return int.from_bytes(hashlib.blake2b(f"{key}|{exp}".encode(), digest_size=16).digest(), "big")
+
+
+def applied_digest(items: Iterable[int]) -> str:
+    """An order-independent digest of a set of bans (their :func:`digest_item` values, each ban once):
+    ``COUNT:HEX`` with the sum of the items modulo 2**128. Two sets agree on it only if they are equal,
+    but for a chance of about 2**-128."""
+    total = 0
+    count = 0
+    for item in items:
+        total += item
+        count += 1
+    return f"{count}:{total % _DIGEST_MOD:032x}"
 
 
 def split_ban_key(key: bytes | str) -> tuple[str, str]:

@@ -14,9 +14,12 @@ Pure side (no Kafka; test with records built by hand):
   ``verify(view, decisions, now, within)`` -> :class:`VerifyResult`.
 - :mod:`.manual`: ``manual_ban``/``manual_unban`` build operators' decisions after the safety rails
   (:mod:`fleet2ban.rails`). :mod:`.timeparse`: ``parse_duration``, ``parse_when``.
+- :mod:`.seek`: the search that narrows a time seek by probing record timestamps (embedded broker).
+- :mod:`.digests`: coverage from enforcers' heartbeat digests, checked against the bans in force.
 
 Kafka side (thin): :mod:`.reader` (``connect``, :class:`TopicReader` with ``catch_up``/``poll``,
-``load_view``, ``read_decisions`` seeking by time, ``read_target``, ``load_trail``) and :mod:`.writer`
+``load_view``, ``load_coverage_view`` for ``bans list``, ``read_decisions`` seeking by time,
+``read_target``, ``load_trail``) and :mod:`.writer`
 (``publish_decision``, ``wait_for_mirror``).
 
 A console follows the fleet like this::

@@ -46,13 +46,15 @@ def bans_in_force(view: FleetView, now: datetime, flt: BanFilter | None = None) 
     match = flt.matcher() if flt is not None else None
     live = view.live_enforcers(now)
     everywhere = Coverage(live=len(live), applied=[e.host for e in live], missing=[])
-    applied_sets = [e.applied for e in live]
+    # the common case, applied on every live enforcer, shares one (immutable) Coverage
+    common: set[str] | None = None
+    for e in sorted(live, key=lambda e: len(e.applied)):
+        common = set(e.applied) if common is None else common.intersection(e.applied)
     out: list[BanView] = []
     bans = view.bans
     for key in view.active(now, match):
         entry = bans[key]
-        # the common case, applied on every live enforcer, shares one (immutable) Coverage
-        cov = everywhere if all(key in a for a in applied_sets) else coverage(view, key, live)
+        cov = everywhere if common is None or key in common else coverage(view, key, live)
         out.append(BanView(key, entry.state, entry.recorded_at, cov))
     out.sort(key=lambda b: (b.ban.at, b.key), reverse=True)
     return out

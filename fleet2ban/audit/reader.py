@@ -8,11 +8,14 @@ by partition EOF (the embedded broker's end offsets are wrong). Time seeks use `
 - :func:`connect`: resolve the cluster, failing with one :class:`BrokerError` within ``timeout`` seconds.
 - :class:`TopicReader`: the cursor over one or more topics; :meth:`TopicReader.catch_up` reads to the
   end, :meth:`TopicReader.poll` follows live (what the web console runs in its loop).
-- :func:`load_view`, :func:`read_decisions`, :func:`read_target`, :func:`load_trail`: what the CLI asks.
+- :func:`load_view`, :func:`load_coverage_view`, :func:`read_decisions`, :func:`read_target`,
+  :func:`load_trail`: what the CLI asks. :func:`read_tail` reads a topic's end backwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,12 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fleet2ban.audit import digests, seek
 from fleet2ban.audit.partition import partition_for
 from fleet2ban.audit.view import FleetView, TopicKind
 from fleet2ban.contract import (
     BanState,
     ContractError,
     Decision,
+    Heartbeat,
     Report,
     ban_key,
     decode_ban,
@@ -54,6 +59,23 @@ BISECT_SPAN = 500
 SEEK_SLACK = timedelta(minutes=5)
 """How far before a range's start the time seek goes: a decision's ``at`` may precede its record's
 timestamp (event time, processor lag) by up to this much."""
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a read folds records: the fold only adds objects (100,000s of
+    decoded records, kept), and each collection walks all of them again (it more than doubled a
+    100k-record read). At the end they are frozen (:func:`gc.freeze`), or the first collections after
+    it would walk them all anyway; the records hold no reference cycles, so nothing is kept alive
+    that reference counting would not free."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.freeze()
+            gc.enable()
 
 
 def connect(settings: KafkaSettings, timeout: float = 5.0) -> Cluster:
@@ -130,15 +152,25 @@ class TopicReader:
         progress: Progress | None = None,
         timeout: float = 10.0,
         value_contains: bytes | None = None,
+        track_positions: bool = False,
     ) -> None:
         from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
         self.cluster = cluster
         self.on_record = on_record
+        self.track_positions = track_positions
+        self.position: tuple[int, int] = (0, 0)
+        """With ``track_positions``: (partition, offset) of the record being fed to ``on_record``."""
         self.progress = progress
         self.value_contains = value_contains
         self.records = 0
-        self._consumer = Consumer({**consumer_config(cluster), "log_level": 0})
+        sources = list(sources)
+        extra: dict[str, Any] = {}
+        if cluster.embedded and any(src.since is not None for src in sources):
+            # time seeks probe (assign, fetch, unassign) several times: without this, a partition whose
+            # queue was full when it was dropped waits a second before its next fetch
+            extra["fetch.queue.backoff.ms"] = 1
+        self._consumer = Consumer({**consumer_config(cluster), "log_level": 0, **extra})
         self._kinds: dict[str, TopicKind] = {}
         self._since_ms: dict[str, int] = {}
         self._until_ms: dict[str, int] = {}
@@ -190,108 +222,37 @@ class TopicReader:
         self._consumer.assign(assignment)
 
     def _refine(self, topic: str, starts: list[Any], target_ms: int, timeout: float) -> list[Any]:
-        """Narrow time-seek lower bounds by bisecting on record timestamps (embedded broker only).
+        """Narrow time-seek lower bounds by searching record timestamps (embedded broker only).
 
         tansu answers ``offsets_for_times`` from the time it *stored* each batch, not from the records'
         timestamps, so for records written with older timestamps (an import, a backlog, a benchmark) its
-        answer can be offset 0. Record timestamps within a partition are nearly monotonic (the callers'
-        slack covers producers' clock skew), so each partition is bisected between that lower bound and
-        the last batch's base offset, all partitions in parallel, one fetch per round. Rounds: the lower
-        bound (already late enough? done), the upper end (still too early? start there), then halves
-        until fewer than ``BISECT_SPAN`` records remain (the reader skips those).
+        answer can be offset 0. :func:`seek.search` narrows each partition between that lower bound and
+        the end by interpolation (bisection when a guess does not halve the bracket), all partitions in
+        one fetch per round, until fewer than ``BISECT_SPAN`` records remain (the reader skips those).
         """
         from confluent_kafka import TopicPartition
 
-        lo: dict[int, int] = {}
-        hi: dict[int, int] = {}
+        bounds: dict[int, tuple[int, int]] = {}
         for tp in starts:
             if tp.error is not None or tp.offset < 0:
                 continue
             _low, high = self._consumer.get_watermark_offsets(
                 TopicPartition(topic, tp.partition), timeout=timeout
             )
-            if high - 1 > tp.offset + BISECT_SPAN:
-                lo[tp.partition], hi[tp.partition] = tp.offset, high - 1
+            if high > tp.offset + BISECT_SPAN:
+                bounds[tp.partition] = (tp.offset, high)
+        if not bounds:
+            return starts
         deadline = time.monotonic() + timeout
-        lo_ms: dict[int, int] = {}
-        hi_ms: dict[int, int] = {}
-        if hi:
-            for p, (_off, ms) in self._probe(topic, dict(lo), deadline).items():
-                if ms >= target_ms:
-                    del hi[p]  # the lower bound is already late enough
-                else:
-                    lo_ms[p] = ms
-        if hi:
-            for p, (off, ms) in self._probe(topic, dict(hi), deadline).items():
-                if ms < target_ms:
-                    lo[p] = off  # even the last batch is older: read from there
-                    del hi[p]
-                else:
-                    hi_ms[p] = ms
-        hi = {p: o for p, o in hi.items() if p in lo_ms and p in hi_ms}
-        step = dict.fromkeys(hi, 0)
-        landed: dict[int, str] = {}
-        while True:
-            probes: dict[int, int] = {}
-            for p in hi:
-                span = hi[p] - lo[p]
-                if span <= BISECT_SPAN:
-                    continue
-                kind = step[p] % 3
-                if kind == 0 and hi_ms[p] > lo_ms[p]:
-                    # interpolate: record timestamps grow roughly evenly
-                    frac = (target_ms - lo_ms[p]) / (hi_ms[p] - lo_ms[p])
-                    guess = lo[p] + int(frac * span)
-                elif kind == 1 and p in landed:
-                    # bracket: a short step past the interpolated probe, to close the span at once
-                    half = BISECT_SPAN // 2
-                    guess = lo[p] + half if landed[p] == "lo" else hi[p] - half
-                else:
-                    guess = (lo[p] + hi[p]) // 2  # bisect: a bounded worst case
-                probes[p] = min(max(guess, lo[p] + 1), hi[p] - 1)
-                step[p] += 1
-            if not probes:
-                break
-            seen = self._probe(topic, probes, deadline)
-            if len(seen) < len(probes):
-                break  # a slow broker: keep the bounds found so far
-            for p, (off, ms) in seen.items():
-                if off >= hi[p]:
-                    hi[p] = probes[p]  # nothing between the probe and hi: narrow anyway
-                    landed[p] = "hi"
-                elif ms < target_ms:
-                    lo[p], lo_ms[p] = off, ms
-                    landed[p] = "lo"
-                else:
-                    hi[p], hi_ms[p] = off, ms
-                    landed[p] = "hi"
-        self._consumer.unassign()
-        return [TopicPartition(topic, tp.partition, lo.get(tp.partition, tp.offset)) for tp in starts]
-
-    def _probe(self, topic: str, offsets: dict[int, int], deadline: float) -> dict[int, tuple[int, int]]:
-        """(offset, timestamp ms) of the first record at or after each partition's offset; one fetch round.
-        A partition whose offset is past its end reads as newer than anything."""
-        from confluent_kafka import KafkaError, TopicPartition
-
-        self._consumer.unassign()  # drop the previous round's fetch positions and queued records
-        self._consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
-        seen: dict[int, tuple[int, int]] = {}
-        round_end = min(deadline, time.monotonic() + 5.0)
-        while len(seen) < len(offsets) and time.monotonic() < round_end:
-            for msg in self._consumer.consume(500, 0.05):
-                p = msg.partition() or 0
-                if p not in offsets or p in seen:
-                    continue
-                off = msg.offset() or 0
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF and off >= offsets[p]:
-                        seen[p] = (off, 1 << 62)
-                    continue
-                if off >= offsets[p]:
-                    ttype, ms = msg.timestamp()
-                    seen[p] = (off, ms if ttype != 0 else 1 << 62)
-        return seen
+        found = seek.search(
+            bounds,
+            target_ms,
+            int(time.time() * 1000),
+            lambda offsets: _probe(self._consumer, topic, offsets, deadline),
+            span=BISECT_SPAN,
+            window=PROBE_RECORDS,
+        )
+        return [TopicPartition(topic, tp.partition, found.get(tp.partition, tp.offset)) for tp in starts]
 
     @staticmethod
     def into_view(
@@ -312,13 +273,14 @@ class TopicReader:
 
     def poll(self, timeout: float = 0.2, max_records: int = 5000) -> int:
         """Read what is there (waiting up to ``timeout``); feed it; return how many records were fed."""
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
         try:
             msgs = self._consumer.consume(max_records, timeout)
         except KafkaException as exc:
             raise BrokerError(f"reading from {self.cluster.bootstrap}: {_short(exc)}") from None
         fed = 0
+        finished: list[tuple[str, int]] = []
         kinds, since, until, done = self._kinds, self._since_ms, self._until_ms, self._done
         contains, on_record = self.value_contains, self.on_record
         eof = KafkaError._PARTITION_EOF
@@ -345,13 +307,19 @@ class TopicReader:
                     if ms > until[topic]:
                         done.add(tp)
                         self._pending.discard(tp)
+                        finished.append(tp)
                         continue
                 ts = datetime.fromtimestamp(ms / 1000.0, UTC)
             value = msg.value()
             if contains is not None and (value is None or contains not in value):
                 continue
+            if self.track_positions:
+                self.position = (msg.partition() or 0, msg.offset() or 0)
             on_record(kinds[topic], msg.key(), value, ts)
             fed += 1
+        if finished:
+            # past ``until``: drop the partition, and with it the records librdkafka prefetched after it
+            self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in finished])
         if msgs:
             self.records += len(msgs)
             if self.progress is not None:
@@ -362,10 +330,11 @@ class TopicReader:
         """Poll until every partition reached its end; raise :class:`BrokerError` after ``timeout``."""
         deadline = time.monotonic() + timeout
         fed = 0
-        while self._pending:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading did not reach the end of the topics within {timeout:.0f}s")
-            fed += self.poll(0.2)
+        with _no_gc():
+            while self._pending:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"reading did not reach the end of the topics within {timeout:.0f}s")
+                fed += self.poll(0.2)
         return fed
 
     def close(self) -> None:
@@ -376,6 +345,52 @@ class TopicReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+PROBE_RECORDS = 1000
+"""A probe keeps this many records per partition (they narrow the bracket too), then drops the rest."""
+
+
+def _probe(consumer: Any, topic: str, offsets: dict[int, int], deadline: float) -> dict[int, seek.Seen]:
+    """(offset, timestamp ms) of up to ``PROBE_RECORDS`` records at and after each partition's offset;
+    one fetch round for all partitions. Past its end a partition reads as newer than anything.
+
+    A fetch brings whole batches (thousands of records, and librdkafka prefetches more): a partition is
+    unassigned as soon as it has answered, which drops its queued records before Python sees them."""
+    from confluent_kafka import KafkaError, TopicPartition
+
+    consumer.assign([TopicPartition(topic, p, o) for p, o in offsets.items()])
+    seen: dict[int, seek.Seen] = {}
+    done: set[int] = set()
+    round_end = min(deadline, time.monotonic() + 5.0)
+    eof = KafkaError._PARTITION_EOF
+    try:
+        while len(done) < len(offsets) and time.monotonic() < round_end:
+            finished: list[int] = []
+            for msg in consumer.consume(500, 0.05):
+                p = msg.partition() or 0
+                start = offsets.get(p)
+                off = msg.offset() or 0
+                if start is None or p in done or off < start:
+                    continue
+                got = seen.setdefault(p, [])
+                err = msg.error()
+                if err is not None:
+                    if err.code() == eof:
+                        got.append((off, seek.NEWEST))
+                        done.add(p)
+                        finished.append(p)
+                    continue
+                ttype, ms = msg.timestamp()
+                got.append((off, ms if ttype != 0 and ms is not None and ms >= 0 else seek.NEWEST))
+                if len(got) >= PROBE_RECORDS:
+                    done.add(p)
+                    finished.append(p)
+            if finished:
+                consumer.incremental_unassign([TopicPartition(topic, p) for p in finished])
+    finally:
+        consumer.unassign()  # drop this round's fetch positions and queued records
+    return seen
 
 
 # ------------------------------------------------------------------------------------ CLI answers
@@ -389,15 +404,17 @@ def load_view(
     progress: Progress | None = None,
     timeout: float = 120.0,
     max_lookback: timedelta = timedelta(days=7),
+    bans: FleetView | None = None,
 ) -> FleetView:
     """The fleet's state now: all of ``bans`` and the last ``reports_window`` of ``reports``.
 
     An enforcer with more bans than its heartbeat lists (``applied_total``) is known completely only
     from its reports since it started: when a live one started before the window, ``reports`` is read
     again from its ``started_at`` (bounded by ``max_lookback``), so coverage stays exact.
+    ``bans``: a view that already holds all of ``bans`` (only ``reports`` is read then).
     """
     since = now - reports_window
-    view = _read_view(cluster, since, progress, timeout)
+    view = _read_view(cluster, since, progress, timeout, bans)
     earliest = since
     for enf in view.live_enforcers(now):
         hb = enf.heartbeat
@@ -407,17 +424,275 @@ def load_view(
             earliest = max(hb.started_at - timedelta(seconds=5), now - max_lookback)
     if earliest < since:
         log.info("reading reports from %s for enforcers with truncated heartbeats", earliest.isoformat())
-        view = _read_view(cluster, earliest, progress, timeout)
+        view = _read_view(cluster, earliest, progress, timeout, bans)
     return view
 
 
-def _read_view(cluster: Cluster, since: datetime, progress: Progress | None, timeout: float) -> FleetView:
+def _read_view(
+    cluster: Cluster,
+    since: datetime,
+    progress: Progress | None,
+    timeout: float,
+    bans: FleetView | None = None,
+) -> FleetView:
     view = FleetView()
     t = cluster.topics
-    sources = [Source("bans", t.bans), Source("reports", t.reports, since=since)]
+    sources = [Source("reports", t.reports, since=since)]
+    if bans is None:
+        sources.insert(0, Source("bans", t.bans))
+    else:
+        view.bans, view.lifted, view.ban_history = dict(bans.bans), dict(bans.lifted), dict(bans.ban_history)
+        view.bans_seen, view.bad_records = bans.bans_seen, bans.bad_records
     with TopicReader(cluster, sources, TopicReader.into_view(view), progress=progress) as r:
         r.catch_up(timeout)
     return view
+
+
+TAIL_CHUNK = 2000
+"""Records per partition in the first backward chunk of a tail read (each further chunk doubles)."""
+
+TAIL_SKEW = timedelta(seconds=60)
+"""A tail read goes this much further back than the heartbeats need (clocks, producer delays)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TailRecord:
+    partition: int
+    offset: int
+    ts_ms: int | None
+    key: bytes | None
+    value: bytes | None
+
+
+def read_tail(
+    cluster: Cluster,
+    topic: str,
+    back_to: Callable[[list[TailRecord]], int],
+    *,
+    chunk: int = TAIL_CHUNK,
+    timeout: float = 60.0,
+    progress: Progress | None = None,
+) -> list[TailRecord]:
+    """The last records of every partition of ``topic``, read backwards in chunks (all partitions in one
+    fetch round per chunk) until a partition's oldest record read is older than ``back_to(records so
+    far)`` (epoch ms) or its start is reached. Returns them by partition, then offset."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    consumer = Consumer({**consumer_config(cluster), "log_level": 0, "fetch.queue.backoff.ms": 1})
+    got: dict[int, list[TailRecord]] = {}
+    try:
+        meta = consumer.list_topics(topic, timeout=min(timeout, 10.0))
+        tmeta = meta.topics.get(topic)
+        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            return []
+        low: dict[int, int] = {}
+        start: dict[int, int] = {}
+        end: dict[int, int | None] = {}
+        for p in sorted(tmeta.partitions):
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=min(timeout, 10.0))
+            low[p] = max(lo, 0)
+            start[p] = max(low[p], hi - chunk)  # the embedded broker's high is short: read to EOF first
+            end[p] = None
+            got[p] = []
+        deadline = time.monotonic() + timeout
+        active = set(got)
+        size = chunk
+        read = 0
+        eof = KafkaError._PARTITION_EOF
+        while active:
+            consumer.assign([TopicPartition(topic, p, start[p]) for p in sorted(active)])
+            fresh: dict[int, list[TailRecord]] = {p: [] for p in active}
+            pending = set(active)
+            while pending:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"reading the end of {topic} took longer than {timeout:.0f}s")
+                finished: list[int] = []
+                for msg in consumer.consume(5000, 0.1):
+                    p = msg.partition() or 0
+                    if p not in pending:
+                        continue
+                    off = msg.offset() or 0
+                    err = msg.error()
+                    stop = end[p]
+                    if err is not None:
+                        if err.code() == eof:
+                            pending.discard(p)
+                            finished.append(p)
+                        elif err.fatal() or err.code() in (
+                            KafkaError._TRANSPORT,
+                            KafkaError._ALL_BROKERS_DOWN,
+                        ):
+                            raise BrokerError(f"reading {topic}: {err.str()}")
+                        continue
+                    if stop is not None and off >= stop:
+                        pending.discard(p)
+                        finished.append(p)
+                        continue
+                    if off < start[p]:
+                        continue
+                    ttype, ms = msg.timestamp()
+                    fresh[p].append(TailRecord(p, off, ms if ttype != 0 else None, msg.key(), msg.value()))
+                    read += 1
+                if finished:
+                    consumer.incremental_unassign([TopicPartition(topic, p) for p in finished])
+                if progress is not None:
+                    progress(topic, read)
+            consumer.unassign()
+            for p, recs in fresh.items():
+                got[p] = recs + got[p]
+            threshold = back_to([r for p in sorted(got) for r in got[p]])
+            size *= 2
+            for p in list(active):
+                oldest = got[p][0].ts_ms if got[p] else None
+                if start[p] <= low[p] or (oldest is not None and oldest < threshold):
+                    active.discard(p)
+                else:
+                    end[p] = start[p]
+                    start[p] = max(low[p], start[p] - size)
+    except KafkaException as exc:
+        raise BrokerError(f"Kafka at {cluster.bootstrap}: {_short(exc)}") from None
+    finally:
+        consumer.close()
+    return [r for p in sorted(got) for r in got[p]]
+
+
+def load_coverage_view(
+    cluster: Cluster,
+    now: datetime,
+    *,
+    reports_window: timedelta = timedelta(hours=1),
+    heartbeat_interval_s: float = 5.0,
+    progress: Progress | None = None,
+    timeout: float = 120.0,
+    max_lookback: timedelta = timedelta(days=7),
+) -> FleetView:
+    """What ``bans list`` needs: all of ``bans`` and every live enforcer's coverage, with as little of
+    ``reports`` as it can.
+
+    ``reports`` is read backwards from its end until every live enforcer's latest heartbeat is found
+    (heartbeats are periodic: the read goes back the silence bound of ``heartbeat_interval_s`` or of the
+    heartbeats found, whichever is longer, plus :data:`TAIL_SKEW`; never past ``reports_window``). When
+    every live enforcer's ``applied_digest`` matches the bans in force that :mod:`.digests` derives from
+    ``bans`` before its ``bans_offsets``, its coverage is that set plus its reports after the heartbeat.
+    Otherwise (a host missing a ban, an older enforcer) this is :func:`load_view`: the per-ban reports,
+    slower, as exact. The view answers :func:`.queries.bans_in_force`; ``audit verify`` and ``status``
+    need :func:`load_view`.
+    """
+    view = FleetView()
+    floor_ms = int((now - reports_window).timestamp() * 1000)
+    now_ms = int(now.timestamp() * 1000)
+    base_s = view.silence_bound(Heartbeat(host="", role="enforcer", at=now, interval_s=heartbeat_interval_s))
+    decoded: dict[tuple[int, int], Report | Heartbeat | None] = {}
+
+    def decode(rec: TailRecord) -> Report | Heartbeat | None:
+        pos = (rec.partition, rec.offset)
+        if pos not in decoded:
+            try:
+                decoded[pos] = decode_report(rec.value)
+            except ContractError as exc:
+                view.bad_records += 1
+                view.last_error = str(exc)
+                decoded[pos] = None
+        return decoded[pos]
+
+    def back_to(records: list[TailRecord]) -> int:
+        need = base_s
+        for rec in records:
+            if rec.value is not None and b'"heartbeat"' in rec.value:
+                hb = decode(rec)
+                if isinstance(hb, Heartbeat):
+                    need = max(need, view.silence_bound(hb))
+        return max(floor_ms, now_ms - int((need + TAIL_SKEW.total_seconds()) * 1000))
+
+    tail = read_tail(cluster, cluster.topics.reports, back_to, timeout=timeout, progress=progress)
+    latest: dict[tuple[str, str, str], Heartbeat] = {}
+    enforcer_hb: dict[str, tuple[Heartbeat, int, int]] = {}
+    for rec in tail:
+        if rec.ts_ms is not None and rec.ts_ms < floor_ms:
+            continue
+        if rec.value is None or b'"heartbeat"' not in rec.value:
+            continue
+        r = decode(rec)
+        if not isinstance(r, Heartbeat):
+            continue
+        cid = (r.role, r.host, r.instance)
+        if cid not in latest or latest[cid].at <= r.at:
+            latest[cid] = r
+        if r.role == "enforcer":
+            prev = enforcer_hb.get(r.host)
+            if prev is None or prev[0].at <= r.at:
+                enforcer_hb[r.host] = (r, rec.partition, rec.offset)
+    live = {h: e for h, e in enforcer_hb.items() if not view.is_silent(e[0], now)}
+    unchecked = sorted(h for h, (hb, _p, _o) in live.items() if not digests.can_check(hb))
+
+    # all of bans, remembering what each live enforcer's prefix of it held
+    tracker = digests.PrefixTracker({h: dict(hb.bans_offsets or {}) for h, (hb, _p, _o) in live.items()})
+    sources = [Source("bans", cluster.topics.bans)]
+    with TopicReader(
+        cluster, sources, lambda *_a: None, progress=progress, track_positions=bool(live)
+    ) as reader:
+        reader.on_record = _bans_with_prefixes(view, reader, tracker) if live else TopicReader.into_view(view)
+        reader.catch_up(timeout)
+    if unchecked:
+        log.info("enforcers without applied digests (%s): reading their reports", ", ".join(unchecked))
+        return load_view(
+            cluster,
+            now,
+            reports_window=reports_window,
+            progress=progress,
+            timeout=timeout,
+            max_lookback=max_lookback,
+            bans=view,
+        )
+    memo: digests.Memo = {}
+    covered: dict[str, list[str]] = {}
+    for host, (hb, _p, _o) in sorted(live.items()):
+        digest, keys = digests.in_force_digest(view.bans, tracker.overrides[host], hb.at, memo)
+        if digest != hb.applied_digest:
+            log.info("enforcer %s does not have every ban in force applied: reading the reports", host)
+            return load_view(
+                cluster,
+                now,
+                reports_window=reports_window,
+                progress=progress,
+                timeout=timeout,
+                max_lookback=max_lookback,
+                bans=view,
+            )
+        covered[host] = keys
+    for hb in latest.values():
+        view.add_report(hb)
+    for host, (hb, hb_p, hb_off) in sorted(live.items()):
+        after: list[Report] = []
+        for rec in tail:
+            if rec.key is not None and rec.key != host.encode():
+                continue  # reports are keyed by their host
+            if rec.partition == hb_p and rec.offset <= hb_off:
+                continue
+            r = decode(rec)
+            if not isinstance(r, Report) or r.host != host:
+                continue
+            if (rec.partition == hb_p and rec.offset > hb_off) or (rec.partition != hb_p and r.at > hb.at):
+                after.append(r)
+        digests.cover(view, hb, covered[host], after)
+    return view
+
+
+def _bans_with_prefixes(view: FleetView, reader: TopicReader, tracker: digests.PrefixTracker) -> RecordSink:
+    feed = TopicReader.into_view(view)
+
+    def fold(kind: TopicKind, key: bytes | None, value: bytes | None, ts: datetime | None) -> None:
+        p, off = reader.position
+        if key is not None and tracker.past(p, off):
+            try:
+                k = ban_key(*split_ban_key(key))
+            except ContractError:
+                k = None
+            if k is not None:
+                tracker.before(p, off, k, view.bans.get(k))
+        feed(kind, key, value, ts)
+
+    return fold
 
 
 def _collect_decisions(out: list[Decision], bad: list[int]) -> RecordSink:

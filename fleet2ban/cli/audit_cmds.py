@@ -25,6 +25,7 @@ from fleet2ban.audit.model import BanFilter, BanView, HostStatus, IpHistory, Ver
 from fleet2ban.audit.reader import (
     Progress,
     connect,
+    load_coverage_view,
     load_trail,
     load_view,
     read_decisions,
@@ -129,7 +130,13 @@ def bans_list(
     cluster = _connect(settings)
     now = utcnow()
     with _progress(not as_json, "bans and reports") as progress:
-        view = load_view(cluster, now, reports_window=window, progress=progress)
+        view = load_coverage_view(
+            cluster,
+            now,
+            reports_window=window,
+            heartbeat_interval_s=settings.metrics.heartbeat_interval_s,
+            progress=progress,
+        )
     bans = queries.bans_in_force(view, now, flt)
     if as_json:
         echo_json_line(to_json(bans))

@@ -6,6 +6,7 @@ import json
 import threading
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from enforcer_helpers import BansWriter, ReportsReader, ban_record, wait_for
@@ -128,3 +129,54 @@ def test_a_failing_backend_never_kills_the_agent(cluster: Cluster) -> None:
     assert agent._reconcile(full=True) is True
     assert agent.health()[1]["last_error"] is None
     assert ("amps", "203.0.113.9") in agent.enforcer.applied
+
+
+def test_heartbeat_digest_lets_bans_list_skip_the_reports(
+    agent: Agent, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,200 bans (more than a heartbeat lists): the agent's heartbeat carries the digest of its applied
+    set and its ``bans`` offsets, and `bans list` finds the host covering every ban from that alone."""
+    from confluent_kafka import Producer
+
+    from fleet2ban.audit import bans_in_force, reader
+    from fleet2ban.audit.reader import load_coverage_view
+    from fleet2ban.contract import utcnow
+    from fleet2ban.kafka import producer_config
+
+    producer = Producer({**producer_config(cluster, linger_ms=5), "log_level": 0})
+    ends: dict[int, int] = {}
+
+    def delivered(err: object, msg: Any) -> None:
+        ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+    for i in range(1200):
+        key, value = ban_record(f"198.18.{i // 250}.{i % 250}", 600)
+        producer.produce(cluster.topics.bans, key=key, value=value, on_delivery=delivered)
+    assert producer.flush(10) == 0
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    reports = ReportsReader(cluster)
+    try:
+
+        def full_heartbeat() -> bool:
+            reports.poll()
+            return any(hb.applied_total == 1200 for hb in reports.heartbeats)
+
+        wait_for(full_heartbeat, 30, "a heartbeat with all 1,200 bans applied")
+        hb = next(hb for hb in reports.heartbeats if hb.applied_total == 1200)
+        assert hb.bans_offsets == ends and (hb.applied_digest or "").startswith("1200:")
+        fallbacks: list[int] = []
+        real = reader.load_view
+
+        def counted(*a: Any, **k: Any) -> Any:
+            fallbacks.append(1)
+            return real(*a, **k)
+
+        monkeypatch.setattr(reader, "load_view", counted)
+        got = bans_in_force(load_coverage_view(cluster, utcnow()), utcnow())
+        assert len(got) == 1200 and all(b.coverage.applied == ["h-test"] for b in got)
+        assert fallbacks == []
+    finally:
+        agent.stop_event.set()
+        thread.join(10)
+        reports.close()

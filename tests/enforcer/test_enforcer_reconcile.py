@@ -210,3 +210,36 @@ def test_entry_the_kernel_expired_itself_is_reported_removed(backend: DryRunBack
     out = e.reconcile(full=True)
     assert not out.changes and not backend.entries
     assert [(r.kind, r.detail) for r in e.take_reports()] == [("removed", "expired")]
+
+
+def test_applied_digest_matches_the_listers_and_drops_with_a_missing_ban(
+    backend: DryRunBackend, clock: Clock
+) -> None:
+    """The heartbeat digest is the one `bans list` computes from ``bans`` when every ban in force is
+    applied; a ban refused by the rails (never applied) or lifted from the kernel makes them differ."""
+    from fleet2ban.audit import digests
+    from fleet2ban.audit.view import FleetView
+
+    enf = make(backend, clock)
+    view = FleetView()
+    records = [record(f"198.51.100.{i}", expires_in=None if i % 7 == 0 else 60 + i) for i in range(120)]
+    records.append(record("203.0.113.1", expires_in=5))  # expires before the heartbeat
+    for k, v in records:
+        enf.ingest(k, v)
+        assert view.add_raw("bans", k, v, T0)
+    enf.reconcile(full=True)
+    clock.advance(10)
+    lister, keys = digests.in_force_digest(view.bans, {}, clock.now, {})
+    assert len(keys) == 120 and enf.applied_digest(clock.now) == lister
+    # the kernel loses one entry (someone deleted it): until the next reconcile the digest says so
+    backend.entries.pop(("amps", "198.51.100.3"))
+    enf.applied.pop(("amps", "198.51.100.3"))
+    assert enf.applied_digest(clock.now) != lister
+    enf.reconcile(full=True)
+    assert enf.applied_digest(clock.now) == lister
+    # a ban the rails refuse (the host's own address) is in force but never applied
+    k, v = record("10.231.0.1")
+    enf.ingest(k, v)
+    view.add_raw("bans", k, v, T0)
+    enf.reconcile(full=False)
+    assert enf.applied_digest(clock.now) != digests.in_force_digest(view.bans, {}, clock.now, {})[0]
