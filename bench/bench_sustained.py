@@ -570,7 +570,12 @@ def fleet_options(args: argparse.Namespace) -> DevOptions:
     # The benchmark is the AMPS writer of the failure lines, so it rolls the logs over itself (at ~1 MB,
     # as the seed's logging target): a second writer renaming the file under it would race its writes.
     return DevOptions(
-        hosts=3, attackers=0, bantime=float(args.bantime), maxretry=args.maxretry, sim_roll_bytes=1 << 40
+        hosts=3,
+        attackers=0,
+        bantime=float(args.bantime),
+        maxretry=args.maxretry,
+        sim_roll_bytes=1 << 40,
+        partitions=args.partitions,
     )
 
 
@@ -653,6 +658,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--bantime", type=int, default=3600, help="long enough that no ban expires during the run"
     )
     ap.add_argument("--maxretry", type=int, default=20)
+    ap.add_argument(
+        "--partitions",
+        type=int,
+        default=DevOptions.partitions,
+        help="partitions per topic (dev fleet default)",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     return ap.parse_args(argv)
 

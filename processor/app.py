@@ -46,6 +46,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from fleet2ban.contract import (
@@ -226,7 +227,13 @@ class Processor:
         except ContractError as exc:
             if not replay:
                 m.BAD_RECORDS.labels("events", "contract").inc()
-                rlog.warning("events-bad", "skipped an invalid events record (key %r): %s", key, exc)
+            rlog.warning(
+                "events-bad",
+                "skipped an invalid events record%s (key %r): %s",
+                " read back" if replay else "",
+                key,
+                exc,
+            )
         if len(out) > n:
             self._note(out, n)
 
@@ -323,11 +330,13 @@ def _app_class() -> Any:
         Faust registers its Monitor as a sensor that is called four times for every message (in, stream
         in, stream out, out) to keep statistics for Faust's own web views, which fleet2ban does not serve
         (its metrics are Prometheus counters). That is 10-15% of a worker's CPU with many small records.
-        ``app.monitor`` itself stays (the consumer records end offsets and commits on it)."""
+        ``app.monitor`` itself stays (the consumer records end offsets and commits on it), and a no-op
+        sensor takes its place: Faust warns on every rebalance when no sensor answers for it."""
 
         def on_init_dependencies(self) -> Any:
             deps = super().on_init_dependencies()
             self.sensors.remove(self.monitor)
+            self.sensors.add(faust.Sensor())
             return deps
 
     return App
@@ -441,29 +450,67 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             )
             return
         out: list[Output] = []
+        c = policy.counters
+        before = (c.events, c.failures, c.duplicates, c.late, c.evidence)
         for key, value in got.records:
             proc.on_events_record(key, value, out, replay=True)
+        after = (c.events, c.failures, c.duplicates, c.late, c.evidence)
+        counted = [now - then for now, then in zip(after, before, strict=True)]
         if out:
             await publish(out)
         took = time.monotonic() - started
         m.REBUILDS.labels("ok").inc()
         m.REBUILD_SECONDS.observe(took)
         log.info(
-            "rebuilt the windows of events partition %d from %d records (offsets %d..%d) in %.2fs",
+            "rebuilt the windows of events partition %d from %d records (offsets %d..%d) in %.2fs: "
+            "events=%d failures=%d duplicates=%d late=%d evidence=%d",
             partition,
             len(got.records),
             got.first_offset,
             got.end_offset,
             took,
+            *counted,
         )
+
+    async def fill_gap(partition: int, start: int, end: int) -> None:
+        """Process records ``start..end-1`` that the stream skipped.
+
+        Faust drops records that aiokafka fetched while a freshly assigned partition was not yet active
+        (or while flow was stopped for a rebalance) and carries on after them: seen here right after a
+        restart, 145 records skipped between two consecutive events. Offsets of the events topic are
+        contiguous (no compaction, no transactions), so a jump is such a gap: read it back and process
+        it before the record that revealed it."""
+        m.GAPS.inc()
+        log.warning(
+            "events partition %d: the stream skipped offsets %d..%d; reading them back",
+            partition,
+            start,
+            end - 1,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            got = await loop.run_in_executor(
+                None, partial(read_span, cluster, topics.events, partition, 0, end, start_offset=start)
+            )
+        except RebuildError as exc:
+            log.error("could not read back the skipped offsets %d..%d: %s", start, end - 1, exc)
+            return
+        out: list[Output] = []
+        for key, value in got.records:
+            proc.on_events_record(key, value, out)
+        if out:
+            await publish(out)
 
     async def on_events(stream: Any) -> None:
         out: list[Output] = []
         async for event in stream.events():
             msg = event.message
+            expected = next_offset.get(msg.partition)
             if msg.partition not in rebuilt:
                 await rebuild(msg.partition, msg.offset, msg.timestamp)
                 rebuilt.add(msg.partition)
+            elif expected is not None and msg.offset > expected:
+                await fill_gap(msg.partition, expected, msg.offset)
             next_offset[msg.partition] = msg.offset + 1
             progress_at[msg.partition] = time.monotonic()
             proc.on_events_record(msg.key, msg.value, out)

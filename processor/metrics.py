@@ -22,6 +22,10 @@ REBUILD_SECONDS = Histogram(
     "time to rebuild one events partition's windows (read back + replay)",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+GAPS = Counter(
+    "fleet2ban_processor_stream_gaps_total",
+    "times the Faust stream skipped events records (read back and processed before going on)",
+)
 LINES = Counter("fleet2ban_processor_lines_total", "07-0013 lines consumed (inside events records)")
 CORE = Counter(
     "fleet2ban_processor_core_total",

@@ -57,29 +57,34 @@ def read_span(
     since_ms: int,
     end_offset: int,
     timeout_s: float = 30.0,
+    start_offset: int | None = None,
 ) -> Span:
     """The (key, value) of the records of ``topic``/``partition`` with a timestamp at or after
     ``since_ms`` and an offset before ``end_offset``.
 
     ``offsets_for_times`` is used as a lower bound only (the embedded broker answers it per batch, an
-    earlier batch at times): records before ``since_ms`` are skipped. Raises RebuildError when the
-    records cannot be read within ``timeout_s``."""
+    earlier batch at times): records before ``since_ms`` are skipped. ``start_offset``: read from there
+    instead of looking ``since_ms`` up. Raises RebuildError when the records cannot be read within
+    ``timeout_s``."""
     if end_offset <= 0:
         return Span((), end_offset, end_offset)
     c = Consumer(consumer_config(cluster))  # assign() only; partition EOF on
     try:
-        try:
-            (found,) = c.offsets_for_times([TopicPartition(topic, partition, since_ms)], timeout=10)
-        except Exception as exc:
-            raise RebuildError(f"offsets_for_times on {topic}[{partition}]: {exc}") from exc
-        start = found.offset
+        if start_offset is None:
+            try:
+                (found,) = c.offsets_for_times([TopicPartition(topic, partition, since_ms)], timeout=10)
+            except Exception as exc:
+                raise RebuildError(f"offsets_for_times on {topic}[{partition}]: {exc}") from exc
+            start = found.offset
+        else:
+            start = start_offset
         if start < 0 or start >= end_offset:
             return Span((), end_offset, end_offset)
         c.assign([TopicPartition(topic, partition, start)])
         out: list[tuple[bytes | None, bytes | None]] = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            for msg in c.consume(1000, 0.5):
+            for msg in c.consume(1000, 0.1):
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:

@@ -55,6 +55,10 @@ class DevOptions:
     netns: bool | None = None
     """Network namespaces (None: when available, i.e. as root)."""
     topic_prefix: str = "fleet2ban."
+    partitions: int = 1
+    """Partitions per topic. The dev fleet runs one processor, so one is enough; and the embedded
+    broker's Fetch cost grows with the number of record batches stored (shared/notes/embedded-broker.md):
+    every shipper flush writes one batch per partition it touches, so more partitions cost it more."""
     heartbeat_interval_s: float = 1.0
     reconcile_interval_s: float = 5.0
     extra_settings: dict[str, Any] = field(default_factory=dict)
@@ -131,7 +135,10 @@ class DevFleet:
             netns.cleanup_stale("dev")
         self.broker = EmbeddedBroker(log_path=self.workdir / "logs" / "broker.log").start()
         kafka = KafkaSettings(
-            bootstrap_servers=self.broker.bootstrap, topic_prefix=self.opts.topic_prefix, flavor="tansu"
+            bootstrap_servers=self.broker.bootstrap,
+            topic_prefix=self.opts.topic_prefix,
+            flavor="tansu",
+            partitions=self.opts.partitions,
         )
         self.cluster = resolve(kafka)
         ensure_topics(self.cluster)
@@ -171,6 +178,7 @@ class DevFleet:
                 "bootstrap_servers": self.broker.bootstrap,
                 "topic_prefix": self.opts.topic_prefix,
                 "flavor": "tansu",
+                "partitions": self.opts.partitions,
             },
             "jails": [
                 {
