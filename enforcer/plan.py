@@ -117,19 +117,22 @@ class Rails:
     def refusal(self, jail: str, target: str) -> str | None:
         """Why ``target`` must not be banned in ``jail``, or None when it may be."""
         key = (jail, target)
-        if key in self._verdicts:
-            return self._verdicts[key]
+        verdicts = self._verdicts
+        if key in verdicts:
+            return verdicts[key]
         if self._clearly_allowed(jail, target):
-            return None
-        violations = check_target(
-            target,
-            protect=(*self.protect, *self.ignore.get(jail, ())),
-            min_prefix_v4=self.min_prefix_v4,
-            min_prefix_v6=self.min_prefix_v6,
-        )
-        verdict = "; ".join(str(v) for v in violations) or None
-        if len(self._verdicts) < 1_000_000:
-            self._verdicts[key] = verdict
+            verdict = None
+        else:
+            violations = check_target(
+                target,
+                protect=(*self.protect, *self.ignore.get(jail, ())),
+                min_prefix_v4=self.min_prefix_v4,
+                min_prefix_v6=self.min_prefix_v6,
+            )
+            verdict = "; ".join(str(v) for v in violations) or None
+        if len(verdicts) >= VERDICTS_MAX:  # a pure function of the key: start the memo afresh
+            verdicts.clear()
+        verdicts[key] = verdict
         return verdict
 
 
@@ -220,6 +223,10 @@ class Changes:
 
     def __len__(self) -> int:
         return len(self.adds) + len(self.deletes)
+
+
+VERDICTS_MAX = 1_000_000
+"""Memoised rail verdicts per (jail, target); every reconcile asks again for every ban in force."""
 
 
 def family_of(target: str) -> int:

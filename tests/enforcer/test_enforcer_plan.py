@@ -218,3 +218,18 @@ def test_fast_path_special_ranges_cover_the_rails_own() -> None:
     always = getattr(rails_module, "_ALWAYS", ())
     for _, net in always:
         assert any(net.subnet_of(s) for s in FAST_PATH_SPECIAL if s.version == net.version), net
+
+
+def test_rail_verdicts_are_memoised_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    import enforcer.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "VERDICTS_MAX", 3)
+    r = rails()
+    targets = ["203.0.113.1", "203.0.113.2", "127.0.0.1", "203.0.113.3", "10.231.0.1"]
+    first = [r.refusal("amps", t) for t in targets]
+    assert first[:2] == [None, None] and first[3] is None
+    assert first[2] is not None and first[4] is not None  # loopback, our own address
+    assert len(r._verdicts) <= 3
+    # asked again (as every reconcile does), the answers are the same, memoised or not
+    assert [r.refusal("amps", t) for t in targets] == first
+    assert len(r._verdicts) <= 3
