@@ -42,16 +42,17 @@ from typing import Any
 
 from bench.fleetbench import (
     AmpsLog,
+    Rec,
     component_pids,
     cpu_seconds,
     describe_machine,
     ms,
     percentile,
-    read_topics,
     rss_mb,
     table,
     wait_fleet_ready,
 )
+from fleet2ban.audit.reader import Source, TopicReader
 from fleet2ban.contract import (
     ContractError,
     Heartbeat,
@@ -264,30 +265,54 @@ class Outcome:
     removed: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))  # host -> ip -> why
 
 
-def collect(cluster: Cluster) -> Outcome:
-    out = Outcome()
-    for rec in read_topics(cluster, ["decisions", "reports"], timeout=300):
-        try:
-            if rec.kind == "decisions":
-                d = decode_decision(rec.value)
-                if d.action == "ban" and d.origin == "auto" and d.ip not in out.decisions:
-                    out.decisions[d.ip] = (rec.ts, d.at.timestamp())
-                elif d.action == "unban":
-                    out.unbans.setdefault(d.ip, d.reason or "")
-            else:
-                r = decode_report(rec.value)
-                if isinstance(r, Report) and r.kind == "applied":
-                    out.applied[r.host].setdefault(r.ip, r.at.timestamp())
-                elif isinstance(r, Report) and r.kind == "removed":
-                    out.removed[r.host].setdefault(r.ip, r.detail or "")
-                elif isinstance(r, Heartbeat):
-                    if r.role == "shipper":
-                        out.shipper_hb[r.host].append((r.at.timestamp(), r.counters))
-                    else:
-                        out.enforcer_hb[r.host] = r.counters
-        except ContractError:
-            continue
-    return out
+def fold(out: Outcome, rec: Rec) -> None:
+    """Add one decisions/reports record to what the run saw."""
+    try:
+        if rec.kind == "decisions":
+            d = decode_decision(rec.value)
+            if d.action == "ban" and d.origin == "auto" and d.ip not in out.decisions:
+                out.decisions[d.ip] = (rec.ts, d.at.timestamp())
+            elif d.action == "unban":
+                out.unbans.setdefault(d.ip, d.reason or "")
+        else:
+            r = decode_report(rec.value)
+            if isinstance(r, Report) and r.kind == "applied":
+                out.applied[r.host].setdefault(r.ip, r.at.timestamp())
+            elif isinstance(r, Report) and r.kind == "removed":
+                out.removed[r.host].setdefault(r.ip, r.detail or "")
+            elif isinstance(r, Heartbeat):
+                if r.role == "shipper":
+                    out.shipper_hb[r.host].append((r.at.timestamp(), r.counters))
+                else:
+                    out.enforcer_hb[r.host] = r.counters
+    except ContractError:
+        pass
+
+
+class Collector:
+    """The decisions and reports of the run, read incrementally by one consumer.
+
+    Re-reading both topics from the start every few seconds made the embedded broker (whose Fetch cost
+    grows with the record batches stored, and every report is a batch of its own) the bottleneck of the
+    drain it was measuring."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.out = Outcome()
+        topics = cluster.topics
+        sources = [Source(k, getattr(topics, k)) for k in ("decisions", "reports")]
+        self.reader = TopicReader(cluster, sources, self._feed)
+        self.reader.catch_up(300)
+
+    def _feed(self, kind: str, key: bytes | None, value: bytes | None, ts: datetime | None) -> None:
+        fold(self.out, Rec(kind, key, value, ts.timestamp() if ts is not None else math.nan))
+
+    def update(self) -> Outcome:
+        while self.reader.poll(0.2) > 0:
+            pass
+        return self.out
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 def shipped_lines(out: Outcome, t0: float, t1: float) -> tuple[dict[str, int], float, int]:
@@ -606,7 +631,8 @@ def run_on(fleet: DevFleet, args: argparse.Namespace) -> dict[str, Any]:
         )
         expected = {b.ip for b in ws.bursts if not math.isnan(b.done)}
         drain_start = time.monotonic()
-        out = collect(fleet.cluster)
+        collector = Collector(fleet.cluster)
+        out = collector.update()
         while time.monotonic() - drain_start < args.drain:
             ipsets = {h.name: ipset_members(h.netns) for h in fleet.hosts if h.netns}
             decided = expected & set(out.decisions)
@@ -620,7 +646,7 @@ def run_on(fleet: DevFleet, args: argparse.Namespace) -> dict[str, Any]:
                     flush=True,
                 )
             time.sleep(2.0)
-            out = collect(fleet.cluster)
+            out = collector.update()
         drain_s = time.monotonic() - drain_start
     finally:
         stop.set()
@@ -628,13 +654,14 @@ def run_on(fleet: DevFleet, args: argparse.Namespace) -> dict[str, Any]:
         for lg in logs:
             lg.close()
     ipsets = {h.name: ipset_members(h.netns) for h in fleet.hosts if h.netns}
-    out = collect(fleet.cluster)
+    out = collector.update()
     deadline = time.monotonic() + 15.0  # the shippers' next heartbeats count the last acknowledgements
     while (
         sum(shipped_lines(out, ws.started, ws.ended)[0].values()) < ws.lines and time.monotonic() < deadline
     ):
         time.sleep(1.0)
-        out = collect(fleet.cluster)
+        out = collector.update()
+    collector.close()
     shipped = shipped_lines(out, ws.started, ws.ended)
     return report(args, fleet, ws, mon.samples, out, ipsets, shipped, drain_s)
 
