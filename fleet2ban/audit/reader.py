@@ -633,8 +633,9 @@ def load_coverage_view(
     ) as reader:
         reader.on_record = _bans_with_prefixes(view, reader, tracker) if live else TopicReader.into_view(view)
         reader.catch_up(timeout)
-    if unchecked:
-        log.info("enforcers without applied digests (%s): reading their reports", ", ".join(unchecked))
+
+    def from_reports() -> FleetView:
+        """The per-report answer (slower, always right), reusing the bans already read."""
         return load_view(
             cluster,
             now,
@@ -644,21 +645,17 @@ def load_coverage_view(
             max_lookback=max_lookback,
             bans=view,
         )
+
+    if unchecked:
+        log.info("enforcers without applied digests (%s): reading their reports", ", ".join(unchecked))
+        return from_reports()
     memo: digests.Memo = {}
     covered: dict[str, list[str]] = {}
     for host, (hb, _p, _o) in sorted(live.items()):
         digest, keys = digests.in_force_digest(view.bans, tracker.overrides[host], hb.at, memo)
         if digest != hb.applied_digest:
             log.info("enforcer %s does not have every ban in force applied: reading the reports", host)
-            return load_view(
-                cluster,
-                now,
-                reports_window=reports_window,
-                progress=progress,
-                timeout=timeout,
-                max_lookback=max_lookback,
-                bans=view,
-            )
+            return from_reports()
         covered[host] = keys
     for hb in latest.values():
         view.add_report(hb)
