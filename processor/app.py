@@ -432,14 +432,29 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     assigned_now: set[int] = set()
     span = span_s(policy)
 
+    def committed_offset(partition: int) -> int | None:
+        """Where this worker's stream of an events partition started (its group's committed offset)."""
+        try:
+            for tp in app.assignor.assigned_actives():
+                if tp.topic == topics.events and tp.partition == partition:
+                    committed = app.consumer._committed_offset.get(tp)
+                    return committed if isinstance(committed, int) else None
+        except Exception as exc:  # best effort: the time span alone is read then
+            log.debug("committed offset of events partition %d: %s", partition, exc)
+        return None
+
     async def rebuild(partition: int, offset: int, timestamp: float | None) -> None:
-        """Replay the partition's last ``span`` seconds before ``offset`` (see processor.rebuild)."""
+        """Replay the partition's last ``span`` seconds before ``offset`` (see processor.rebuild), and
+        process any record from the committed offset on that the stream skipped before ``offset``."""
         started = time.monotonic()
         since_ms = int(((timestamp or time.time()) - span) * 1000)
+        committed = committed_offset(partition)
+        keep_from = committed if committed is not None and committed < offset else None
         loop = asyncio.get_running_loop()
         try:
             got = await loop.run_in_executor(
-                None, read_span, cluster, topics.events, partition, since_ms, offset
+                None,
+                partial(read_span, cluster, topics.events, partition, since_ms, offset, keep_from=keep_from),
             )
         except RebuildError as exc:
             m.REBUILDS.labels("failed").inc()
@@ -452,8 +467,19 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         out: list[Output] = []
         c = policy.counters
         before = (c.events, c.failures, c.duplicates, c.late, c.evidence)
-        for key, value in got.records:
-            proc.on_events_record(key, value, out, replay=True)
+        skipped = 0
+        for at, key, value in got.records:
+            unprocessed = keep_from is not None and at >= keep_from
+            skipped += unprocessed
+            proc.on_events_record(key, value, out, replay=not unprocessed)
+        if skipped:
+            m.GAPS.inc()
+            log.warning(
+                "events partition %d: the stream skipped offsets %d..%d after the assignment; processed them",
+                partition,
+                keep_from,
+                offset - 1,
+            )
         after = (c.events, c.failures, c.duplicates, c.late, c.evidence)
         counted = [now - then for now, then in zip(after, before, strict=True)]
         if out:
@@ -496,7 +522,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             log.error("could not read back the skipped offsets %d..%d: %s", start, end - 1, exc)
             return
         out: list[Output] = []
-        for key, value in got.records:
+        for _, key, value in got.records:
             proc.on_events_record(key, value, out)
         if out:
             await publish(out)
@@ -612,7 +638,8 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         assigned_now.clear()
         assigned_now.update(mine)
         proc.sweep_due = True  # recovered bans need their expiry timers
-        next_offset.clear()
+        for p in gone:  # kept partitions keep theirs: a jump past it is a gap the stream skipped
+            next_offset.pop(p, None)
         progress_at.clear()
         log.info("partitions assigned: events=%s", sorted(mine))
 

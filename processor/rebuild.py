@@ -45,7 +45,8 @@ def span_s(policy: Policy, margin_s: float = MARGIN_S) -> float:
 class Span:
     """The records of one partition read back for a rebuild, in offset order."""
 
-    records: Sequence[tuple[bytes | None, bytes | None]]
+    records: Sequence[tuple[int, bytes | None, bytes | None]]
+    """(offset, key, value)"""
     first_offset: int
     end_offset: int
 
@@ -58,9 +59,11 @@ def read_span(
     end_offset: int,
     timeout_s: float = 30.0,
     start_offset: int | None = None,
+    keep_from: int | None = None,
 ) -> Span:
-    """The (key, value) of the records of ``topic``/``partition`` with a timestamp at or after
-    ``since_ms`` and an offset before ``end_offset``.
+    """The records of ``topic``/``partition`` with a timestamp at or after ``since_ms`` and an offset
+    before ``end_offset``; also, whatever their timestamp, those at or after ``keep_from`` (records the
+    stream should have delivered but did not).
 
     ``offsets_for_times`` is used as a lower bound only (the embedded broker answers it per batch, an
     earlier batch at times): records before ``since_ms`` are skipped. ``start_offset``: read from there
@@ -78,10 +81,13 @@ def read_span(
             start = found.offset
         else:
             start = start_offset
+        if keep_from is not None and 0 <= keep_from < end_offset and (start < 0 or keep_from < start):
+            start = keep_from
         if start < 0 or start >= end_offset:
             return Span((), end_offset, end_offset)
         c.assign([TopicPartition(topic, partition, start)])
-        out: list[tuple[bytes | None, bytes | None]] = []
+        out: list[tuple[int, bytes | None, bytes | None]] = []
+        keep = end_offset if keep_from is None else keep_from
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for msg in c.consume(1000, 0.1):
@@ -94,8 +100,8 @@ def read_span(
                 offset = msg.offset()
                 if offset is None or offset >= end_offset:
                     return Span(out, start, end_offset)
-                if msg.timestamp()[1] >= since_ms:
-                    out.append((msg.key(), msg.value()))
+                if offset >= keep or msg.timestamp()[1] >= since_ms:
+                    out.append((offset, msg.key(), msg.value()))
         raise RebuildError(
             f"could not read {topic}[{partition}] offsets {start}..{end_offset} within {timeout_s:.0f}s"
         )

@@ -35,10 +35,13 @@ def test_read_span_by_time_and_by_offset(cluster: Cluster) -> None:
     topic = cluster.topics.events
     # the records of the last 30 s before offset 5 (the record at 5 itself excluded)
     got = read_span(cluster, topic, 0, now - 30_000, 5)
-    assert [v for _, v in got.records] == [b"r2", b"r3", b"r4"]
+    assert [(o, v) for o, _, v in got.records] == [(2, b"r2"), (3, b"r3"), (4, b"r4")]
     assert got.end_offset == 5
+    # the same, plus records the stream skipped from its committed offset on, however old
+    got = read_span(cluster, topic, 0, now - 30_000, 5, keep_from=1)
+    assert [v for _, _, v in got.records] == [b"r1", b"r2", b"r3", b"r4"]
     # a gap by offsets, whatever the times
     got = read_span(cluster, topic, 0, 0, 4, start_offset=1)
-    assert [v for _, v in got.records] == [b"r1", b"r2", b"r3"]
+    assert [v for _, _, v in got.records] == [b"r1", b"r2", b"r3"]
     # nothing before the first record
     assert read_span(cluster, topic, 0, now - 30_000, 0).records == ()
