@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -11,6 +10,7 @@ from typing import Any, TypeVar
 import msgspec
 from confluent_kafka import Producer
 
+from fleet2ban import waiting
 from fleet2ban.contract import (
     BanState,
     Decision,
@@ -166,16 +166,19 @@ class Writer:
 
 
 def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 10.0, every: float = 0.05) -> T:
-    """Poll ``fn`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    """Poll ``fn`` until it returns something truthy; fail naming ``what`` (and the last answer) after
+    ``timeout``. An exception counts as a falsy answer: a stale element while the page refreshes."""
+    last: list[Any] = [None]
+
+    def check() -> T | None:
         try:
-            last = fn()
-        except Exception as exc:  # a stale element while the page refreshes: try again
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+            last[0] = fn()
+        except Exception as exc:
+            last[0] = exc
+            return None
+        return last[0]
+
+    try:
+        return waiting.wait_for(check, timeout, what, every)
+    except waiting.WaitTimeoutError as exc:
+        raise AssertionError(f"{exc} (last: {last[0]!r})") from None

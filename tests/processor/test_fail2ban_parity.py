@@ -20,7 +20,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from typer.testing import CliRunner
 from fleet2ban.cli.main import app as cli_app
 from fleet2ban.contract import Decision, Event, from_epoch
 from fleet2ban.settings import JailSettings
+from fleet2ban.waiting import wait_for
 from processor.engine import Engine
 from processor.policy import Policy
 
@@ -91,12 +91,7 @@ def test_same_bans_as_fail2ban_on_bursts(tmp_path: Path) -> None:
     conf, log, bans_file = _write_config(tmp_path)
     _f2b(conf, "-x", "start")
     try:
-        deadline = time.monotonic() + 20
-        while _total_failed(conf) != 0:
-            assert time.monotonic() < deadline, (
-                "fail2ban did not start: " + _f2b(conf, "ping", check=False).stderr
-            )
-            time.sleep(0.1)
+        wait_for(lambda: _total_failed(conf) == 0, 20, "fail2ban to start (its jail answering status)", 0.1)
         now = datetime.now(UTC_)
         # every line within findtime of now and of each other, and in the past; fail2ban ignores a line
         # already findtime old when it reads it, so the oldest keep 4 s of margin for its poller
@@ -116,14 +111,13 @@ def test_same_bans_as_fail2ban_on_bursts(tmp_path: Path) -> None:
         matched = sum(1 for _, _, r in plan if r != "timeout")
         with log.open("a") as f:
             f.writelines(amps_line(ts, ip, reason) for ts, ip, reason in plan)
-        deadline = time.monotonic() + 20
-        while _total_failed(conf) < matched:
-            assert time.monotonic() < deadline, f"fail2ban read {_total_failed(conf)} of {matched} failures"
-            time.sleep(0.1)
-        deadline = time.monotonic() + 10
-        while (text := bans_file.read_text() if bans_file.exists() else "").count("\n") < 4:
-            assert time.monotonic() < deadline, f"fail2ban bans so far: {text!r}"
-            time.sleep(0.1)
+        wait_for(lambda: _total_failed(conf) >= matched, 20, f"fail2ban to read all {matched} failures", 0.1)
+        wait_for(
+            lambda: bans_file.exists() and bans_file.read_text().count("\n") >= 4,
+            10,
+            "fail2ban's 4 bans in its action's file",
+            0.1,
+        )
     finally:
         _f2b(conf, "stop", check=False)
     f2b = {ip: float(t) for ip, t in (line.split() for line in bans_file.read_text().splitlines())}

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from fleet2ban.waiting import wait_for
 from shipper.tail import Checkpoint, Tailer, TailLine, Waker, load_checkpoint, save_checkpoint
 
 
@@ -14,18 +15,15 @@ def append(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def read_all(t: Tailer, deadline_s: float = 5.0, want: int | None = None) -> list[TailLine]:
+def read_all(t: Tailer, want: int, deadline_s: float = 5.0) -> list[TailLine]:
+    """The lines the tailer gives until there are ``want`` of them (bounded)."""
     out: list[TailLine] = []
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        got = t.read_lines()
-        out += got
-        if want is not None and len(out) >= want:
-            break
-        if not got and want is None:
-            break
-        if not got:
-            time.sleep(0.01)
+
+    def enough() -> bool:
+        out.extend(t.read_lines())
+        return len(out) >= want
+
+    wait_for(enough, deadline_s, f"{want} lines from the tailer", every=0.01)
     return out
 
 

@@ -6,11 +6,11 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
 from fleet2ban.dev.netns import Fleet, TcpListener, cleanup_stale, entered, list_namespaces, try_connect
+from fleet2ban.waiting import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -26,9 +26,8 @@ def test_fleet_hosts_talk_ipv4_and_ipv6_and_teardown_leaves_nothing() -> None:
             assert try_connect(b.ns, a.ipv4, 9007) is None
             assert try_connect(b.ns, a.ipv6, 9007) is None
             assert try_connect(b.ns, a.ipv4, 9008) == "refused"
-            deadline = time.monotonic() + 5
-            while len(listener.peers) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)  # the accept thread records peers after the client's connect returns
+            # the accept thread records peers after the client's connect returns
+            wait_for(lambda: len(listener.peers) >= 2, 5, "the listener to record both peers", every=0.01)
         assert sorted(listener.peers) == sorted([b.ipv4, b.ipv6])
         proc = b.popen(["sleep", "60"])
     assert not set(names) & set(list_namespaces())
