@@ -73,7 +73,7 @@ from processor.policy import (
     durable_part,
     encode_state,
 )
-from processor.rebuild import RebuildError, read_span, span_s
+from processor.rebuild import RebuildError, Span, read_span, span_s
 
 log = logging.getLogger("fleet2ban.processor")
 rlog = RateLimitedLog(log)
@@ -281,7 +281,7 @@ class Processor:
         bans = keys = 0
         # the targets this worker counts, and those recovered from the changelog not yet seen again
         targets = [t for t in self.live if owned(t.encode())]
-        targets += [k.decode() for k in list(self.table.keys()) if k.decode() not in self.live and owned(k)]
+        targets += [t for k in list(self.table.keys()) if (t := k.decode()) not in self.live and owned(k)]
         for target in targets:
             state = self._get(target)
             if state is None:
@@ -443,6 +443,25 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             log.debug("committed offset of events partition %d: %s", partition, exc)
         return None
 
+    async def read_back(partition: int, end: int, **kw: Any) -> Span:
+        """Records of an events partition before offset ``end`` (``processor.rebuild.read_span``),
+        read in a thread so the event loop keeps running."""
+        loop = asyncio.get_running_loop()
+        read = partial(read_span, cluster, topics.events, partition, end_offset=end, **kw)
+        return await loop.run_in_executor(None, read)
+
+    async def feed_back(got: Span, live_from: int) -> int:
+        """Process records read back; those from offset ``live_from`` on were never processed (counted
+        as consumed), the earlier ones are replayed. Returns how many were never processed."""
+        out: list[Output] = []
+        unprocessed = 0
+        for at, key, value in got.records:
+            unprocessed += at >= live_from
+            proc.on_events_record(key, value, out, replay=at < live_from)
+        if out:
+            await publish(out)
+        return unprocessed
+
     async def rebuild(partition: int, offset: int, timestamp: float | None) -> None:
         """Replay the partition's last ``span`` seconds before ``offset`` (see processor.rebuild), and
         process any record from the committed offset on that the stream skipped before ``offset``."""
@@ -450,12 +469,8 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         since_ms = int(((timestamp or time.time()) - span) * 1000)
         committed = committed_offset(partition)
         keep_from = committed if committed is not None and committed < offset else None
-        loop = asyncio.get_running_loop()
         try:
-            got = await loop.run_in_executor(
-                None,
-                partial(read_span, cluster, topics.events, partition, since_ms, offset, keep_from=keep_from),
-            )
+            got = await read_back(partition, offset, since_ms=since_ms, keep_from=keep_from)
         except RebuildError as exc:
             m.REBUILDS.labels("failed").inc()
             log.error(
@@ -464,15 +479,9 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
                 exc,
             )
             return
-        out: list[Output] = []
         c = policy.counters
         before = (c.events, c.failures, c.duplicates, c.late, c.evidence)
-        skipped = 0
-        for at, key, value in got.records:
-            unprocessed = keep_from is not None and at >= keep_from
-            skipped += unprocessed
-            proc.on_events_record(key, value, out, replay=not unprocessed)
-        if skipped:
+        if await feed_back(got, offset if keep_from is None else keep_from):
             m.GAPS.inc()
             log.warning(
                 "events partition %d: the stream skipped offsets %d..%d after the assignment; processed them",
@@ -482,8 +491,6 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             )
         after = (c.events, c.failures, c.duplicates, c.late, c.evidence)
         counted = [now - then for now, then in zip(after, before, strict=True)]
-        if out:
-            await publish(out)
         took = time.monotonic() - started
         m.REBUILDS.labels("ok").inc()
         m.REBUILD_SECONDS.observe(took)
@@ -513,19 +520,12 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             start,
             end - 1,
         )
-        loop = asyncio.get_running_loop()
         try:
-            got = await loop.run_in_executor(
-                None, partial(read_span, cluster, topics.events, partition, 0, end, start_offset=start)
-            )
+            got = await read_back(partition, end, since_ms=0, start_offset=start)
         except RebuildError as exc:
             log.error("could not read back the skipped offsets %d..%d: %s", start, end - 1, exc)
             return
-        out: list[Output] = []
-        for _, key, value in got.records:
-            proc.on_events_record(key, value, out)
-        if out:
-            await publish(out)
+        await feed_back(got, start)
 
     async def on_events(stream: Any) -> None:
         out: list[Output] = []
