@@ -7,7 +7,12 @@ the system tools (``ipset list -t`` / ``iptables-legacy -S``) show N entries. Th
 References measured in the same run: the raw tools on the same N entries (``ipset restore``; python-iptables
 build + one commit), and the ipset backend. Target (issue 6): ipset under 2 s for 10,000.
 
-    python -m bench enforcer_apply [--bans 10000] [--backends ipset,iptables]
+First, in process (no broker, no kernel: the dryrun backend), the cost of one incremental reconcile (a
+small batch of new bans) with N bans in force, against the reference measured in the same run: the same
+pass computing the desired state of every ban (what every incremental reconcile did before it was made
+O(changes)).
+
+    python -m bench enforcer_apply [--bans 10000] [--backends ipset,iptables] [--reconcile-only]
 """
 
 from __future__ import annotations
@@ -139,12 +144,68 @@ def run_backend(
         host.run([FLEET2BAN, "enforcer", "--backend", backend, "--uninstall"], capture_output=True)
 
 
+def reconcile_cost(in_force: int, batch: int, passes: int, incremental: bool) -> float:
+    """CPU seconds of one reconcile after ``batch`` new bans, with ``in_force`` bans in force."""
+    from datetime import timedelta
+
+    from enforcer.agent import Enforcer
+    from enforcer.backends.dryrun import DryRunBackend
+    from enforcer.plan import JailSpec, Rails
+    from fleet2ban.contract import BanState, ban_key, encode, utcnow
+    from fleet2ban.settings import EnforcerSettings, JailSettings
+
+    jails = [JailSpec("amps", (9007,))]
+    settings = EnforcerSettings(backend="dryrun")
+    rails = Rails.build(settings, [JailSettings(name="amps")], own=["10.231.0.1"])
+    e = Enforcer(DryRunBackend(jails, settings), rails, jails, "bench", incremental=incremental)
+    now = utcnow()
+    ips = targets(in_force + batch * passes)
+
+    def ingest(ip: str) -> None:
+        ban = BanState(
+            decision_id=f"bench-{ip}", ip=ip, jail="amps", at=now, expires_at=now + timedelta(hours=1)
+        )
+        e.ingest(ban_key("amps", ip).encode(), encode(ban))
+
+    for ip in ips[:in_force]:
+        ingest(ip)
+    e.reconcile(full=True)
+    e.take_reports()
+    spent = 0.0
+    for p in range(passes):
+        for ip in ips[in_force + p * batch : in_force + (p + 1) * batch]:
+            ingest(ip)
+        t0 = time.process_time()
+        e.reconcile(full=False)
+        spent += time.process_time() - t0
+        e.take_reports()
+    assert len(e.applied) == in_force + batch * passes
+    return spent / passes
+
+
+def reconcile_table(sizes: list[int], batch: int) -> None:
+    print(f"\nincremental reconcile cost: {batch} new bans per pass, dryrun backend, in process (CPU time)\n")
+    print(
+        f"{'bans in force':>13} {'full desired ms':>16} {'incremental ms':>15} {'x faster':>9} {'passes/s':>10}"
+    )
+    for n in sizes:
+        full = reconcile_cost(n, batch, max(10, 200_000 // max(n, 1)), incremental=False)
+        inc = reconcile_cost(n, batch, 500, incremental=True)
+        print(f"{n:>13,} {full * 1e3:>16.3f} {inc * 1e3:>15.3f} {full / inc:>9.0f} {1 / inc:>10.0f}")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench enforcer_apply", description=__doc__.splitlines()[0])
     ap.add_argument("--bans", type=int, default=10_000)
     ap.add_argument("--backends", default="ipset,iptables")
     ap.add_argument("--logs", type=Path, default=None, help="keep the enforcers' logs in this directory")
+    ap.add_argument("--reconcile-sizes", default="1000,10000", help="bans in force for the reconcile cost")
+    ap.add_argument("--reconcile-batch", type=int, default=5, help="new bans per incremental reconcile")
+    ap.add_argument("--reconcile-only", action="store_true", help="only the in-process reconcile cost")
     args = ap.parse_args(argv)
+    reconcile_table([int(n) for n in args.reconcile_sizes.split(",") if n], args.reconcile_batch)
+    if args.reconcile_only:
+        return 0
     reason = unavailable_reason()
     if reason:
         print(f"enforcer_apply: skipped: {reason}")

@@ -46,6 +46,7 @@ from bench.fleetbench import (
     component_pids,
     cpu_seconds,
     describe_machine,
+    failure_line,
     ms,
     percentile,
     rss_mb,
@@ -66,6 +67,7 @@ from fleet2ban.dev.fleet import DevFleet, DevOptions
 from fleet2ban.kafka import Cluster
 
 POOL_NET = ipaddress.IPv4Network("198.18.0.0/15")  # RFC 2544 benchmarking range
+WARM_UP_IP = ipaddress.IPv4Address("198.19.255.254")  # in the range, beyond any pool (< 131,000)
 TICK_S = 0.01
 ROLL_BYTES = 1_000_000
 
@@ -396,7 +398,9 @@ def report(
             "  processed after the writing stopped",
             f"{drain_rate:,.0f}" if not math.isnan(drain_rate) else "-",
             f"{drain_rate / written_rate:.2f}x" if not math.isnan(drain_rate) else "-",
-            "lines/s while catching up (writer and shippers idle)",
+            "lines/s while catching up (writer and shippers idle)"
+            if not math.isnan(drain_rate)
+            else "nothing left to catch up when the writing stopped",
         ],
         [
             "bans decided / bursts written",
@@ -534,7 +538,7 @@ def report(
                     f"{max(series):.0f}",
                     f"{series[-1] - series[0]:+.0f}",
                     f"{cpu_pct:.0f}%",
-                    f"{cpu_after:.0f}%",
+                    "-" if math.isnan(cpu_after) else f"{cpu_after:.0f}%",
                 ]
             )
         print()
@@ -610,6 +614,8 @@ def run_on(fleet: DevFleet, args: argparse.Namespace) -> dict[str, Any]:
     wait_fleet_ready(fleet)
     addresses = pool(args.addresses)
     logs = [AmpsLog(h.log_path, roll_bytes=ROLL_BYTES) for h in fleet.hosts]
+    warm_s, warm_lines = warm_up(fleet.cluster, logs, args.maxretry)
+    print(f"warm-up: a first ban was decided {warm_s:.1f}s after its lines (the processor is consuming)")
     mon = Monitor(fleet).start()
     stop = threading.Event()
     try:
@@ -662,8 +668,42 @@ def run_on(fleet: DevFleet, args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(1.0)
         out = collector.update()
     collector.close()
-    shipped = shipped_lines(out, ws.started, ws.ended)
-    return report(args, fleet, ws, mon.samples, out, ipsets, shipped, drain_s)
+    # the warm-up is not part of the run: its ban and its lines are left out of every figure
+    warm = str(WARM_UP_IP)
+    out.decisions.pop(warm, None)
+    for got in out.applied.values():
+        got.pop(warm, None)
+    ipsets = {h: members - {warm} for h, members in ipsets.items()}
+    per_host, rate, records = shipped_lines(out, ws.started, ws.ended)
+    for h, n in zip(fleet.hosts, warm_lines, strict=True):
+        per_host[h.name] = per_host.get(h.name, 0) - n
+    return report(args, fleet, ws, mon.samples, out, ipsets, (per_host, rate, records), drain_s)
+
+
+def warm_up(
+    cluster: Cluster, logs: list[AmpsLog], maxretry: int, timeout: float = 90.0
+) -> tuple[float, list[int]]:
+    """Ban one address outside the pool (its lines spread over the hosts) and wait for its decision;
+    return how long that took and how many lines each host's log got.
+
+    The shippers' and enforcers' heartbeats say they are up; only a decision says that the processor
+    joined its group and consumes. A flood started before that measures the worker's start-up, not
+    whether it keeps up."""
+    ip = str(WARM_UP_IP)
+    t0 = time.time()
+    per_log = [0] * len(logs)
+    for i in range(maxretry):
+        per_log[i % len(logs)] += 1
+        logs[i % len(logs)].write(failure_line(ip, f"warm-up-{i}", at=time.time()))
+    collector = Collector(cluster)
+    try:
+        deadline = time.monotonic() + timeout
+        while ip not in collector.update().decisions:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no decision for the warm-up address {ip} within {timeout:.0f}s")
+        return collector.out.decisions[ip][0] - t0, per_log
+    finally:
+        collector.close()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

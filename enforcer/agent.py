@@ -16,6 +16,7 @@ Two layers:
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import socket
@@ -39,9 +40,12 @@ from enforcer.plan import (
     KernelEntry,
     Key,
     Rails,
+    Refusal,
+    Want,
+    desired_one,
     desired_state,
     kernel_timeout,
-    next_expiry,
+    never_renews,
     plan,
 )
 from fleet2ban import __version__
@@ -110,10 +114,22 @@ class Outcome:
     failed: int = 0
     corrections: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    keys: int | None = None
+    """How many bans an incremental pass evaluated; None when it computed the desired state of every ban."""
 
 
 class Enforcer:
-    """The active set, the kernel as last seen, and the reconcile that joins them. No Kafka."""
+    """The active set, the kernel as last seen, and the reconcile that joins them. No Kafka.
+
+    A reconcile without ``full`` is incremental: it costs O(changes), not O(bans in force). The desired
+    state (:class:`Desired`) is kept between reconciles (``last_desired``) and re-evaluated only for the
+    keys that may have changed: those :meth:`ingest` touched, those whose ban expired (a heap of expiry
+    times with lazy deletion), those whose last change failed (tried again), and the few applied entries
+    whose kernel timeout may need renewing before the ban expires (:func:`never_renews`). The cap is a
+    rule over every ban, so while any ban is refused by it, or when the update would exceed it, the
+    desired state of every ban is computed (still without re-reading the kernel); so it is when the rails
+    or the jails changed, and after a reconcile that raised.
+    """
 
     def __init__(
         self,
@@ -122,6 +138,7 @@ class Enforcer:
         jails: Sequence[JailSpec],
         host: str,
         clock: Callable[[], datetime] = utcnow,
+        incremental: bool = True,
     ) -> None:
         self.backend = backend
         self.rails = rails
@@ -139,9 +156,24 @@ class Enforcer:
         self._refusals_reported: set[tuple[Key, str]] = set()
         self._failures_reported: set[tuple[Key, str]] = set()
         self._reconciled_once = False
-        self._due: datetime | None = None
+        self.incremental = incremental
+        """False: every reconcile computes the desired state of every ban (the reference behaviour)."""
         self.last_desired: Desired | None = None
+        """The desired state as of the last reconcile (kept up to date by incremental ones; its ``expired``
+        count is as of the last computation over every ban)."""
         self._digest_memo: dict[Key, tuple[datetime | None, int]] = {}
+        self._dirty: set[Key] = set()
+        """Keys :meth:`ingest` touched since the last reconcile."""
+        self._retry: set[Key] = set()
+        """Keys whose change failed at the last reconcile: tried again at the next."""
+        self._watch: set[Key] = set()
+        """Applied keys whose kernel timeout may need renewing before their ban expires."""
+        self._expiries: list[tuple[datetime, Key]] = []
+        """Heap of (expires_at, key) of the wanted bans; an entry is stale when the key's want has another
+        expiry or there is none."""
+        self._kept_for: tuple[Rails, frozenset[str]] | None = None
+        """The rails and jails ``last_desired`` was computed with; None: recompute it in full."""
+        self._cap_refused = 0
 
     # -- input
 
@@ -156,6 +188,7 @@ class Enforcer:
             return
         if value is None:
             self.bans.pop((jail, target), None)
+            self._dirty.add((jail, target))
             self.counters["tombstones"] += 1
             return
         try:
@@ -166,6 +199,7 @@ class Enforcer:
             self._invalid(jail, target, str(exc))
             return
         self.bans[(jail, target)] = ban
+        self._dirty.add((jail, target))
         self.counters["records"] += 1
 
     def _invalid(self, jail: str, target: str, error: str) -> None:
@@ -219,13 +253,80 @@ class Enforcer:
 
     def due(self) -> datetime | None:
         """When the next ban in force expires (reconcile then, to lift it)."""
-        return self._due
+        if self.last_desired is None:
+            return None
+        wants, heap = self.last_desired.wants, self._expiries
+        while heap:
+            at, key = heap[0]
+            want = wants.get(key)
+            if want is not None and want.expires_at == at:
+                return at
+            heapq.heappop(heap)
+        return None
 
-    def kernel_view(self, now: datetime) -> dict[Key, KernelEntry]:
+    def _pop_due(self, now: datetime, wants: dict[Key, Want]) -> set[Key]:
+        """The wanted keys whose ban expired by ``now`` (their heap entries are consumed)."""
+        heap, out = self._expiries, set()
+        while heap and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            want = wants.get(key)
+            if want is not None and want.expires_at == at:
+                out.add(key)
+        return out
+
+    def kernel_view(self, now: datetime, keys: Iterable[Key] | None = None) -> dict[Key, KernelEntry]:
+        """What is believed to be in the kernel (only ``keys`` of it, when given)."""
+        timeouts = self.backend.timeouts
+        if keys is None:
+            items: Iterable[tuple[Key, datetime | None]] = self.applied.items()
+        else:
+            applied = self.applied
+            items = ((key, applied[key]) for key in keys if key in applied)
         return {
-            key: KernelEntry(key[0], key[1], kernel_timeout(deadline, now) if self.backend.timeouts else None)
-            for key, deadline in self.applied.items()
+            key: KernelEntry(key[0], key[1], kernel_timeout(deadline, now) if timeouts else None)
+            for key, deadline in items
         }
+
+    def _recompute(self, now: datetime) -> Desired:
+        """The desired state of every ban; the expiry heap rebuilt from it."""
+        desired = desired_state(self.bans, now, self.rails, self.jails)
+        self.last_desired = desired
+        self._cap_refused = sum(1 for r in desired.refused.values() if r.rule == "cap")
+        self._rebuild_expiries(desired.wants)
+        return desired
+
+    def _rebuild_expiries(self, wants: dict[Key, Want]) -> None:
+        self._expiries = [(w.expires_at, key) for key, w in wants.items() if w.expires_at is not None]
+        heapq.heapify(self._expiries)
+
+    def _update(self, kept: Desired, keys: set[Key], now: datetime, known: frozenset[str]) -> bool:
+        """Re-evaluate ``keys`` into the kept desired state; False (nothing changed) when the cap is in
+        play: the desired state of every ban must be computed instead."""
+        if self._cap_refused:
+            return False
+        bans, rails = self.bans, self.rails
+        verdicts = {key: desired_one(key, bans.get(key), now, rails, known) for key in keys}
+        wants, refused = kept.wants, kept.refused
+        count = len(wants)
+        for key, verdict in verdicts.items():
+            count += isinstance(verdict, Want) - (key in wants)
+        if count > rails.max_bans:
+            return False
+        heap = self._expiries
+        for key, verdict in verdicts.items():
+            old = wants.pop(key, None)
+            refused.pop(key, None)
+            if isinstance(verdict, Want):
+                wants[key] = verdict
+                at = verdict.expires_at
+                if at is not None and (old is None or old.expires_at != at):
+                    heapq.heappush(heap, (at, key))
+            elif isinstance(verdict, Refusal):
+                refused[key] = verdict
+        kept.alarm = len(wants) > rails.alarm_at
+        if len(heap) > 2 * len(wants) + 1024:  # stale entries of re-applied bans: start afresh
+            self._rebuild_expiries(wants)
+        return True
 
     def _removed(self, key: Key, now: datetime, desired: Desired) -> None:
         decision = self._reported.pop(key, None)
@@ -246,8 +347,17 @@ class Enforcer:
         first. Raises :class:`BackendError` when the backend cannot even list or repair."""
         started = time.perf_counter()
         now = self.clock()
-        desired = desired_state(self.bans, now, self.rails, self.jails)
-        self.last_desired = desired
+        known = frozenset(j.name for j in self.jails)
+        kept = self.last_desired
+        keys: set[Key] | None = None  # the keys this pass evaluates; None: every key
+        if self.incremental and not full and kept is not None and self._kept_for == (self.rails, known):
+            keys = self._dirty | self._retry | self._watch | self._pop_due(now, kept.wants)
+            if not self._update(kept, keys, now, known):
+                keys = None
+        self._kept_for = None  # until this pass completes: one that raised leaves the kept state suspect
+        self._dirty = set()
+        self._retry = set()
+        desired = self._recompute(now) if keys is None or kept is None else kept
         corrections: dict[str, int] = {}
         if full:
             structure = self.backend.ensure()
@@ -280,13 +390,19 @@ class Enforcer:
                 key: None if e.timeout is None else now + timedelta(seconds=e.timeout)
                 for key, e in kernel.items()
             }
-        changes = plan(desired.wants, self.kernel_view(now), now, timeouts=self.backend.timeouts)
+        if keys is None:
+            changes = plan(desired.wants, self.kernel_view(now), now, timeouts=self.backend.timeouts)
+        else:
+            wants = desired.wants
+            subset = {key: wants[key] for key in keys if key in wants}
+            changes = plan(subset, self.kernel_view(now, keys), now, timeouts=self.backend.timeouts)
         for add in changes.adds:
             self.backend.add(add)
         for delete in changes.deletes:
             self.backend.delete(delete)
         failures = self.backend.commit() if changes else []
         failed = {f.key: f.error for f in failures}
+        self._retry = set(failed)
         if changes:
             APPLY_SECONDS.observe(time.perf_counter() - started)
         for delete in changes.deletes:
@@ -311,13 +427,19 @@ class Enforcer:
                 ban = self.bans.get(add.key)
                 if self.live and ban is not None:
                     DELAY_SECONDS.observe(max(0.0, (self.clock() - ban.at).total_seconds()))
-        for key, refusal in desired.refused.items():
+        refused = desired.refused
+        fresh: list[Refusal] = []
+        for key in refused if keys is None else (k for k in keys if k in refused):
+            refusal = refused[key]
             mark = (key, refusal.decision_id)
             if mark not in self._refusals_reported:
                 self._refusals_reported.add(mark)
-                log.warning("refusing to ban %s in jail %s: %s", refusal.target, refusal.jail, refusal.detail)
-                self._report("skipped", refusal.jail, refusal.target, refusal.decision_id, refusal.detail)
-        self._due = next_expiry(desired.wants)
+                fresh.append(refusal)
+        for refusal in sorted(fresh, key=lambda r: (r.jail, r.target)):
+            log.warning("refusing to ban %s in jail %s: %s", refusal.target, refusal.jail, refusal.detail)
+            self._report("skipped", refusal.jail, refusal.target, refusal.decision_id, refusal.detail)
+        self._track_renewals(desired.wants, keys)
+        self._kept_for = (self.rails, known)
         ACTIVE.set(len(self.applied))
         WANTED.set(len(desired.wants))
         CAP_ALARM.set(1 if desired.alarm else 0)
@@ -329,7 +451,22 @@ class Enforcer:
                 self.rails.alarm_at,
             )
         RECONCILES.labels("full" if full else "incremental", "ok").inc()
-        return Outcome(changes, len(failures), corrections, time.perf_counter() - started)
+        evaluated = None if keys is None else len(keys)
+        return Outcome(changes, len(failures), corrections, time.perf_counter() - started, evaluated)
+
+    def _track_renewals(self, wants: dict[Key, Want], keys: set[Key] | None) -> None:
+        """Keep ``_watch``: the applied keys (of ``keys``, or all) that may need renewing before expiry."""
+        if not self.backend.timeouts:
+            self._watch = set()
+            return
+        applied, watch = self.applied, self._watch
+        if keys is None:
+            watch.clear()
+        for key in wants if keys is None else keys:
+            watch.discard(key)
+            want = wants.get(key)
+            if want is not None and key in applied and not never_renews(applied[key], want.expires_at):
+                watch.add(key)
 
 
 # ---------------------------------------------------------------------------------- host knowledge

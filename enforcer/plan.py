@@ -6,18 +6,21 @@ No Kafka, no kernel: plain data in, plain data out.
   that should be in force *now*: expired bans drop out (the enforcer's own clock), and the safety rails
   refuse what must never be banned (:class:`Rails`: ignoreip, the host's own and the brokers' addresses,
   loopback, link-local, too-wide prefixes, unknown jails, the cap on active bans).
+  :func:`desired_one` is the same verdict for one ban: an incremental reconcile evaluates only the bans
+  that changed (or expired) since the last one; the cap, a rule over every ban, is desired_state's alone.
 - :func:`plan` compares that with what a backend lists from the kernel and returns one batch of
   :class:`Changes`: adds (new entries, or entries whose kernel-side timeout no longer matches the ban:
-  a re-applied or extended ban renews it), and deletes (expired, lifted, or stray entries).
+  a re-applied or extended ban renews it), and deletes (expired, lifted, or stray entries). It is
+  correct on any subset of keys when ``wants`` and ``kernel`` are restricted to the same keys.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from fleet2ban.contract import BanState
 from fleet2ban.rails import check_target
@@ -226,7 +229,8 @@ class Changes:
 
 
 VERDICTS_MAX = 1_000_000
-"""Memoised rail verdicts per (jail, target); every reconcile asks again for every ban in force."""
+"""Memoised rail verdicts per (jail, target); every full desired-state computation asks again for every
+ban in force."""
 
 
 def family_of(target: str) -> int:
@@ -239,6 +243,35 @@ def kernel_timeout(expires_at: datetime | None, now: datetime) -> int | None:
         return None
     left = (expires_at - now).total_seconds()
     return max(1, min(MAX_KERNEL_TIMEOUT, math.ceil(left)))
+
+
+def desired_one(
+    key: Key, ban: BanState | None, now: datetime, rails: Rails, known: Container[str]
+) -> Want | Refusal | None:
+    """What one ban in the active set means at ``now``: a :class:`Want`, a :class:`Refusal` by a rail
+    (``unknown-jail`` or a :mod:`fleet2ban.rails` kind; never ``cap``, which is a rule over every ban:
+    :func:`desired_state` applies it), or None when there is no ban or it expired."""
+    if ban is None or not ban.active_at(now):
+        return None
+    jail, target = key
+    if jail not in known:
+        return Refusal(
+            jail, target, ban.decision_id, "unknown-jail", f"jail {jail!r} is not configured on this host"
+        )
+    reason = rails.refusal(jail, target)
+    if reason is not None:
+        return Refusal(jail, target, ban.decision_id, reason.split(":", 1)[0], reason)
+    return Want(jail, target, family_of(target), ban.expires_at, ban.decision_id)
+
+
+def cap_refusal(want: Want, max_bans: int) -> Refusal:
+    return Refusal(
+        want.jail,
+        want.target,
+        want.decision_id,
+        "cap",
+        f"{max_bans} active bans reached (enforcer.max_bans)",
+    )
 
 
 def desired_state(
@@ -254,30 +287,17 @@ def desired_state(
     refused: dict[Key, Refusal] = {}
     expired = 0
     for key, ban in bans.items():
-        jail, target = key
-        if not ban.active_at(now):
+        verdict = desired_one(key, ban, now, rails, known)
+        if verdict is None:
             expired += 1
-            continue
-        if jail not in known:
-            refused[key] = Refusal(
-                jail, target, ban.decision_id, "unknown-jail", f"jail {jail!r} is not configured on this host"
-            )
-            continue
-        reason = rails.refusal(jail, target)
-        if reason is not None:
-            refused[key] = Refusal(jail, target, ban.decision_id, reason.split(":", 1)[0], reason)
-            continue
-        accepted.append(Want(jail, target, family_of(target), ban.expires_at, ban.decision_id))
+        elif isinstance(verdict, Refusal):
+            refused[key] = verdict
+        else:
+            accepted.append(verdict)
     if len(accepted) > rails.max_bans:
         accepted.sort(key=lambda w: (bans[w.key].at, w.key))
         for w in accepted[rails.max_bans :]:
-            refused[w.key] = Refusal(
-                w.jail,
-                w.target,
-                w.decision_id,
-                "cap",
-                f"{rails.max_bans} active bans reached (enforcer.max_bans)",
-            )
+            refused[w.key] = cap_refusal(w, rails.max_bans)
         accepted = accepted[: rails.max_bans]
     return Desired(
         wants={w.key: w for w in accepted},
@@ -325,3 +345,23 @@ def next_expiry(wants: Mapping[Key, Want]) -> datetime | None:
     """When the next ban in force expires (the enforcer wakes then to lift it)."""
     times = [w.expires_at for w in wants.values() if w.expires_at is not None]
     return min(times) if times else None
+
+
+RENEW_SAFE = timedelta(seconds=2)
+"""A kernel deadline within this of the ban's expiry never needs renewing (:func:`renew_needed`)."""
+
+
+def never_renews(deadline: datetime | None, expires_at: datetime | None) -> bool:
+    """Whether an entry whose kernel timeout runs out at ``deadline`` never needs renewing for a ban
+    expiring at ``expires_at``, at any time before it expires (so an incremental reconcile need not look
+    at it again until then).
+
+    Both timeouts count down together: at any time their whole seconds (rounded up, then clamped to
+    ``[1, MAX_KERNEL_TIMEOUT]``) differ by at most ``ceil(|deadline - expires_at|)``, and
+    :func:`renew_needed` never fires on a difference of 2 or less. A timeout clamped by
+    ``MAX_KERNEL_TIMEOUT`` (a ban longer than about 24.8 days) or a drifted kernel entry does not
+    qualify: it is looked at on every reconcile.
+    """
+    if deadline is None or expires_at is None:
+        return deadline is None and expires_at is None
+    return -RENEW_SAFE <= deadline - expires_at <= RENEW_SAFE

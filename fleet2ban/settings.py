@@ -141,12 +141,27 @@ class ShipperSettings(_Section):
     instance: str = Field("amps", description="AMPS instance name on this host")
     checkpoint_path: Path | None = Field(None, description="default: <state_dir>/shipper-<host>.checkpoint")
     from_start: bool = Field(False, description="without a checkpoint, read the file from the beginning")
-    flush_interval_ms: float = Field(10.0, gt=0, le=10_000)
+    flush_interval_ms: float = Field(
+        10.0, gt=0, le=10_000, description="how long a line waits for others to share its round of records"
+    )
+    max_flush_interval_ms: float = Field(
+        50.0,
+        gt=0,
+        le=10_000,
+        description="under load (large rounds) the flush interval stretches up to this; = flush_interval_ms:"
+        " never",
+    )
     max_lines_per_record: int = Field(500, ge=1, le=100_000)
     max_line_bytes: int = Field(4096, ge=128)
     max_pending_lines: int = Field(200_000, ge=100, description="stop reading while this many are unacked")
     poll_interval_s: float = Field(0.25, gt=0)
     filter_path: Path | None = Field(None, description="a fail2ban filter file to use instead of the parser")
+
+    @model_validator(mode="after")
+    def _flush_intervals(self) -> ShipperSettings:
+        if self.max_flush_interval_ms < self.flush_interval_ms:
+            raise ValueError("max_flush_interval_ms must be at least flush_interval_ms")
+        return self
 
 
 class ProcessorSettings(_Section):

@@ -23,4 +23,9 @@ LAST_EVENT_TIME = Gauge("fleet2ban_shipper_last_event_timestamp_seconds", "Event
 LAST_LIVENESS_TIME = Gauge(
     "fleet2ban_shipper_last_liveness_timestamp_seconds", "Time of the last 00-0015 line"
 )
+FLUSH_INTERVAL = Gauge(
+    "fleet2ban_shipper_flush_interval_seconds",
+    "The current flush interval: shipper.flush_interval_ms, stretched under load up to max_flush_interval_ms",
+)
+ROUNDS = Counter("fleet2ban_shipper_rounds", "Rounds of events records handed to the producer together")
 PAUSED = Gauge("fleet2ban_shipper_reading_paused", "1 while reading is paused because the queue is full")

@@ -4,8 +4,10 @@ One thread, one loop (:meth:`Shipper.step`):
 
 1. read the complete lines available (unless ``max_pending_lines`` events are unacknowledged: then reading
    pauses, which bounds memory during a broker outage);
-2. parse each; an event joins the open batch of its IP (:class:`Batcher`): a batch goes out as one
-   ``events`` record when it is ``flush_interval_ms`` old or ``max_lines_per_record`` long;
+2. parse each; an event joins the open batch of its IP (:class:`Batcher`): each batch goes out as one
+   ``events`` record, in a round with every other open batch when the oldest is ``flush_interval_ms``
+   old (longer under load, up to ``max_flush_interval_ms``), or at once when ``max_lines_per_record``
+   long;
 3. serve delivery reports: an acknowledged record releases its lines; a failed one is sent again after a
    backoff (its lines keep their ids, so a copy that did arrive is a recognised duplicate); a fatal
    producer error replaces the producer and re-sends everything unacknowledged;
@@ -108,18 +110,35 @@ class Pending:
         self.queued = False
 
 
-class Batcher:
-    """Open batches per IP. A batch is due ``interval`` after its first line, or at once when full."""
+ROUND_RECORDS_AT_BASE = 8
+"""A round of more records than this stretches the next flush interval in proportion (see Batcher)."""
 
-    def __init__(self, interval_s: float, max_lines: int) -> None:
+
+class Batcher:
+    """Open batches per IP, sent in rounds.
+
+    A round goes when the oldest open batch is ``interval_s`` old and takes every open batch, so that the
+    records handed to the producer together leave as one Kafka record batch (a batch that fills up to
+    ``max_lines`` goes at once, on its own). While rounds are small the interval is the base one (a lone
+    failure waits ``base_interval_s``); a round of more than ``ROUND_RECORDS_AT_BASE`` records stretches
+    the next interval in proportion, up to ``max_interval_s``. Under a flood from many addresses the
+    shipper then sends fewer, larger batches: fewer requests for any broker, and the embedded one's
+    fetch cost grows with the number of batches it stores (shared/notes/embedded-broker.md).
+    """
+
+    def __init__(self, interval_s: float, max_lines: int, max_interval_s: float | None = None) -> None:
+        self.base_interval_s = interval_s
+        self.max_interval_s = max(interval_s, max_interval_s or interval_s)
         self.interval_s = interval_s
+        """The interval for batches opened now: the base one, or longer after a large round."""
         self.max_lines = max_lines
         self.open_batches: dict[str, Pending] = {}
-        # Deadline order (= opening order). A batch that went out full stays here until it reaches the
-        # front and is skipped: popping from the front of a deque stays O(1), where taking the first key
-        # of a dict whose front entries were deleted costs a scan over the deleted slots.
+        # Opening order. A batch that went out full stays here until it reaches the front and is
+        # skipped: popping from the front of a deque stays O(1), where taking the first key of a dict
+        # whose front entries were deleted costs a scan over the deleted slots.
         self._order: deque[Pending] = deque()
         self.last_ts: datetime | None = None  # event time of the last line added
+        self.rounds = 0
         self._next_rid = 0
 
     def open(self, ip: str, pos: Pos, now: float) -> Pending:
@@ -153,15 +172,18 @@ class Batcher:
         return None
 
     def due(self, now: float) -> list[Pending]:
-        out: list[Pending] = []
-        while (b := self._front()) is not None and b.deadline <= now:
-            self._order.popleft()
-            del self.open_batches[b.ip]
-            out.append(b)
+        """The round, when the oldest open batch is due: every open batch, in opening order."""
+        front = self._front()
+        if front is None or front.deadline > now:
+            return []
+        out = self.drain()
+        self.rounds += 1
+        stretched = self.base_interval_s * len(out) / ROUND_RECORDS_AT_BASE
+        self.interval_s = min(self.max_interval_s, max(self.base_interval_s, stretched))
         return out
 
     def drain(self) -> list[Pending]:
-        out = list(self.open_batches.values())
+        out = list(self.open_batches.values())  # a dict keeps insertion (= opening) order
         self.open_batches.clear()
         self._order.clear()
         return out
@@ -270,7 +292,9 @@ class Shipper:
         self.delivery_timeout_ms = delivery_timeout_ms
         self.topics = cluster.topics
         self.stats = ShipperStats()
-        self.batcher = Batcher(s.flush_interval_ms / 1000.0, s.max_lines_per_record)
+        self.batcher = Batcher(
+            s.flush_interval_ms / 1000.0, s.max_lines_per_record, s.max_flush_interval_ms / 1000.0
+        )
         self.tracker = AckTracker()
         self.inflight: dict[int, Pending] = {}
         self.retry: list[Pending] = []
@@ -681,6 +705,7 @@ class Shipper:
         for counter, value in (
             (m.EVENTS_SHIPPED, st.events_shipped),
             (m.RECORDS_SHIPPED, st.records_shipped),
+            (m.ROUNDS, self.batcher.rounds),
         ):
             counter.inc(value - synced.get(counter, 0))
             synced[counter] = value
@@ -689,6 +714,7 @@ class Shipper:
         m.LAG_BYTES.set(self.tailer.lag_bytes())
         m.ROTATIONS.set(self.tailer.rotations)
         m.TRUNCATIONS.set(self.tailer.truncations)
+        m.FLUSH_INTERVAL.set(self.batcher.interval_s)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         stuck = self._outage_since is not None and time.monotonic() - self._outage_since > 60

@@ -15,6 +15,7 @@ from enforcer.agent import DELAY_SECONDS, Agent
 from enforcer.backends.dryrun import DryRunBackend
 from enforcer.plan import JailSpec, KernelEntry
 from fleet2ban.broker import free_port
+from fleet2ban.contract import Heartbeat
 from fleet2ban.kafka import Cluster
 from fleet2ban.metrics import MetricsServer
 from fleet2ban.settings import EnforcerSettings, JailSettings, MetricsSettings, Settings
@@ -72,11 +73,16 @@ def test_agent_reads_to_end_applies_reports_and_follows_live(agent: Agent, clust
         writer.lift("2001:db8::9")
         reader.wait(("removed", "2001:db8::9"))
         assert set(backend.entries) == {("amps", "203.0.113.20")}
-        wait_for(lambda: (reader.poll(), reader.heartbeats)[1], what="a heartbeat")
+
+        def heartbeats() -> list[Heartbeat]:
+            reader.poll()
+            return reader.heartbeats
+
+        wait_for(heartbeats, what="a heartbeat")
         hb = reader.heartbeats[-1]
         assert hb.role == "enforcer" and hb.host == "h-test" and hb.counters["invalid"] == 1
         wait_for(
-            lambda: (reader.poll(), reader.heartbeats[-1].applied == ["amps|203.0.113.20"])[1],
+            lambda: heartbeats()[-1].applied == ["amps|203.0.113.20"],
             what="a heartbeat listing the applied ban",
         )
         ok, detail = agent.health()

@@ -46,7 +46,7 @@ def bans(*items: BanState) -> dict[tuple[str, str], BanState]:
 
 
 def rails(**kw: object) -> Rails:
-    settings = EnforcerSettings(**kw)  # type: ignore[arg-type]
+    settings = EnforcerSettings(**kw)
     jail = JailSettings(name="amps", ignoreip=["192.0.2.0/24"])
     return Rails.build(settings, [jail], own=["10.231.0.1", "fd00:231::1"], brokers=["10.9.9.9"])
 

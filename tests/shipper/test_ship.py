@@ -13,7 +13,7 @@ from fleet2ban.contract import Line, decode_report
 from fleet2ban.kafka import Cluster, read_to_end
 from fleet2ban.settings import KafkaSettings
 from shipper.parse import iter_file_events
-from shipper.ship import AckTracker, Batcher, Shipper
+from shipper.ship import ROUND_RECORDS_AT_BASE, AckTracker, Batcher, Shipper
 from shipper.tail import load_checkpoint
 
 # ------------------------------------------------------------------------------------------- pure
@@ -25,32 +25,33 @@ def _line(i: int) -> Line:
     return Line(id=str(i), ts=datetime(2026, 1, 1, tzinfo=UTC), port=1, client="c", reason="auth")
 
 
-def test_batcher_groups_per_ip_within_the_interval_and_cuts_at_max() -> None:
+def test_batcher_groups_per_ip_and_sends_every_open_batch_in_one_round_when_the_oldest_is_due() -> None:
     b = Batcher(0.010, max_lines=3)
     _first, new, full = b.add("10.0.0.1", _line(1), (1, 0), now=100.0)
     assert new and not full
     b.add("10.0.0.2", _line(2), (1, 10), now=100.001)
     b.add("10.0.0.1", _line(3), (1, 20), now=100.002)
     assert b.due(100.009) == []
+    assert b.next_deadline() == pytest.approx(100.010)
     due = b.due(100.0105)
-    assert [(d.ip, [ln.id for ln in d.lines]) for d in due] == [("10.0.0.1", ["1", "3"])]
-    assert b.next_deadline() == pytest.approx(100.011)
+    assert [(d.ip, [ln.id for ln in d.lines]) for d in due] == [("10.0.0.1", ["1", "3"]), ("10.0.0.2", ["2"])]
+    assert b.next_deadline() is None and len(b) == 0
     for i in range(3):
         got, _, full = b.add("10.0.0.3", _line(10 + i), (1, 30 + i), now=100.02)
     assert full and [ln.id for ln in got.lines] == ["10", "11", "12"]
-    assert [d.ip for d in b.drain()] == ["10.0.0.2"]
+    b.add("10.0.0.4", _line(20), (1, 40), now=100.02)
+    assert [d.ip for d in b.drain()] == ["10.0.0.4"]
 
 
-def test_batcher_skips_batches_that_went_out_full_and_keeps_deadline_order() -> None:
+def test_batcher_skips_batches_that_went_out_full_and_keeps_opening_order() -> None:
     b = Batcher(0.010, max_lines=2)
     b.add("a", _line(1), (1, 0), now=1.000)
     b.add("b", _line(2), (1, 1), now=1.001)
     _, _, full = b.add("a", _line(3), (1, 2), now=1.002)  # a's first batch goes out full
     assert full
-    b.add("a", _line(4), (1, 3), now=1.003)  # a's next batch, due after b's
-    assert b.next_deadline() == pytest.approx(1.011)
-    assert [(d.ip, [ln.id for ln in d.lines]) for d in b.due(1.012)] == [("b", ["2"])]
-    assert [(d.ip, [ln.id for ln in d.lines]) for d in b.due(1.014)] == [("a", ["4"])]
+    b.add("a", _line(4), (1, 3), now=1.003)  # a's next batch, opened after b's
+    assert b.next_deadline() == pytest.approx(1.011)  # b is now the oldest open batch
+    assert [(d.ip, [ln.id for ln in d.lines]) for d in b.due(1.012)] == [("b", ["2"]), ("a", ["4"])]
     assert b.next_deadline() is None and len(b) == 0 and b.due(9.0) == []
     # many IPs opened and sent: due() costs what is due, not what went before
     for i in range(20_000):
@@ -58,6 +59,35 @@ def test_batcher_skips_batches_that_went_out_full_and_keeps_deadline_order() -> 
         b.add(f"ip{i}", _line(i), (1, 10 + i), now=2.0)  # full at once
     b.add("last", _line(0), (1, 99_999), now=2.0)
     assert [d.ip for d in b.due(2.5)] == ["last"]
+
+
+def test_batcher_stretches_its_interval_after_large_rounds_and_returns_to_the_base_one() -> None:
+    b = Batcher(0.010, max_lines=500, max_interval_s=0.050)
+    now = 10.0
+
+    def round_of(n: int) -> list[str]:
+        nonlocal now
+        for i in range(n):
+            b.add(f"10.1.{i // 250}.{i % 250}", _line(i), (1, i), now=now)
+        deadline = b.next_deadline()
+        assert deadline is not None
+        now = deadline
+        return [d.ip for d in b.due(now)]
+
+    waited = []
+    for n in (2, ROUND_RECORDS_AT_BASE, 3 * ROUND_RECORDS_AT_BASE, 100, 100, 1):
+        opened_at = now
+        assert len(round_of(n)) == n
+        waited.append(round(now - opened_at, 6))
+    # small rounds keep the base interval; a round of 3x the base size stretches the next one 3x, a
+    # large one up to the maximum; a small round brings the base interval back for the next
+    assert waited == [0.010, 0.010, 0.010, 0.030, 0.050, 0.050]
+    assert b.interval_s == pytest.approx(0.010) and b.rounds == 6
+    # without a maximum above the base, the interval never stretches
+    fixed = Batcher(0.010, max_lines=500)
+    for i in range(100):
+        fixed.add(f"ip{i}", _line(i), (1, i), now=1.0)
+    assert len(fixed.due(1.010)) == 100 and fixed.interval_s == pytest.approx(0.010)
 
 
 def test_ack_tracker_low_water_is_the_oldest_unacked_record() -> None:
@@ -143,6 +173,10 @@ def test_ship_a_file_and_read_it_back_line_by_line(
     from prometheus_client import REGISTRY
 
     assert (REGISTRY.get_sample_value("fleet2ban_shipper_events_shipped_total") or 0) >= 3001
+    assert ship.batcher.rounds >= 1
+    assert (REGISTRY.get_sample_value("fleet2ban_shipper_rounds_total") or 0) >= ship.batcher.rounds
+    flush = REGISTRY.get_sample_value("fleet2ban_shipper_flush_interval_seconds")
+    assert flush is not None and 0.010 <= flush <= 0.050
     assert (
         REGISTRY.get_sample_value("fleet2ban_shipper_parse_rejected_total", {"kind": "malformed"}) or 0
     ) >= 1
