@@ -6,6 +6,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pytest
@@ -16,6 +17,25 @@ from fleet2ban.dev.netns import Fleet, Host, TcpListener, cleanup_stale, try_con
 from fleet2ban.kafka import Cluster
 
 T = TypeVar("T")
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A settable clock for an Enforcer (``clock``) and its agent's monotonic time (``mono``)."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def mono(self) -> float:
+        return (self.now - T0).total_seconds()
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
 PORT = 9007
 OTHER_PORT = 9008
 

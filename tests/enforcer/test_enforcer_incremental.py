@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from enforcer_helpers import T0, Clock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,6 @@ from enforcer.plan import (
 from fleet2ban.contract import BanState, ban_key, encode
 from fleet2ban.settings import EnforcerSettings, JailSettings
 
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 JAILS = [JailSpec("amps", (9007,))]
 OWN = "10.231.0.1"
 TARGETS = [
@@ -49,20 +49,6 @@ TARGETS = [
     ("other", "203.0.113.1"),  # refused: unknown jail
 ]
 DAY = 86_400.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def mono(self) -> float:
-        return (self.now - T0).total_seconds()
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 def record(jail: str, target: str, did: str, at: datetime, expires_in: float | None) -> tuple[bytes, bytes]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from enforcer_helpers import T0, Clock
 
 from enforcer.agent import Enforcer
 from enforcer.backends.dryrun import DryRunBackend
@@ -12,22 +13,7 @@ from enforcer.plan import JailSpec, Rails
 from fleet2ban.contract import BanState, ban_key, encode
 from fleet2ban.settings import EnforcerSettings, JailSettings
 
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 JAILS = [JailSpec("amps", (9007,))]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def mono(self) -> float:
-        return (self.now - T0).total_seconds()
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture
