@@ -7,7 +7,15 @@ from pathlib import Path
 import typer
 
 from fleet2ban import __version__
-from fleet2ban.cli import setup_cmds
+from fleet2ban.cli import (
+    audit_cmds,
+    console_cmds,
+    dev_cmds,
+    enforcer_cmds,
+    processor_cmds,
+    setup_cmds,
+    shipper_cmds,
+)
 from fleet2ban.cli.common import GlobalOptions
 
 app = typer.Typer(
@@ -50,16 +58,8 @@ def main(
     )
 
 
-setup_cmds.register(app)
-
-for _name in ("shipper_cmds", "processor_cmds", "enforcer_cmds", "audit_cmds", "dev_cmds", "console_cmds"):
-    try:
-        _mod = __import__(f"fleet2ban.cli.{_name}", fromlist=["register"])
-    except ModuleNotFoundError as _exc:  # a group not built yet
-        if _exc.name != f"fleet2ban.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+for _group in (setup_cmds, shipper_cmds, processor_cmds, enforcer_cmds, audit_cmds, dev_cmds, console_cmds):
+    _group.register(app)
 
 
 def run() -> None:
