@@ -110,6 +110,10 @@ class Pending:
         self.queued = False
 
 
+PRODUCER_LINGER_MS = 1.0
+"""librdkafka's linger: the records of a round are handed over back to back (the batching is the
+rounds'), so a millisecond packs them into one request; more would only delay every round."""
+
 ROUND_RECORDS_AT_BASE = 8
 """A round of more records than this stretches the next flush interval in proportion (see Batcher)."""
 
@@ -329,6 +333,7 @@ class Shipper:
     def _producer_conf(self) -> dict[str, Any]:
         return producer_config(
             self.cluster,
+            linger_ms=PRODUCER_LINGER_MS,
             error_cb=self._on_error,
             logger=_LIBRDKAFKA_LOG,
             **{
