@@ -619,8 +619,9 @@ class Agent:
 
     def _drain(self, consumer: Any, pending: set[int], eof_code: int) -> int:
         """Consume what is available (one batch, up to a bound); return how many records were ingested."""
-        # poll() returns at the first record (consume() would wait for a full batch or its timeout);
-        # then whatever follows within a few ms joins the same batch, up to a bound.
+        # poll() returns at the first record (consume() would wait for a full batch or its timeout); then
+        # whatever the consumer already holds joins the same batch, up to a bound. Waiting for more would
+        # delay every ban: records arrive a fetch response at a time, and a reconcile costs what changed.
         first = consumer.poll(0.2)
         if first is None:
             return 0
@@ -640,7 +641,7 @@ class Agent:
                 got += 1
             if time.monotonic() > deadline or got >= 50_000:
                 break
-            msgs = consumer.consume(5000, 0.005)
+            msgs = consumer.consume(5000, 0)
             if not msgs:
                 break
         return got
