@@ -11,6 +11,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,23 @@ def topics(cluster: Cluster) -> Topics:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+@pytest.fixture
+def no_fallback(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the audit reader's fallbacks to the per-ban reports (``fleet2ban.audit.reader.load_view``)
+    while a test runs: `bans list` answers from the enforcers' digests when they match."""
+    from fleet2ban.audit import reader
+
+    calls: list[int] = []
+    real = reader.load_view
+
+    def counted(*a: Any, **k: Any) -> Any:
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(reader, "load_view", counted)
+    return calls
 
 
 def netns_unavailable_reason() -> str | None:

@@ -15,7 +15,7 @@ import pytest
 from audit_helpers import Writer, applied, ban, key, state
 from confluent_kafka import Producer
 
-from fleet2ban.audit import bans_in_force, reader
+from fleet2ban.audit import bans_in_force
 from fleet2ban.audit.model import BanView
 from fleet2ban.audit.partition import partition_for
 from fleet2ban.audit.reader import load_coverage_view, load_view
@@ -82,20 +82,6 @@ def _many(fleet: Fleet, n: int, now: datetime) -> list[str]:
     for i in range(n):
         fleet.ban(ban(f"10.20.{i // 250}.{i % 250}", now - timedelta(seconds=300 - i * 0.1), secs=3600))
     return list(fleet.decisions)
-
-
-@pytest.fixture
-def no_fallback(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts the fallbacks to the per-ban reports (load_view)."""
-    calls: list[int] = []
-    real = reader.load_view
-
-    def counted(*a: Any, **k: Any) -> Any:
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(reader, "load_view", counted)
-    return calls
 
 
 def test_digests_cover_every_ban_without_a_single_applied_report(
