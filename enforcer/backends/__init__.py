@@ -1,4 +1,6 @@
-"""Firewall backends: ``ipset`` (default), ``iptables`` (python-iptables), ``dryrun`` (logs only)."""
+"""Firewall backends: ``auto`` (default: nftables or ipset, from what this host's firewall is),
+``nftables`` (own table, sets with kernel timeouts, in process), ``ipset`` (python-iptables rule + ipset),
+``iptables`` (python-iptables, a rule per ban), ``dryrun`` (logs only)."""
 
 from __future__ import annotations
 
@@ -10,15 +12,29 @@ from fleet2ban.settings import EnforcerSettings
 
 __all__ = ["BACKENDS", "Backend", "Failure", "make_backend"]
 
-BACKENDS = ("ipset", "iptables", "dryrun")
+BACKENDS = ("auto", "nftables", "ipset", "iptables", "dryrun")
 
 
 def make_backend(name: str, jails: Sequence[JailSpec], settings: EnforcerSettings) -> Backend:
-    """The backend called ``name`` (imports python-iptables only for the real ones)."""
+    """The backend called ``name`` (imports python-iptables / libnftables only for the real ones).
+
+    ``auto`` looks at this host's firewall (:mod:`enforcer.backends.auto`) and returns the nftables or the
+    ipset backend, with :attr:`Backend.auto_reason` saying why."""
+    if name == "auto":
+        from enforcer.backends.auto import choose
+
+        choice = choose(settings.chain_prefix)
+        backend = make_backend(choice.name, jails, settings)
+        backend.auto_reason = choice.reason
+        return backend
     if name == "dryrun":
         from enforcer.backends.dryrun import DryRunBackend
 
         return DryRunBackend(jails, settings)
+    if name == "nftables":
+        from enforcer.backends.nftables import NftablesBackend
+
+        return NftablesBackend(jails, settings)
     if name == "iptables":
         from enforcer.backends.iptables import IptablesBackend
 

@@ -58,6 +58,8 @@ class Backend(ABC):
         self.settings = settings
         self._adds: list[Add] = []
         self._deletes: list[Delete] = []
+        self.auto_reason: str | None = None
+        """Set when ``enforcer.backend: auto`` picked this backend: why."""
 
     def chain_name(self, jail: str) -> str:
         return owned_name(self.settings.chain_prefix, jail, "", CHAIN_NAME_MAX)
@@ -107,6 +109,11 @@ class Backend(ABC):
     def describe(self) -> str:
         """One line for the start-up log: where this backend's rules live and how to see them."""
         return f"backend {self.name}"
+
+    def headline(self) -> str:
+        """:meth:`describe`, preceded by what ``auto`` picked and why (for ``--show`` and the start-up log)."""
+        picked = f"enforcer.backend auto picked {self.name}: {self.auto_reason}; " if self.auto_reason else ""
+        return picked + self.describe()
 
     def metrics(self) -> dict[str, float]:
         """Backend gauges for the agent's metrics and heartbeat (e.g. set fill ratio)."""

@@ -7,11 +7,15 @@
   alarmed well before full.
 - The chain ``<prefix><jail>`` holds exactly one rule per family: ``-p tcp -m set --match-set SET src
   -j DROP`` (or REJECT with a TCP reset); anything else found there is removed by :meth:`ensure`.
-- Changes go through the ``ipset`` command in batch mode: one ``ipset restore -exist`` per commit
-  (about 40 ms for 10,000 entries). ``-exist`` makes re-adding an entry *update its timeout*, which is how
-  a re-applied or extended ban is renewed. When the kernel refuses a line, ``ipset restore`` stops and
-  names the line: that entry is reported failed and the rest is applied again (idempotent with
-  ``-exist``).
+- A commit of up to ``NETLINK_MAX`` changes (the live case: a few new bans) goes to the kernel over
+  netlink in process (pyroute2), one acknowledged message per entry, about 0.3 ms each instead of the
+  2-5 ms of forking ``ipset``. Without ``NLM_F_EXCL`` the kernel applies the ``-exist`` semantics: re-adding
+  an entry *updates its timeout*, which is how a re-applied or extended ban is renewed, and deleting a
+  missing entry is not an error. A refused entry is reported failed with the kernel's reason.
+- Bigger batches (the first load, a full reconcile's repairs) go through the ``ipset`` command in batch
+  mode: one ``ipset restore -exist`` per commit (about 40 ms for 10,000 entries). When the kernel refuses
+  a line, ``ipset restore`` stops and names the line: that entry is reported failed and the rest is
+  applied again (idempotent with ``-exist``).
 """
 
 from __future__ import annotations
@@ -20,15 +24,17 @@ import builtins
 import logging
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from enforcer.backends.base import SET_NAME_MAX, Backend, Failure, owned_name
+from enforcer.backends.libnft import netns_id
 from enforcer.backends.xtables import FAMILIES, XTables, describe_variant, require_net_admin, xtables_lock
 from enforcer.exceptions import BackendError, FirewallCapabilityError
-from enforcer.plan import JailSpec, KernelEntry, Key
+from enforcer.plan import Add, Delete, JailSpec, KernelEntry, Key
 from fleet2ban.contract import ContractError, normalize_target
 from fleet2ban.settings import EnforcerSettings
 
@@ -36,6 +42,8 @@ log = logging.getLogger(__name__)
 
 _LINE_ERR = re.compile(r"Error in line (\d+):\s*(.*)")
 MAX_RESTORE_RETRIES = 100
+NETLINK_MAX = 64
+"""Commits of up to this many changes go over netlink in process; bigger ones through ``ipset restore``."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ class IpsetBackend(Backend):
         self._xt: XTables | None = None
         self._ipset = shutil.which("ipset") or "ipset"
         self._alarmed: set[str] = set()
+        self._nl: Any = None
+        self._nl_ns = 0
 
     @property
     def xt(self) -> XTables:
@@ -263,10 +273,56 @@ class IpsetBackend(Backend):
                 repairs += changed
         return repairs
 
+    def netlink(self) -> Any:
+        """A pyroute2 ipset socket in the calling thread's network namespace (reopened when it changed)."""
+        ns = netns_id()
+        if self._nl is None or self._nl_ns != ns:
+            self.close()
+            try:
+                from pyroute2.ipset import IPSet
+            except ImportError as exc:
+                raise FirewallCapabilityError(
+                    f"pyroute2 is not installed ({exc}): pip install pyroute2"
+                ) from None
+            self._nl, self._nl_ns = IPSet(), ns
+        return self._nl
+
+    def close(self) -> None:
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
+
     def commit(self) -> list[Failure]:
         adds, deletes = self._take_staged()
         if not adds and not deletes:
             return []
+        if len(adds) + len(deletes) <= NETLINK_MAX:
+            try:
+                nl = self.netlink()
+            except Exception as exc:  # no netlink here: the ipset command still works
+                log.warning("ipset over netlink unavailable (%s): using `ipset restore`", exc)
+            else:
+                return self._commit_netlink(nl, adds, deletes)
+        return self._commit_restore(adds, deletes)
+
+    def _commit_netlink(self, nl: Any, adds: list[Add], deletes: list[Delete]) -> list[Failure]:
+        failures: list[Failure] = []
+        changes: list[Add | Delete] = [*deletes, *adds]
+        for change in changes:
+            family = socket.AF_INET if change.family == 4 else socket.AF_INET6
+            etype = "net" if "/" in change.target else "ip"
+            name = self.set_name(change.jail, change.family)
+            try:
+                if isinstance(change, Delete):
+                    nl.delete(name, change.target, family=family, exclusive=False, etype=etype)
+                else:
+                    timeout = 0 if change.timeout is None else change.timeout
+                    nl.add(name, change.target, family=family, exclusive=False, etype=etype, timeout=timeout)
+            except Exception as exc:  # IPSetError (the kernel's refusal) or a socket error
+                failures.append(Failure(change.jail, change.target, f"ipset: {exc}"))
+        return failures
+
+    def _commit_restore(self, adds: list[Add], deletes: list[Delete]) -> list[Failure]:
         lines: list[str] = []
         changes: list[tuple[str, str]] = []
         for d in deletes:

@@ -1,0 +1,487 @@
+"""The ``nftables`` backend: a table of its own, sets with kernel-side timeouts, driven in process.
+
+Layout, all in ``table inet fleet2ban`` (nothing else is ever touched):
+
+- per jail and family a set of addresses, ``<prefix><jail>-4`` / ``-6`` (``f2b-amps-4``: ``type
+  ipv4_addr; flags timeout``), and where the rails let prefix bans through (``enforcer.min_prefix_v4 <
+  32`` / ``min_prefix_v6 < 128``) a set of prefixes, ``f2b-amps-4-nets`` (``flags timeout, interval``).
+  Two sets, because an interval set refuses overlapping elements ("interval overlaps with an existing
+  one"): an address banned inside a banned /64 must coexist with it. Only a prefix nested in another
+  prefix of the same jail is refused (reported ``failed``; the wider ban covers it). Every element carries
+  its own timeout, so a ban expires in the kernel even if the enforcer is dead; ``size`` is
+  ``enforcer.set_maxelem`` and the fill ratio is a metric.
+- per jail a base chain ``f2b-amps`` (``type filter hook input priority -10; policy accept``) with one
+  rule per set: ``tcp dport { 9007 } ip saddr @f2b-amps-4 drop`` (or ``reject with tcp reset``). A drop in
+  any base chain is final, so a foreign table that accepts on the same hook does not undo a ban, and
+  ours never accepts anything.
+
+Every commit is one libnftables JSON transaction (atomic: all of it or none). A new ban is ``add
+element``; a renewed one is ``add`` + ``delete`` + ``add`` with the new timeout in the same transaction
+(re-adding an element leaves its timeout alone on kernels before 6.10); a removal is ``add`` + ``delete``
+(a delete of an element the kernel has just expired would fail the transaction). When the kernel refuses
+a transaction, it is split in halves until the refused changes are isolated; they are reported failed and
+the rest is applied.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from enforcer.backends.base import Backend, Failure
+from enforcer.backends.libnft import Nft, NftError
+from enforcer.backends.xtables import FAMILIES, require_net_admin
+from enforcer.exceptions import FirewallCapabilityError
+from enforcer.plan import Add, Delete, JailSpec, KernelEntry, Key
+from fleet2ban.contract import ContractError, normalize_target
+from fleet2ban.settings import EnforcerSettings
+
+log = logging.getLogger(__name__)
+
+TABLE = "fleet2ban"
+FAMILY = "inet"
+PRIORITY = -10
+"""Before the usual ``filter`` priority (0): a banned packet is dropped before other tables look at it."""
+SNAPSHOT_TTL = 2.0
+"""How long the listing read by :meth:`ensure` serves the :meth:`list` that follows it (same reconcile)."""
+MAX_SPLIT_TRANSACTIONS = 400
+"""Bound on the transactions spent isolating refused changes in one commit."""
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    jail: str
+    family: int
+    nets: bool
+    name: str
+
+    @property
+    def type(self) -> str:
+        return "ipv4_addr" if self.family == 4 else "ipv6_addr"
+
+    @property
+    def flags(self) -> list[str]:
+        return ["interval", "timeout"] if self.nets else ["timeout"]
+
+
+@dataclass
+class Unit:
+    """One staged change: the commands that make it, and whom to blame when the kernel refuses it."""
+
+    jail: str
+    target: str
+    commands: list[dict[str, Any]]
+
+
+def element_value(target: str) -> Any:
+    """The JSON form of a ban target: an address string, or a prefix object."""
+    if "/" not in target:
+        return target
+    addr, _, length = target.partition("/")
+    return {"prefix": {"addr": addr, "len": int(length)}}
+
+
+def element_target(value: Any) -> str | None:
+    """The normalized ban target of a listed element value; None for what we never write (ranges...)."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, dict) and isinstance(value.get("prefix"), dict):
+        text = f"{value['prefix'].get('addr')}/{value['prefix'].get('len')}"
+    else:
+        return None
+    try:
+        return normalize_target(text)
+    except ContractError:
+        return None
+
+
+def parse_element(item: Any) -> tuple[Any, str | None, int | None]:
+    """(raw value, target, seconds left or None when permanent) of one listed set element."""
+    if isinstance(item, dict) and isinstance(item.get("elem"), dict):
+        elem = item["elem"]
+        value = elem.get("val")
+        left = elem.get("expires", elem.get("timeout"))
+        timeout = int(left) if isinstance(left, int | float) and elem.get("timeout") else None
+        return value, element_target(value), timeout
+    return item, element_target(item), None
+
+
+class NftablesBackend(Backend):
+    name = "nftables"
+    timeouts = True
+
+    def __init__(self, jails: Sequence[JailSpec], settings: EnforcerSettings) -> None:
+        super().__init__(jails, settings)
+        self._nft: Nft | None = None
+        self._snapshot: tuple[float, list[dict[str, Any]]] | None = None
+        self._counts: dict[str, int] = {}
+        self._warned: set[str] = set()
+
+    @property
+    def nft(self) -> Nft:
+        if self._nft is None:
+            self._nft = Nft()
+        return self._nft
+
+    # -- names and the wanted structure
+
+    def set_name(self, jail: str, family: int, nets: bool = False) -> str:
+        return f"{self.chain_name(jail)}-{family}{'-nets' if nets else ''}"
+
+    def prefixes_allowed(self, family: int) -> bool:
+        full = 32 if family == 4 else 128
+        minimum = self.settings.min_prefix_v4 if family == 4 else self.settings.min_prefix_v6
+        return minimum < full
+
+    def sets(self) -> list[SetSpec]:
+        out = []
+        for spec in self.jails:
+            for family in FAMILIES:
+                out.append(SetSpec(spec.name, family, False, self.set_name(spec.name, family)))
+                if self.prefixes_allowed(family):
+                    out.append(SetSpec(spec.name, family, True, self.set_name(spec.name, family, True)))
+        return out
+
+    def set_for(self, jail: str, target: str) -> str:
+        family = 6 if ":" in target else 4
+        return self.set_name(jail, family, nets="/" in target)
+
+    def _set_obj(self, s: SetSpec) -> dict[str, Any]:
+        return {
+            "family": FAMILY,
+            "table": TABLE,
+            "name": s.name,
+            "type": s.type,
+            "flags": s.flags,
+            "size": self.settings.set_maxelem,
+        }
+
+    def _chain_obj(self, jail: str) -> dict[str, Any]:
+        return {
+            "family": FAMILY,
+            "table": TABLE,
+            "name": self.chain_name(jail),
+            "type": "filter",
+            "hook": "input",
+            "prio": PRIORITY,
+            "policy": "accept",
+        }
+
+    def _verdict(self) -> dict[str, Any]:
+        return {"reject": {"type": "tcp reset"}} if self.settings.target == "REJECT" else {"drop": None}
+
+    def rule_exprs(self, spec: JailSpec) -> list[list[dict[str, Any]]]:
+        """The rules of a jail's chain, in the JSON form libnftables lists them back."""
+        ports: Any = spec.ports[0] if len(spec.ports) == 1 else {"set": list(spec.ports)}
+        dport = {
+            "match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": ports}
+        }
+        out = []
+        for s in self.sets():
+            if s.jail != spec.name:
+                continue
+            proto = "ip" if s.family == 4 else "ip6"
+            saddr = {
+                "match": {
+                    "op": "==",
+                    "left": {"payload": {"protocol": proto, "field": "saddr"}},
+                    "right": f"@{s.name}",
+                }
+            }
+            out.append([dport, saddr, self._verdict()])
+        return out
+
+    def _rule_cmd(self, spec: JailSpec, expr: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "add": {
+                "rule": {"family": FAMILY, "table": TABLE, "chain": self.chain_name(spec.name), "expr": expr}
+            }
+        }
+
+    def _element_cmd(self, verb: str, set_name: str, elems: list[Any]) -> dict[str, Any]:
+        return {verb: {"element": {"family": FAMILY, "table": TABLE, "name": set_name, "elem": elems}}}
+
+    # -- reading the table
+
+    def _listing(self) -> list[dict[str, Any]] | None:
+        """Every object of our table (sets with their elements), or None when the table is missing."""
+        try:
+            return self.nft.query(f"list table {FAMILY} {TABLE}")
+        except NftError as exc:
+            if "No such file or directory" in str(exc):
+                return None
+            raise
+
+    def table_exists(self) -> bool:
+        try:
+            self.nft.query(f"list table {FAMILY} {TABLE}", terse=True)
+        except NftError as exc:
+            if "No such file or directory" in str(exc):
+                return False
+            raise
+        return True
+
+    # -- backend operations
+
+    def check(self) -> None:
+        require_net_admin(self.name)
+        try:
+            self.nft.query("list tables")
+        except NftError as exc:
+            raise FirewallCapabilityError(
+                f"the nftables backend cannot talk to the kernel's nf_tables ({exc}): a kernel with "
+                "CONFIG_NF_TABLES is needed, or use the ipset backend"
+            ) from None
+
+    def describe(self) -> str:
+        chains = ", ".join(self.chain_name(j.name) for j in self.jails)
+        sets = ", ".join(s.name for s in self.sets())
+        return (
+            f"backend nftables (table {FAMILY} {TABLE}: chains {chains} hooked on input at priority "
+            f"{PRIORITY}; sets {sets}; see them with `nft list table {FAMILY} {TABLE}`)"
+        )
+
+    def ensure(self) -> int:
+        listing = self._listing()
+        self._snapshot = None
+        if listing is None:
+            cmds: list[dict[str, Any]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+            cmds += [{"add": {"set": self._set_obj(s)}} for s in self.sets()]
+            for spec in self.jails:
+                cmds.append({"add": {"chain": self._chain_obj(spec.name)}})
+                cmds += [self._rule_cmd(spec, e) for e in self.rule_exprs(spec)]
+            self.nft.run(cmds)
+            return 1
+        wanted_sets = {s.name: s for s in self.sets()}
+        chains = {self.chain_name(j.name): j for j in self.jails}
+        have_sets: dict[str, dict[str, Any]] = {}
+        have_chains: dict[str, dict[str, Any]] = {}
+        rules: dict[str, list[list[dict[str, Any]]]] = {}
+        for obj in listing:
+            if "set" in obj:
+                have_sets[obj["set"]["name"]] = obj["set"]
+            elif "chain" in obj:
+                have_chains[obj["chain"]["name"]] = obj["chain"]
+            elif "rule" in obj:
+                rules.setdefault(obj["rule"]["chain"], []).append(obj["rule"].get("expr", []))
+            elif "table" not in obj and (kind := next(iter(obj), "?")) not in self._warned:
+                self._warned.add(kind)  # maps, counters...: they filter nothing unless a chain uses them
+                log.warning("table %s %s holds a foreign %s: left alone", FAMILY, TABLE, kind)
+        flush: set[str] = set()  # chains to flush (wrong rules, or rules referring to a set remade)
+        drop_chains: list[str] = []
+        add_chains: list[str] = []
+        drop_sets: list[str] = []
+        add_sets: list[SetSpec] = []
+        strays: list[dict[str, Any]] = []
+        for name, have in have_chains.items():
+            if name not in chains:
+                log.warning("table %s %s holds a foreign chain %s: removed", FAMILY, TABLE, name)
+                flush.add(name)
+                drop_chains.append(name)
+                continue
+            want = self._chain_obj(chains[name].name)
+            if any(have.get(k) != want[k] for k in ("type", "hook", "prio", "policy")):
+                log.warning("chain %s is not hooked as ours (%s): recreated", name, have)
+                flush.add(name)
+                drop_chains.append(name)
+                add_chains.append(name)
+        add_chains += [n for n in chains if n not in have_chains]
+        for name, have in have_sets.items():
+            wanted = wanted_sets.get(name)
+            if wanted is None:
+                log.warning("table %s %s holds a foreign set %s: removed", FAMILY, TABLE, name)
+                drop_sets.append(name)
+            elif have.get("type") != wanted.type or sorted(have.get("flags", [])) != sorted(wanted.flags):
+                log.warning(
+                    "set %s is %s %s, not %s %s: recreated",
+                    name,
+                    have.get("type"),
+                    have.get("flags"),
+                    wanted.type,
+                    wanted.flags,
+                )
+                drop_sets.append(name)
+                add_sets.append(wanted)
+            else:
+                if have.get("size") != self.settings.set_maxelem and name not in self._warned:
+                    self._warned.add(name)
+                    log.warning(
+                        "set %s has size %s, settings say %d: uninstall and restart to resize it",
+                        name,
+                        have.get("size"),
+                        self.settings.set_maxelem,
+                    )
+                bad = []
+                for item in have.get("elem", []):
+                    value, target, _ = parse_element(item)
+                    if target is None or self.set_for(wanted.jail, target) != name:
+                        bad.append(value)
+                if bad:
+                    log.warning("set %s held %d elements fleet2ban never writes: removed", name, len(bad))
+                    strays.append(self._element_cmd("delete", name, bad))
+        add_sets += [s for n, s in wanted_sets.items() if n not in have_sets]
+        if drop_sets:  # a set referred to by a rule cannot be deleted: empty the chains first
+            flush |= set(have_chains)
+        for name, spec in chains.items():
+            if name not in flush and name not in add_chains and rules.get(name, []) != self.rule_exprs(spec):
+                log.warning("chain %s held rules that are not ours: reset", name)
+                flush.add(name)
+        cmds = [
+            {"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": n}}}
+            for n in sorted(flush)
+            if n in have_chains
+        ]
+        cmds += [{"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": n}}} for n in drop_chains]
+        cmds += [{"delete": {"set": {"family": FAMILY, "table": TABLE, "name": n}}} for n in drop_sets]
+        cmds += [{"add": {"set": self._set_obj(s)}} for s in add_sets]
+        cmds += strays
+        for name in add_chains:
+            cmds.append({"add": {"chain": self._chain_obj(chains[name].name)}})
+        for name, spec in chains.items():
+            if name in flush or name in add_chains:
+                cmds += [self._rule_cmd(spec, e) for e in self.rule_exprs(spec)]
+        if cmds:
+            self.nft.run(cmds)
+        repairs = len(drop_chains) + len(add_chains) + len(drop_sets) + len(add_sets) + len(strays)
+        repairs += len({n for n in flush if n in chains and n not in drop_chains})
+        if not repairs:
+            self._snapshot = (time.monotonic(), listing)
+        return repairs
+
+    def _units(self, adds: list[Add], deletes: list[Delete]) -> list[Unit]:
+        units = []
+        for d in deletes:
+            set_name, value = self.set_for(d.jail, d.target), element_value(d.target)
+            units.append(
+                Unit(
+                    d.jail,
+                    d.target,
+                    [
+                        self._element_cmd("add", set_name, [value]),
+                        self._element_cmd("delete", set_name, [value]),
+                    ],
+                )
+            )
+        for a in adds:
+            set_name, value = self.set_for(a.jail, a.target), element_value(a.target)
+            elem = value if a.timeout is None else {"elem": {"val": value, "timeout": a.timeout}}
+            cmds = (
+                [self._element_cmd("add", set_name, [value]), self._element_cmd("delete", set_name, [value])]
+                if a.renew
+                else []
+            )
+            units.append(Unit(a.jail, a.target, [*cmds, self._element_cmd("add", set_name, [elem])]))
+        return units
+
+    @staticmethod
+    def _batch(units: list[Unit]) -> list[dict[str, Any]]:
+        """The units' commands merged per (verb, set), in order: 10,000 adds are one ``add element``."""
+        merged: list[dict[str, Any]] = []
+        index: dict[tuple[int, str, str], dict[str, Any]] = {}
+        for unit in units:
+            for step, cmd in enumerate(unit.commands):
+                verb = next(iter(cmd))
+                element = cmd[verb]["element"]
+                key = (step if len(unit.commands) > 1 else 2, verb, element["name"])
+                if key in index:
+                    index[key]["elem"].extend(element["elem"])
+                else:
+                    copy = {**element, "elem": list(element["elem"])}
+                    index[key] = copy
+                    merged.append({"_order": key, verb: {"element": copy}})
+        # all "ensure present" adds, then deletes, then the final adds (a renewal's three steps in order)
+        merged.sort(key=lambda c: c["_order"][0])
+        return [{k: v for k, v in c.items() if k != "_order"} for c in merged]
+
+    def commit(self) -> list[Failure]:
+        adds, deletes = self._take_staged()
+        if not adds and not deletes:
+            return []
+        self._snapshot = None
+        units = self._units(adds, deletes)
+        try:
+            self.nft.run(self._batch(units))
+            return []
+        except NftError as exc:
+            first = str(exc)
+        if not self.table_exists():
+            err = f"nftables: table {FAMILY} {TABLE} is missing; the next reconcile restores it ({first})"
+            return [Failure(u.jail, u.target, err) for u in units]
+        failures: list[Failure] = []
+        budget = [MAX_SPLIT_TRANSACTIONS]
+        self._split(units, first, failures, budget)
+        return failures
+
+    def _split(self, units: list[Unit], error: str, failures: list[Failure], budget: list[int]) -> None:
+        """``units`` were refused together with ``error``: apply what the kernel accepts, collect the rest."""
+        if len(units) == 1 or budget[0] <= 0:
+            failures += [Failure(u.jail, u.target, f"nftables: {error}") for u in units]
+            return
+        half = len(units) // 2
+        for part in (units[:half], units[half:]):
+            budget[0] -= 1
+            try:
+                self.nft.run(self._batch(part))
+            except NftError as exc:
+                self._split(part, str(exc), failures, budget)
+
+    def list(self) -> dict[Key, KernelEntry]:
+        snap = self._snapshot
+        self._snapshot = None
+        if snap is not None and time.monotonic() - snap[0] < SNAPSHOT_TTL:
+            listing: list[dict[str, Any]] | None = snap[1]
+        else:
+            listing = self._listing()
+        out: dict[Key, KernelEntry] = {}
+        if listing is None:
+            self._counts = {}
+            return out
+        specs = {s.name: s for s in self.sets()}
+        counts: dict[str, int] = {}
+        for obj in listing:
+            body = obj.get("set")
+            if body is None or body.get("name") not in specs:
+                continue
+            spec = specs[body["name"]]
+            items = body.get("elem", [])
+            counts[spec.name] = len(items)
+            for item in items:
+                _, target, timeout = parse_element(item)
+                if target is not None and self.set_for(spec.jail, target) == spec.name:
+                    out[(spec.jail, target)] = KernelEntry(spec.jail, target, timeout)
+        self._counts = counts
+        return out
+
+    def uninstall(self) -> builtins.list[str]:
+        if not self.table_exists():
+            return []
+        self.nft.run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+        self._snapshot = None
+        return [f"table {FAMILY} {TABLE} (its chains and sets)"]
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, count in self._counts.items():
+            fill = count / self.settings.set_maxelem
+            out[f"set_fill_ratio:{name}"] = fill
+            if fill >= self.settings.alarm_ratio:
+                log.warning(
+                    "set %s is %.0f%% full (%d of size %d): raise enforcer.set_maxelem",
+                    name,
+                    fill * 100,
+                    count,
+                    self.settings.set_maxelem,
+                )
+        return out
+
+    def show(self) -> str:
+        parts = [self.headline()]
+        try:
+            parts.append(self.nft.text(f"list table {FAMILY} {TABLE}").rstrip())
+        except NftError as exc:
+            parts.append(f"(no table {FAMILY} {TABLE}: {exc})")
+        return "\n".join(parts)
