@@ -5,7 +5,8 @@ No Kafka, no kernel: plain data in, plain data out.
 - :func:`desired_state` turns the ``bans`` topic's view (``(jail, target) -> BanState``) into the entries
   that should be in force *now*: expired bans drop out (the enforcer's own clock), and the safety rails
   refuse what must never be banned (:class:`Rails`: ignoreip, the host's own and the brokers' addresses,
-  loopback, link-local, too-wide prefixes, unknown jails, the cap on active bans).
+  loopback, link-local, too-wide prefixes, unknown jails, the cap on active bans). :class:`Rails` lives in
+  :mod:`fleet2ban.rails` because the processor applies the same rails before it mirrors a ban.
   :func:`desired_one` is the same verdict for one ban: an incremental reconcile evaluates only the bans
   that changed (or expired) since the last one; the cap, a rule over every ban, is desired_state's alone.
 - :func:`plan` compares that with what a backend lists from the kernel and returns one batch of
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from fleet2ban.contract import BanState
-from fleet2ban.rails import check_target
-from fleet2ban.settings import EnforcerSettings, JailSettings
+from fleet2ban.rails import Rails
+from fleet2ban.settings import JailSettings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Key = tuple[str, str]
@@ -32,14 +33,6 @@ Key = tuple[str, str]
 
 MAX_KERNEL_TIMEOUT = 2_147_483
 """The longest per-entry timeout ipset accepts (seconds, about 24.8 days); longer bans are renewed."""
-
-
-FAST_PATH_SPECIAL: tuple[IPNetwork, ...] = tuple(
-    ipaddress.ip_network(n)
-    for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "::/8", "fe80::/10", "ff00::/8")
-)
-"""A superset of the special-purpose ranges the rails refuse: an address outside these (and outside every
-protected network) is allowed without the full check. Kept a superset by a test against the rails."""
 
 
 @dataclass(frozen=True)
@@ -52,91 +45,6 @@ class JailSpec:
     @classmethod
     def from_settings(cls, jail: JailSettings) -> JailSpec:
         return cls(jail.name, tuple(sorted(set(jail.ports))))
-
-
-@dataclass(frozen=True)
-class Rails:
-    """What the enforcer refuses to ban (DESIGN §4, issue 6)."""
-
-    protect: tuple[IPNetwork, ...] = ()
-    """Never banned, in any jail: enforcer.protect, the host's own addresses, the Kafka brokers'."""
-    ignore: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
-    """Per jail: its ignoreip."""
-    min_prefix_v4: int = 24
-    min_prefix_v6: int = 48
-    max_bans: int = 100_000
-    alarm_ratio: float = 0.8
-    _verdicts: dict[Key, str | None] = field(default_factory=dict, compare=False, hash=False, repr=False)
-    """Memo of :meth:`refusal` (the rails are rebuilt, hence forgotten, at every full reconcile)."""
-    _ranges: dict[str, list[tuple[int, int, int]]] = field(
-        default_factory=dict, compare=False, hash=False, repr=False
-    )
-
-    @classmethod
-    def build(
-        cls,
-        settings: EnforcerSettings,
-        jails: Sequence[JailSettings],
-        own: Iterable[str] = (),
-        brokers: Iterable[str] = (),
-    ) -> Rails:
-        protect: list[IPNetwork] = list(settings.protect)
-        for text in (*own, *brokers):
-            try:
-                protect.append(ipaddress.ip_network(text, strict=False))
-            except ValueError:
-                continue
-        return cls(
-            protect=tuple(dict.fromkeys(protect)),
-            ignore={j.name: tuple(j.ignoreip) for j in jails},
-            min_prefix_v4=settings.min_prefix_v4,
-            min_prefix_v6=settings.min_prefix_v6,
-            max_bans=settings.max_bans,
-            alarm_ratio=settings.alarm_ratio,
-        )
-
-    def _clearly_allowed(self, jail: str, target: str) -> bool:
-        """Fast path for one address far from anything protected or special (checked by integer ranges);
-        everything else goes through :func:`fleet2ban.rails.check_target` for the verdict and its words."""
-        if "/" in target:
-            return False
-        try:
-            addr = ipaddress.ip_address(target)
-        except ValueError:
-            return False
-        ranges = self._ranges.get(jail)
-        if ranges is None:
-            nets = (*FAST_PATH_SPECIAL, *self.protect, *self.ignore.get(jail, ()))
-            ranges = self._ranges[jail] = [
-                (n.version, int(n.network_address), int(n.broadcast_address)) for n in nets
-            ]
-        value, version = int(addr), addr.version
-        return not any(v == version and lo <= value <= hi for v, lo, hi in ranges)
-
-    @property
-    def alarm_at(self) -> int:
-        return max(1, math.floor(self.max_bans * self.alarm_ratio))
-
-    def refusal(self, jail: str, target: str) -> str | None:
-        """Why ``target`` must not be banned in ``jail``, or None when it may be."""
-        key = (jail, target)
-        verdicts = self._verdicts
-        if key in verdicts:
-            return verdicts[key]
-        if self._clearly_allowed(jail, target):
-            verdict = None
-        else:
-            violations = check_target(
-                target,
-                protect=(*self.protect, *self.ignore.get(jail, ())),
-                min_prefix_v4=self.min_prefix_v4,
-                min_prefix_v6=self.min_prefix_v6,
-            )
-            verdict = "; ".join(str(v) for v in violations) or None
-        if len(verdicts) >= VERDICTS_MAX:  # a pure function of the key: start the memo afresh
-            verdicts.clear()
-        verdicts[key] = verdict
-        return verdict
 
 
 @dataclass(frozen=True)
@@ -226,11 +134,6 @@ class Changes:
 
     def __len__(self) -> int:
         return len(self.adds) + len(self.deletes)
-
-
-VERDICTS_MAX = 1_000_000
-"""Memoised rail verdicts per (jail, target); every full desired-state computation asks again for every
-ban in force."""
 
 
 def family_of(target: str) -> int:
@@ -349,6 +252,31 @@ def next_expiry(wants: Mapping[Key, Want]) -> datetime | None:
 
 RENEW_SAFE = timedelta(seconds=2)
 """A kernel deadline within this of the ban's expiry never needs renewing (:func:`renew_needed`)."""
+
+
+__all__ = [
+    "MAX_KERNEL_TIMEOUT",
+    "RENEW_SAFE",
+    "Add",
+    "Changes",
+    "Delete",
+    "Desired",
+    "JailSpec",
+    "KernelEntry",
+    "Key",
+    "Rails",
+    "Refusal",
+    "Want",
+    "cap_refusal",
+    "desired_one",
+    "desired_state",
+    "family_of",
+    "kernel_timeout",
+    "never_renews",
+    "next_expiry",
+    "plan",
+    "renew_needed",
+]
 
 
 def never_renews(deadline: datetime | None, expires_at: datetime | None) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Final, Literal
@@ -28,6 +28,11 @@ RAW_LINE_MAX: Final = 512
 """Bound on the ``raw`` copy of a log line carried in events and evidence (characters)."""
 EVIDENCE_MAX: Final = 5
 """How many raw lines a decision carries as evidence."""
+MAX_BAN_SECONDS: Final = 10 * 365 * 86400
+"""The longest ban (or any duration an operator gives) accepted anywhere: ten years. Longer is permanent's
+job; bounding it keeps every ``at + duration`` far inside what a datetime can hold (year 9999)."""
+JAIL_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,24}")
+"""What a jail's name may be (settings, topics and firewall chain names; never ``|``, the key separator)."""
 
 Time = Annotated[datetime, msgspec.Meta(tz=True)]
 """A timezone-aware time (a naive one is rejected on decode)."""
@@ -244,25 +249,53 @@ def decode_batch(data: bytes | str | None) -> EventBatch:
     rec: EventBatch = _decode(_batch_decoder, data, "events record")
     if not rec.lines:
         raise ContractError("events record: no lines")
-    normalize_ip(rec.ip)  # raises ContractError
+    _check_canonical(rec.ip, normalize_ip, "events record")
+    for ln in rec.lines:
+        _check_port(ln.port, "events record")
     return rec
 
 
 def decode_event(data: bytes | str | None) -> Event:
     rec: Event = _decode(_event_decoder, data, "event")
+    _check_canonical(rec.ip, normalize_ip, "event")
+    _check_port(rec.port, "event")
     return rec
 
 
 def decode_decision(data: bytes | str | None) -> Decision:
     rec: Decision = _decode(_decision_decoder, data, "decision")
-    normalize_target(rec.ip)
+    _check_canonical(rec.ip, normalize_target, "decision")
+    check_jail_name(rec.jail)
+    for p in rec.ports:
+        _check_port(p, "decision")
     return rec
 
 
 def decode_ban(data: bytes | str | None) -> BanState:
     rec: BanState = _decode(_ban_decoder, data, "ban state")
-    normalize_target(rec.ip)
+    _check_canonical(rec.ip, normalize_target, "ban state")
+    check_jail_name(rec.jail)
+    for p in rec.ports:
+        _check_port(p, "ban state")
     return rec
+
+
+def _check_canonical(text: str, normalize: Callable[[str], str], what: str) -> None:
+    """Addresses travel in their one canonical form: anything else is refused, not repaired."""
+    if normalize(text) != text:
+        raise ContractError(f"{what}: address {text[:64]!r} is not in canonical form")
+
+
+def _check_port(port: int, what: str) -> None:
+    if not 0 < port < 65536:
+        raise ContractError(f"{what}: port {port} out of range 1-65535")
+
+
+def check_jail_name(name: str) -> str:
+    """``name`` when it is a valid jail name (:data:`JAIL_NAME`); ContractError otherwise."""
+    if JAIL_NAME.fullmatch(name) is None:
+        raise ContractError(f"not a jail name: {name[:40]!r} (letters, digits, _ . -; at most 24)")
+    return name
 
 
 def decode_report(data: bytes | str | None) -> ReportsRecord:
@@ -279,12 +312,36 @@ _CANONICAL_V4 = re.compile(
 """Dotted-quad text that is already canonical (no leading zeros): returned as is, without ipaddress."""
 
 
+_ADDRESS_CHARS: Final = frozenset("0123456789abcdefABCDEF:./")
+"""Every character an address or network may hold once its optional brackets are removed: nothing else
+(no IPv6 scope id ``%eth0``, no whitespace or newline inside) ever reaches a firewall backend."""
+_V4_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _address_text(text: str) -> str:
+    """``text`` without surrounding whitespace and IPv6 brackets, when every character left can belong
+    to an address; ContractError otherwise."""
+    t = text.strip()
+    if t.startswith("[") and t.endswith("]"):
+        t = t[1:-1]
+    if not t or len(t) > 64 or not _ADDRESS_CHARS.issuperset(t):
+        raise ContractError(f"not an IP address: {text[:64]!r}")
+    return t
+
+
 def normalize_ip(text: str) -> str:
-    """Canonical text of one address: compressed, lower case, IPv4-mapped IPv6 as IPv4."""
+    """Canonical text of one address: compressed, lower case, IPv4-mapped IPv6 as IPv4.
+
+    This is the one address parser: every way in (log lines, topics, the CLI, the console, settings)
+    goes through it or :func:`normalize_target`. It refuses scope ids (``fe80::1%eth0``), inner
+    whitespace and anything but an address (ContractError); its result is the only form on the wire."""
     if _CANONICAL_V4.fullmatch(text):  # fast path (readers decode 100,000s of keys): same result
         return text
+    t = _address_text(text)
+    if "/" in t:
+        raise ContractError(f"not an IP address: {text[:64]!r}")
     try:
-        addr = ipaddress.ip_address(text.strip().strip("[]"))
+        addr = ipaddress.ip_address(t)
     except ValueError:
         raise ContractError(f"not an IP address: {text[:64]!r}") from None
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
@@ -293,24 +350,32 @@ def normalize_ip(text: str) -> str:
 
 
 def normalize_target(text: str) -> str:
-    """Canonical text of a ban target: one address (``10.1.2.3``) or a network (``2001:db8::/64``)."""
+    """Canonical text of a ban target: one address (``10.1.2.3``) or a network (``2001:db8::/64``).
+
+    An IPv4-mapped IPv6 network (``::ffff:10.0.0.0/104``) is the IPv4 network it maps (``10.0.0.0/8``),
+    so the rails judge it as what the kernel would match."""
     if "/" not in text:
         return normalize_ip(text)
+    t = _address_text(text)
+    prefix = t.partition("/")[2]
+    if not prefix.isdigit() or len(prefix) > 3:
+        raise ContractError(f"not an IP network: {text[:64]!r}")
     try:
-        net = ipaddress.ip_network(text.strip(), strict=False)
+        net = ipaddress.ip_network(t, strict=False)
     except ValueError:
         raise ContractError(f"not an IP network: {text[:64]!r}") from None
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_V4_MAPPED):
+        mapped = net.network_address.ipv4_mapped
+        assert mapped is not None
+        net = ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}", strict=False)
     if net.num_addresses == 1:
         return str(net.network_address)
     return str(net)
 
 
 def target_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """A ban target as a network (a single address is a /32 or /128)."""
-    try:
-        return ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise ContractError(f"not an IP address or network: {text[:64]!r}") from None
+    """A ban target as a network (a single address is a /32 or /128), after :func:`normalize_target`."""
+    return ipaddress.ip_network(normalize_target(text), strict=False)
 
 
 # --------------------------------------------------------------------------------------------- topics

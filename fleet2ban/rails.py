@@ -7,20 +7,25 @@ Kafka or the kernel: callers pass what they protect.
 - The CLI (``fleet2ban bans add``) calls it with the jail's ``ignoreip``, ``enforcer.protect`` and the
   ``enforcer.min_prefix_v4/v6`` settings, *before* anything is written to ``decisions``.
 - An enforcer adds what only it knows (its own addresses, the Kafka brokers' addresses) to ``protect``.
+- The processor applies the same :class:`Rails` to every decision it would mirror to ``bans``, manual or
+  automatic, so the audit never shows in force what every enforcer refuses (DESIGN §8).
 
-What is refused, always: loopback, link-local, unspecified (``0.0.0.0``, ``::``), multicast and
-broadcast addresses; a target that overlaps (contains or lies inside) a protected/ignored network; a
-network wider than the configured minimum prefix length.
+What is refused, always: loopback, link-local, unspecified (``0.0.0.0/8`` "this network", ``::``),
+multicast and broadcast addresses; a target that overlaps (contains or lies inside) a protected/ignored
+network; a network wider than the configured minimum prefix length; a target that is not in the
+contract's canonical form (:func:`fleet2ban.contract.normalize_target`).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal
 
 from fleet2ban.contract import ContractError, normalize_target
+from fleet2ban.settings import EnforcerSettings, JailSettings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -31,7 +36,7 @@ _ALWAYS: tuple[tuple[RailKind, IPNetwork], ...] = (
     ("loopback", ipaddress.ip_network("::1/128")),
     ("link-local", ipaddress.ip_network("169.254.0.0/16")),
     ("link-local", ipaddress.ip_network("fe80::/10")),
-    ("unspecified", ipaddress.ip_network("0.0.0.0/32")),
+    ("unspecified", ipaddress.ip_network("0.0.0.0/8")),
     ("unspecified", ipaddress.ip_network("::/128")),
     ("multicast", ipaddress.ip_network("224.0.0.0/4")),
     ("multicast", ipaddress.ip_network("ff00::/8")),
@@ -68,6 +73,8 @@ def check_target(
         net = ipaddress.ip_network(normalize_target(target), strict=False)
     except (ContractError, ValueError) as exc:
         return [RailViolation("invalid", str(exc))]
+    if net.prefixlen == 0:
+        return [RailViolation("too-wide", f"{net} is every address")]
     out: list[RailViolation] = []
     min_prefix = min_prefix_v4 if net.version == 4 else min_prefix_v6
     if net.prefixlen < min_prefix:
@@ -83,3 +90,113 @@ def check_target(
         if p.version == net.version and net.overlaps(p):
             out.append(RailViolation("protected", f"{net} overlaps protected/ignored {p}"))
     return out
+
+
+FAST_PATH_SPECIAL: Final[tuple[IPNetwork, ...]] = tuple(
+    ipaddress.ip_network(n)
+    for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3", "::/8", "fe80::/10", "ff00::/8")
+)
+"""A superset of the special-purpose ranges the rails refuse: an address outside these (and outside every
+protected network) is allowed without the full check. Kept a superset by a test against the rails."""
+
+VERDICTS_MAX: Final = 1_000_000
+"""Memoised rail verdicts per (jail, target); every full desired-state computation asks again for every
+ban in force."""
+
+
+@dataclass(frozen=True)
+class Rails:
+    """What must never be banned, per jail (DESIGN §4 and §8): the processor and every enforcer build one
+    from the same settings and ask :meth:`refusal` before a ban reaches ``bans`` or the kernel."""
+
+    protect: tuple[IPNetwork, ...] = ()
+    """Never banned, in any jail: enforcer.protect, and on an enforcer the host's and brokers' addresses."""
+    ignore: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
+    """Per jail: its ignoreip."""
+    min_prefix_v4: int = 24
+    min_prefix_v6: int = 48
+    max_bans: int = 100_000
+    alarm_ratio: float = 0.8
+    _verdicts: dict[tuple[str, str], str | None] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+    """Memo of :meth:`refusal` (the enforcer rebuilds its rails, hence forgets, at every full reconcile)."""
+    _ranges: dict[str, list[tuple[int, int, int]]] = field(
+        default_factory=dict, compare=False, hash=False, repr=False
+    )
+
+    @classmethod
+    def build(
+        cls,
+        settings: EnforcerSettings,
+        jails: Sequence[JailSettings],
+        own: Iterable[str] = (),
+        brokers: Iterable[str] = (),
+    ) -> Rails:
+        protect: list[IPNetwork] = list(settings.protect)
+        for text in (*own, *brokers):
+            try:
+                protect.append(ipaddress.ip_network(normalize_target(text), strict=False))
+            except (ContractError, ValueError):
+                continue
+        return cls(
+            protect=tuple(dict.fromkeys(protect)),
+            ignore={j.name: tuple(j.ignoreip) for j in jails},
+            min_prefix_v4=settings.min_prefix_v4,
+            min_prefix_v6=settings.min_prefix_v6,
+            max_bans=settings.max_bans,
+            alarm_ratio=settings.alarm_ratio,
+        )
+
+    def _clearly_allowed(self, jail: str, target: str) -> bool:
+        """Fast path for one canonical address far from anything protected or special (checked by integer
+        ranges); everything else goes through :func:`check_target` for the verdict and its words."""
+        if "/" in target or "%" in target:
+            return False
+        try:
+            addr = ipaddress.ip_address(target)
+        except ValueError:
+            return False
+        if str(addr) != target:  # not canonical (e.g. IPv4-mapped, upper case): the full check says so
+            return False
+        ranges = self._ranges.get(jail)
+        if ranges is None:
+            nets = (*FAST_PATH_SPECIAL, *self.protect, *self.ignore.get(jail, ()))
+            ranges = self._ranges[jail] = [
+                (n.version, int(n.network_address), int(n.broadcast_address)) for n in nets
+            ]
+        value, version = int(addr), addr.version
+        return not any(v == version and lo <= value <= hi for v, lo, hi in ranges)
+
+    @property
+    def alarm_at(self) -> int:
+        return max(1, math.floor(self.max_bans * self.alarm_ratio))
+
+    def refusal(self, jail: str, target: str) -> str | None:
+        """Why ``target`` must not be banned in ``jail``, or None when it may be. A target not in its
+        canonical form is refused as ``invalid`` (only canonical text may reach a backend)."""
+        key = (jail, target)
+        verdicts = self._verdicts
+        if key in verdicts:
+            return verdicts[key]
+        if self._clearly_allowed(jail, target):
+            verdict = None
+        else:
+            try:
+                canonical = normalize_target(target) == target
+            except ContractError:
+                canonical = False
+            if not canonical:
+                verdict = f"invalid: {target[:64]!r} is not a canonical address or network"
+            else:
+                violations = check_target(
+                    target,
+                    protect=(*self.protect, *self.ignore.get(jail, ())),
+                    min_prefix_v4=self.min_prefix_v4,
+                    min_prefix_v6=self.min_prefix_v6,
+                )
+                verdict = "; ".join(str(v) for v in violations) or None
+        if len(verdicts) >= VERDICTS_MAX:  # a pure function of the key: start the memo afresh
+            verdicts.clear()
+        verdicts[key] = verdict
+        return verdict

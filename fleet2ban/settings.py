@@ -25,12 +25,18 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
-from fleet2ban.contract import DEFAULT_TOPIC_PREFIX
+from fleet2ban.contract import (
+    DEFAULT_TOPIC_PREFIX,
+    JAIL_NAME,
+    MAX_BAN_SECONDS,
+    ContractError,
+    target_network,
+)
 from fleet2ban.exceptions import ConfigError
 
 ENV_PREFIX = "FLEET2BAN_"
@@ -40,7 +46,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class KafkaSettings(_Section):
@@ -90,26 +96,67 @@ class IncrementSettings(_Section):
     """fail2ban's ``bantime.increment`` options (jail.conf(5))."""
 
     enabled: bool = False
-    factor: float = Field(1.0, gt=0)
+    factor: float = Field(1.0, gt=0, le=1e6)
     formula: str | None = Field(
         None,
         description="fail2ban's formula, e.g. ban.Time * (1<<(ban.Count if ban.Count<20 else 20)) * banFactor",
     )
-    multipliers: list[float] = Field(default_factory=list)
-    maxtime: float | None = Field(None, gt=0, description="seconds; upper bound of an increased bantime")
-    rndtime: float | None = Field(None, ge=0, description="seconds of random jitter added to a bantime")
+    multipliers: list[float] = Field(default_factory=list, max_length=1000)
+    maxtime: float | None = Field(
+        None, gt=0, le=MAX_BAN_SECONDS, description="seconds; upper bound of an increased bantime"
+    )
+    rndtime: float | None = Field(
+        None, ge=0, le=MAX_BAN_SECONDS, description="seconds of random jitter added to a bantime"
+    )
     overalljails: bool = False
+
+    @field_validator("multipliers")
+    @classmethod
+    def _multipliers(cls, v: list[float]) -> list[float]:
+        for m in v:
+            if not 0 < m <= 1e6:
+                raise ValueError(f"multiplier {m} out of range (0, 1e6]")
+        return v
+
+
+def _networks(v: Any, what: str) -> Any:
+    """A list (or a space/comma separated string) of addresses and CIDRs, through the contract's one
+    parser; one that covers every address of its family is refused (nothing could ever be banned)."""
+    if isinstance(v, str):
+        v = v.replace(",", " ").split()
+    if not isinstance(v, list):
+        return v
+    out: list[IPNetwork] = []
+    for item in v:
+        x = str(item) if isinstance(item, IPNetwork) else item
+        if not isinstance(x, str):
+            raise ValueError(f"{what}: {x!r:.60} is not an address or CIDR")
+        try:
+            net = target_network(x)
+        except ContractError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+        if net.prefixlen == 0:
+            raise ValueError(
+                f"{what}: {net} covers every IPv{net.version} address, so none could ever be banned"
+            )
+        out.append(net)
+    return out
 
 
 class JailSettings(_Section):
     """One jail: which failures count, how many in which window, and what a ban covers."""
 
-    name: str = Field("amps", pattern=r"^[A-Za-z0-9_.-]{1,24}$")
+    name: str = Field("amps", pattern=f"^{JAIL_NAME.pattern}$")
     enabled: bool = True
     reasons: list[str] = Field(default_factory=lambda: ["auth", "name in use"], min_length=1)
-    maxretry: int = Field(20, ge=1)
-    findtime: float = Field(10.0, gt=0, description="seconds")
-    bantime: float = Field(120.0, description="seconds; negative means permanent (as fail2ban's -1)")
+    maxretry: int = Field(20, ge=1, le=1_000_000)
+    findtime: float = Field(10.0, gt=0, le=MAX_BAN_SECONDS, description="seconds")
+    bantime: float = Field(
+        120.0,
+        ge=-MAX_BAN_SECONDS,
+        le=MAX_BAN_SECONDS,
+        description="seconds (at most ten years); negative means permanent (as fail2ban's -1)",
+    )
     ports: list[int] = Field(default_factory=lambda: [9007], min_length=1)
     ignoreip: list[IPNetwork] = Field(default_factory=list)
     ban_prefix_v6: int = Field(128, ge=16, le=128, description="count and ban IPv6 clients by this prefix")
@@ -123,12 +170,17 @@ class JailSettings(_Section):
                 raise ValueError(f"port {p} out of range")
         return v
 
+    @field_validator("bantime")
+    @classmethod
+    def _bantime(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("bantime 0 bans for no time: give seconds, or a negative value for permanent")
+        return v
+
     @field_validator("ignoreip", mode="before")
     @classmethod
     def _ignoreip(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            v = v.replace(",", " ").split()
-        return [ipaddress.ip_network(str(x).strip(), strict=False) for x in v] if isinstance(v, list) else v
+        return _networks(v, "ignoreip")
 
     @property
     def permanent(self) -> bool:
@@ -166,7 +218,16 @@ class ShipperSettings(_Section):
 
 class ProcessorSettings(_Section):
     app_id: str = "fleet2ban-processor"
-    lateness_s: float = Field(5.0, ge=0, description="accept events this late (event time) across hosts")
+    lateness_s: float = Field(
+        5.0, ge=0, le=3600, description="accept events this late (event time) across hosts"
+    )
+    max_future_s: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="events and manual decisions dated more than this ahead of the processor's clock are"
+        " rejected (counted per sending host); keep it at most lateness_s",
+    )
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
     data_dir: Path | None = Field(None, description="default: <state_dir>/processor")
     expiry_interval_s: float = Field(0.5, gt=0, description="how often expired bans are lifted")
@@ -184,15 +245,15 @@ class EnforcerSettings(_Section):
     max_bans: int = Field(100_000, ge=1, description="cap on active bans; above it new bans are refused")
     alarm_ratio: float = Field(0.8, gt=0, le=1, description="alarm when active bans exceed this share of max")
     set_maxelem: int = Field(262_144, ge=1024)
-    min_prefix_v4: int = Field(24, ge=0, le=32, description="refuse IPv4 bans wider than this prefix")
-    min_prefix_v6: int = Field(48, ge=0, le=128, description="refuse IPv6 bans wider than this prefix")
+    min_prefix_v4: int = Field(24, ge=8, le=32, description="refuse IPv4 bans wider than this prefix")
+    min_prefix_v6: int = Field(48, ge=16, le=128, description="refuse IPv6 bans wider than this prefix")
     protect: list[IPNetwork] = Field(default_factory=list, description="never ban these (besides ignoreip)")
     chain_prefix: str = Field("f2b-", pattern=r"^[A-Za-z0-9_-]{1,8}$")
 
     @field_validator("protect", mode="before")
     @classmethod
     def _protect(cls, v: Any) -> Any:
-        return JailSettings._ignoreip(v)
+        return _networks(v, "protect")
 
 
 class MetricsSettings(_Section):
@@ -244,9 +305,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _CONFIG_PATH.get("path")
-        if path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        data = _CONFIG_DATA.get("data")
+        if data:
+            sources.append(InitSettingsSource(settings_cls, init_kwargs=data))
         return tuple(sources)
 
     def jail(self, name: str) -> JailSettings:
@@ -263,7 +324,55 @@ class Settings(BaseSettings):
         return d
 
 
-_CONFIG_PATH: dict[str, Path | None] = {}
+_CONFIG_DATA: dict[str, dict[str, Any]] = {}
+"""The parsed settings file while :func:`load_settings` builds the model (read once, by
+:func:`read_config_file`)."""
+
+CONFIG_MAX_BYTES = 1 << 20
+"""A settings file larger than this is refused (a configuration is a few kilobytes)."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases (``*name``): a settings file never needs them, and they allow the "billion
+    laughs" expansion that takes gigabytes of memory from a few hundred bytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted in a settings file", mark
+            )
+        return super().compose_node(parent, index)
+
+
+def read_config_file(path: Path) -> dict[str, Any] | None:
+    """The mapping a YAML settings file holds (None when empty); :class:`ConfigError` with one line for
+    a missing, oversized, binary, non-UTF-8 or invalid file, an alias, or a top level that is no mapping."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(CONFIG_MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    if len(data) > CONFIG_MAX_BYTES:
+        raise ConfigError(f"config file {path} is larger than {CONFIG_MAX_BYTES} bytes")
+    if b"\x00" in data:
+        raise ConfigError(f"config file {path} is binary, not YAML text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        loaded = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader without aliases
+    except yaml.YAMLError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"config file {path} is not valid YAML: {detail[:300]}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply") from None
+    if loaded is None:
+        return None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return loaded
 
 
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -279,26 +388,23 @@ def load_settings(config: Path | str | None = None, overrides: dict[str, Any] | 
     Raises :class:`ConfigError` with the setting's dotted name on any invalid value.
     """
     path = Path(config) if config else (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    loaded: dict[str, Any] | None = None
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        loaded = read_config_file(path)
     nested: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_path(nested, dotted, value)
-    _CONFIG_PATH["path"] = path
+    if loaded:
+        _CONFIG_DATA["data"] = loaded
     try:
         settings = Settings(**nested)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
     finally:
-        _CONFIG_PATH.pop("path", None)
+        _CONFIG_DATA.pop("data", None)
     return settings
 
 

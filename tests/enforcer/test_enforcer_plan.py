@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from enforcer.plan import (
-    FAST_PATH_SPECIAL,
     MAX_KERNEL_TIMEOUT,
     Add,
     Delete,
@@ -22,7 +21,7 @@ from enforcer.plan import (
     renew_needed,
 )
 from fleet2ban.contract import BanState
-from fleet2ban.rails import check_target
+from fleet2ban.rails import FAST_PATH_SPECIAL, check_target
 from fleet2ban.settings import EnforcerSettings, JailSettings
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -74,7 +73,10 @@ def test_safety_rails_refuse_and_say_which_rule() -> None:
         ban("192.0.2.77"),  # in the jail's ignoreip
         ban("0.0.0.0/0"),
         ban("10.231.0.0/24"),  # contains the host's own address
-        ban("198.51.100.0/16"),  # wider than /24
+        ban("198.51.0.0/16"),  # wider than /24
+        ban("198.51.100.0/16"),  # not canonical (keys are normalised on the way in): never applied
+        ban("2001:db8::1%1 timeout 5\nadd f2b-amps-4 10.0.0.1"),  # a scope id carrying ipset commands
+        ban("0.0.0.1"),  # "this network"
         ban("169.254.1.1"),
         ban("fe80::1"),
         ban("203.0.113.9"),  # fine
@@ -90,7 +92,10 @@ def test_safety_rails_refuse_and_say_which_rule() -> None:
     assert rules["192.0.2.77"] == "protected"
     assert rules["0.0.0.0/0"] == "too-wide"
     assert rules["10.231.0.0/24"] == "protected"
-    assert rules["198.51.100.0/16"] == "too-wide"
+    assert rules["198.51.0.0/16"] == "too-wide"
+    assert rules["198.51.100.0/16"] == "invalid"
+    assert rules["2001:db8::1%1 timeout 5\nadd f2b-amps-4 10.0.0.1"] == "invalid"
+    assert rules["0.0.0.1"] == "unspecified"
     assert rules["169.254.1.1"] == "link-local"
     assert rules["fe80::1"] == "link-local"
     assert all(r.detail for r in d.refused.values())
@@ -221,9 +226,9 @@ def test_fast_path_special_ranges_cover_the_rails_own() -> None:
 
 
 def test_rail_verdicts_are_memoised_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    import enforcer.plan as plan_module
+    import fleet2ban.rails as rails_module
 
-    monkeypatch.setattr(plan_module, "VERDICTS_MAX", 3)
+    monkeypatch.setattr(rails_module, "VERDICTS_MAX", 3)
     r = rails()
     targets = ["203.0.113.1", "203.0.113.2", "127.0.0.1", "203.0.113.3", "10.231.0.1"]
     first = [r.refusal("amps", t) for t in targets]

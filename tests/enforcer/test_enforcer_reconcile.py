@@ -229,3 +229,23 @@ def test_applied_digest_matches_the_listers_and_drops_with_a_missing_ban(
     view.add_raw("bans", k, v, T0)
     enf.reconcile(full=False)
     assert enf.applied_digest(clock.now) != digests.in_force_digest(view.bans, {}, clock.now, {})[0]
+
+
+def test_a_scope_id_record_is_skipped_and_never_blocks_the_others(
+    backend: DryRunBackend, clock: Clock
+) -> None:
+    """Issue 20: ``2001:db8::1%1 timeout 5\\nadd ...`` on bans never reaches a backend; the legitimate ban
+    in the same batch is applied."""
+    e = make(backend, clock)
+    hostile = "2001:db8::1%1 timeout 5\nadd f2b-amps-4 10.0.0.1"
+    _, value = record("203.0.113.7")
+    e.ingest(
+        ban_key("amps", hostile).encode(),
+        value.replace(b"203.0.113.7", hostile.encode().replace(b"\n", b"\\n")),
+    )
+    e.ingest(*record("203.0.113.9"))
+    e.reconcile(full=True)
+    assert set(backend.entries) == {("amps", "203.0.113.9")}
+    reports = e.take_reports()
+    assert ("applied", "203.0.113.9") in [(r.kind, r.ip) for r in reports]
+    assert any(r.kind == "skipped" and "invalid" in (r.detail or "") for r in reports)
