@@ -238,7 +238,7 @@ class ProcessorSettings(_Section):
 
 
 class EnforcerSettings(_Section):
-    backend: Literal["ipset", "iptables", "dryrun"] = "ipset"
+    backend: Literal["auto", "nftables", "ipset", "iptables", "dryrun"] = "auto"
     host: str = Field(default_factory=socket.gethostname)
     target: Literal["DROP", "REJECT"] = "DROP"
     reconcile_interval_s: float = Field(30.0, gt=0)

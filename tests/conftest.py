@@ -96,7 +96,7 @@ def netns_unavailable_reason() -> str | None:
     """Why namespace/firewall tests cannot run here, or None when they can."""
     if not is_root():
         return "needs root (network namespaces and firewall rules)"
-    for tool in ("ip", "iptables-legacy", "ipset"):
+    for tool in ("ip", "iptables-legacy", "ipset", "nft"):
         if shutil.which(tool) is None:
             return f"needs the '{tool}' command (the test command installs it as root)"
     if not os.path.isdir("/run/netns") and not os.access("/run", os.W_OK):

@@ -378,7 +378,7 @@ class IpsetBackend(Backend):
 
     def show(self) -> str:
         chains = [self.chain_name(j.name) for j in self.jails]
-        parts = [self.describe()]
+        parts = [self.headline()]
         for family in FAMILIES:
             parts.append(f"-- IPv{family} (iptables-legacy):")
             parts.append(self.xt.legacy_listing(family, chains))

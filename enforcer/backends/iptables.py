@@ -170,7 +170,7 @@ class IptablesBackend(Backend):
 
     def show(self) -> str:
         chains = self._chains()
-        parts = [self.describe()]
+        parts = [self.headline()]
         for family in FAMILIES:
             parts.append(f"-- IPv{family} (iptables-legacy):")
             parts.append(self.xt.legacy_listing(family, chains))

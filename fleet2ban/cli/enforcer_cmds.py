@@ -43,9 +43,11 @@ def enforcer(
 ) -> None:
     """Follow the bans topic from the beginning and keep this host's firewall equal to it.
 
-    Backends: ipset (default; one set per jail and family with kernel-side timeouts), iptables (a rule per
-    ban), dryrun (logs only, no privileges). Rules go to the legacy x_tables backend (python-iptables):
-    see them with `iptables-legacy -S` or `fleet2ban enforcer --show`.
+    Backends: auto (default: nftables where this host's firewall is nftables, ipset where it is legacy
+    x_tables; --show says which and why), nftables (table inet fleet2ban, sets with kernel-side timeouts,
+    applied in process), ipset (one set per jail and family with kernel-side timeouts, matched by a
+    python-iptables rule in the legacy x_tables backend), iptables (a rule per ban, legacy x_tables),
+    dryrun (logs only, no privileges). See what is installed with `fleet2ban enforcer --show`.
     """
     settings = settings_for(
         ctx,
@@ -72,7 +74,10 @@ def enforcer(
 
     from enforcer.agent import Agent
 
-    clash = nft_chain_clash([fw.chain_name(j.name) for j in jails]) if fw.name != "dryrun" else []
+    if fw.auto_reason:
+        log.info("enforcer.backend auto picked %s: %s", fw.name, fw.auto_reason)
+    xtables = fw.name in ("ipset", "iptables")
+    clash = nft_chain_clash([fw.chain_name(j.name) for j in jails]) if xtables else []
     if clash:
         log.warning(
             "chains named like ours exist under iptables-nft (%s): they are not ours and are left alone; "
@@ -86,7 +91,7 @@ def enforcer(
         try:
             agent.run()
         except KeyboardInterrupt:
-            log.info("enforcer stopping; bans stay in the kernel (ipset entries keep expiring on time)")
+            log.info("enforcer stopping; bans stay in the kernel (set entries keep expiring on time)")
         finally:
             if server is not None:
                 server.stop()
