@@ -182,7 +182,7 @@ def test_app_image_runs_unprivileged() -> None:
 
 def test_enforcer_image_has_firewall_userspace() -> None:
     runs = " ".join(r.args for s in stage_lineage(STAGES, "enforcer") for r in s.all("RUN"))
-    for pkg in ("iptables", "ipset"):
+    for pkg in ("iptables", "ipset", "nftables", "libnftables1"):
         assert re.search(rf"\b{pkg}=\S+", runs), f"enforcer: {pkg} not installed (pinned)"
     assert "iptables-legacy" in runs, "the iptables CLI must use the backend python-iptables writes (legacy)"
     cmd = effective(STAGES, "enforcer", "CMD")

@@ -230,7 +230,7 @@ def test_container_settings_load_and_match_the_pod(
         assert "hostPath" in vol, f"{cid}: the checkpoint must outlive the pod (hostPath)"
     if role == "enforcer":
         assert s.enforcer.host == "amps-node-1", f"{cid}: enforcer.host must be the node name"
-        assert s.enforcer.backend in ("ipset", "iptables")
+        assert s.enforcer.backend in ("auto", "nftables", "ipset", "iptables")
     if role == "processor":
         data_dir = s.processor.data_dir or s.resolved_state_dir() / "processor"
         mount = _mount_of(c, data_dir)
