@@ -1,5 +1,9 @@
 """Logging set-up shared by every command: human lines by default, JSON lines for machines.
 
+Every human log line is one line: its message goes through :func:`fleet2ban.safetext.printable`, so a
+reason, operator or client name holding a newline or a terminal escape cannot forge or hide log lines (JSON
+lines escape them by themselves).
+
 Per-record problems (a malformed line, garbage on a topic) go through :class:`RateLimitedLog`, so a flood
 of bad input costs one warning per interval with a count of what was suppressed, never a log storm.
 """
@@ -13,7 +17,18 @@ import time
 
 from pythonjsonlogger.json import JsonFormatter
 
+from fleet2ban.safetext import printable
+
 HUMAN_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class SafeFormatter(logging.Formatter):
+    """The human format with the message made printable (one line, no terminal escapes); a traceback,
+    which the formatter appends after the message, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "human") -> None:
@@ -27,7 +42,7 @@ def setup_logging(level: str = "INFO", fmt: str = "human") -> None:
             )
         )
     else:
-        handler.setFormatter(logging.Formatter(HUMAN_FORMAT))
+        handler.setFormatter(SafeFormatter(HUMAN_FORMAT))
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

@@ -394,7 +394,9 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         partitions=cluster.settings.partitions,
         use_partitioner=True,
     )
-    policy = Policy.from_settings(settings.jails, p.lateness_s)
+    policy = Policy.from_settings(
+        settings.jails, p.lateness_s, enforcer=settings.enforcer, max_future_s=p.max_future_s
+    )
     n_parts = cluster.settings.partitions
     proc = Processor(policy, table, partitions=n_parts)
 

@@ -1,7 +1,8 @@
 """The core driven by one clock over a dict of states: what ``fleet2ban replay`` and the benchmark run.
 
 Events are fed in (roughly) event-time order; the newest event time seen is the clock that expires
-bans, exactly as the Faust worker's timer does with the wall clock. No I/O.
+bans, exactly as the Faust worker's timer does with the wall clock. An event dated beyond the policy's
+``max_future_s`` ahead of its (wall) clock neither counts nor moves this clock (issue 20). No I/O.
 
 Expiry is driven by a heap of the bans' ``expires_at`` (filled from the decisions the core emits);
 forgetting idle state by a sweep over all states every ``sweep_every`` seconds of the clock, so the hot
@@ -62,11 +63,15 @@ class Engine:
         routes = policy._routes
         singles: dict[str, tuple[str, tuple[Jail, ...]] | None] = {}
         unknown = ("", ())
+        limit = policy.future_limit() if policy.max_future_s != math.inf else math.inf
         states = self.states
         get, put = self._get, self._put
         heap = self._expiries
         for ev in events:
             t = ev.ts.timestamp()
+            if t > limit:  # beyond the clock's bound: it must neither count nor move the clock
+                counters.note_future(ev.host)
+                continue
             if t > self.clock:
                 self.clock = t
                 if t >= self._next_sweep:

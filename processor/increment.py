@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from fleet2ban.contract import MAX_BAN_SECONDS
 from fleet2ban.settings import IncrementSettings
 from processor.exceptions import IncrementConfigError
 
@@ -84,12 +85,17 @@ def compile_increment(opts: IncrementSettings) -> BanTimeFn | None:
     def fn(bantime: float, count: int, seed: str) -> float:
         if count <= 0:
             return bantime
-        value = base(bantime, count)
+        try:
+            value = base(bantime, count)
+        except Exception:  # a formula that fails for this count (overflow...): as long as allowed
+            value = math.inf
+        if math.isnan(value):
+            value = math.inf
         if opts.maxtime is not None:
             value = min(value, opts.maxtime)
         if opts.rndtime:
             value += _jitter(seed, opts.rndtime)
-        return value
+        return min(value, MAX_BAN_SECONDS)  # whatever the formula says: finite, at most ten years
 
     try:
         for n in (0, 1, 5):

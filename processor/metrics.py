@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import Counter, Gauge, Histogram
 
+from fleet2ban.safetext import printable
 from processor.policy import Counters
 
 RECORDS = Counter("fleet2ban_processor_records_total", "events records consumed")
@@ -51,7 +54,16 @@ DECISION_DELAY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+FUTURE = Counter(
+    "fleet2ban_processor_future_total",
+    "failures and manual decisions dated beyond processor.max_future_s ahead of the processor's clock"
+    " (not applied), by sending host (a clock running ahead, or a forged time)",
+    ["host"],
+)
+
 _last: dict[str, int] = {}
+_last_future: dict[str, int] = {}
+log = logging.getLogger(__name__)
 
 
 def export_counters(c: Counters) -> None:
@@ -61,3 +73,14 @@ def export_counters(c: Counters) -> None:
         if value > prev:
             CORE.labels(name).inc(value - prev)
             _last[name] = value
+    for host, n in list(c.future_hosts.items()):
+        prev = _last_future.get(host, 0)
+        if n > prev:
+            FUTURE.labels(host).inc(n - prev)
+            _last_future[host] = n
+            log.warning(
+                "%d record(s) from %s dated beyond processor.max_future_s ahead of this clock were rejected"
+                " (is its clock ahead?)",
+                n - prev,
+                printable(host),
+            )

@@ -29,11 +29,18 @@ Semantics, per (jail, target):
   see ``processor.increment``). Ban counts (reported in every decision, used by the increment) are kept
   ``ban_count_retention_s`` after the last ban (as fail2ban's ``dbpurgeage``, default one day), then
   forgotten; every other piece of state is forgotten once it can no longer change a decision.
+- Bounded input (issue 20): a failure dated more than ``max_future_s`` ahead of the processor's clock
+  (``clock``, the wall clock; ``fleet2ban replay`` uses the same) is not counted: it would raise the
+  watermark and make every real failure "late". It is counted (``future``, and per sending host in
+  ``Counters.future_hosts``) and dropped. The same :class:`~fleet2ban.rails.Rails` as every enforcer's
+  refuse targets that must never be banned (loopback, unspecified, broadcast, protected, too wide): such
+  a target is not counted (``refused``), so no decision about it is published.
 - Manual decisions (origin ``manual``): a ban replaces whatever is in force and is mirrored to ``bans``
   (never re-issued on ``decisions``); an unban lifts the ban, clears the window and is mirrored as a
   tombstone. After a manual unban only failures newer than both the watermark and the unban's ``at``
   count (the events and decisions topics are read concurrently: failures from before the unban that
-  arrive after it must not resurrect the ban).
+  arrive after it must not resurrect the ban). A manual decision for an unknown jail, a ban the rails
+  refuse, or one dated beyond ``max_future_s`` is not applied nor mirrored (``refused``/``future``).
 
 Decisions have deterministic ids: a ban's from (jail, target, triggering line id), an expiry unban's from
 the ban's id. Replaying the same events therefore gives the same decisions, and a re-emitted decision
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import time
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -62,7 +70,8 @@ from fleet2ban.contract import (
     normalize_ip,
     normalize_target,
 )
-from fleet2ban.settings import JailSettings
+from fleet2ban.rails import Rails
+from fleet2ban.settings import EnforcerSettings, JailSettings
 from processor.increment import BanTimeFn, compile_increment
 
 EPSILON = 1e-6
@@ -179,9 +188,26 @@ class Counters:
     unbans: int = 0
     manual: int = 0
     expired_forgotten: int = 0
+    future: int = 0
+    """Failures and manual decisions dated beyond ``max_future_s`` ahead of the clock: not applied."""
+    refused: int = 0
+    """Failures of targets, and manual decisions, that the rails refuse: never banned."""
+    future_hosts: dict[str, int] = field(default_factory=dict)
+    """``future`` by sending host (bounded: beyond :data:`FUTURE_HOSTS_MAX` hosts, under ``"(other)"``)."""
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: v for f in fields(self) if isinstance(v := getattr(self, f.name), int)}
+
+    def note_future(self, host: str, n: int = 1) -> None:
+        self.future += n
+        hosts = self.future_hosts
+        if host not in hosts and len(hosts) >= FUTURE_HOSTS_MAX:
+            host = "(other)"
+        hosts[host] = hosts.get(host, 0) + n
+
+
+FUTURE_HOSTS_MAX = 1000
+DEFAULT_MAX_FUTURE_S = 5.0
 
 
 # ---------------------------------------------------------------------------------------------- jails
@@ -239,6 +265,9 @@ class Route:
     ip: str
     targets: dict[str, tuple[Jail, ...]]
     ignored: int
+    """Jails that do not count this address: ignoreip, or a target the rails refuse."""
+    refused: int = 0
+    """Of ``ignored``: jails whose target the rails refuse."""
 
     @property
     def single(self) -> tuple[str, tuple[Jail, ...]] | None:
@@ -262,11 +291,32 @@ class Policy:
     lateness: float = 5.0
     ban_count_retention_s: float = DEFAULT_BAN_COUNT_RETENTION_S
     counters: Counters = field(default_factory=Counters)
+    rails: Rails | None = None
+    """What must never be banned (the enforcers' rails, without their host-only addresses); None: no rails."""
+    max_future_s: float = math.inf
+    """Failures and manual decisions dated further than this ahead of ``clock()`` are not applied."""
+    clock: Callable[[], float] = time.time
     _routes: dict[str, Route] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_settings(cls, jails: Sequence[JailSettings], lateness: float = 5.0) -> Policy:
-        return cls(tuple(Jail.from_settings(j) for j in jails if j.enabled), lateness)
+    def from_settings(
+        cls,
+        jails: Sequence[JailSettings],
+        lateness: float = 5.0,
+        *,
+        enforcer: EnforcerSettings | None = None,
+        max_future_s: float = DEFAULT_MAX_FUTURE_S,
+        clock: Callable[[], float] = time.time,
+    ) -> Policy:
+        """The policy of these jails, with the same rails as every enforcer (``enforcer``: the settings
+        whose ``protect``/``min_prefix_v4/v6`` they use; the defaults when None)."""
+        rails = Rails.build(enforcer if enforcer is not None else EnforcerSettings(host="-"), jails)
+        enabled = tuple(Jail.from_settings(j) for j in jails if j.enabled)
+        return cls(enabled, lateness, rails=rails, max_future_s=max_future_s, clock=clock)
+
+    def future_limit(self) -> float:
+        """Event times beyond this (epoch seconds) are not accepted now."""
+        return self.clock() + self.max_future_s
 
     def jail(self, name: str) -> Jail | None:
         for j in self.jails:
@@ -283,13 +333,15 @@ class Policy:
             norm = normalize_ip(ip)
             targets: dict[str, list[Jail]] = {}
             ignored = 0
+            rails = self.rails
             for j in self.jails:
                 t = j.target(norm)
-                if t is None:
-                    ignored += 1
+                if t is None or (rails is not None and rails.refusal(j.name, t) is not None):
+                    ignored += 1  # ignoreip, or a target no enforcer would ban (counted apart below)
                 else:
                     targets.setdefault(t, []).append(j)
-            r = Route(norm, {t: tuple(js) for t, js in targets.items()}, ignored)
+            refused = ignored - sum(1 for j in self.jails if j.target(norm) is None)
+            r = Route(norm, {t: tuple(js) for t, js in targets.items()}, ignored, refused)
             if len(self._routes) > 100_000:
                 self._routes.clear()
             self._routes[ip] = r
@@ -307,9 +359,18 @@ class Policy:
         with ``put``, which receives None when a state is to be forgotten)."""
         r = self._routes.get(ip) or self.route(ip)
         c = self.counters
+        if self.max_future_s != math.inf:
+            limit = self.future_limit()
+            if any(ev.ts.timestamp() > limit for ev in events):
+                kept = [ev for ev in events if ev.ts.timestamp() <= limit]
+                for ev in events:
+                    if ev.ts.timestamp() > limit:
+                        c.note_future(ev.host)
+                events = kept
         c.events += len(events)
         if r.ignored:
-            c.ignored += r.ignored * len(events)
+            c.ignored += (r.ignored - r.refused) * len(events)
+            c.refused += r.refused * len(events)
         for target, jails in r.targets.items():
             state = get(target)
             new = self.apply(state, target, events, out, jails)
@@ -548,6 +609,16 @@ class Policy:
         if decision.origin != "manual":
             return state
         target = normalize_target(decision.ip)
+        c = self.counters
+        if decision.at.timestamp() > self.future_limit():
+            c.note_future(f"manual by {decision.by or '?'}")
+            return state
+        j = self.jail(decision.jail)
+        if j is None or (
+            decision.action == "ban" and self.rails is not None and self.rails.refusal(j.name, target)
+        ):
+            c.refused += 1
+            return state
         if state is None:
             state = TargetState()
         js = state.jails.get(decision.jail)
@@ -558,7 +629,6 @@ class Policy:
         js.last_manual = decision.id
         self.counters.manual += 1
         if decision.action == "ban":
-            j = self.jail(decision.jail)
             js.ban_count += 1
             at = decision.at.timestamp()
             js.ban = ActiveBan(
@@ -567,7 +637,7 @@ class Policy:
                 decision.expires_at.timestamp() if decision.expires_at is not None else None,
                 "manual",
                 js.ban_count,
-                list(decision.ports or (j.ports if j is not None else ())),
+                list(decision.ports or j.ports),
             )
             js.last_ban_at = at
             js.window = []

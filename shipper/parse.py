@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO, Final
+from typing import BinaryIO, Final, Protocol
 
 import msgspec
 
@@ -818,7 +818,13 @@ class _JsonFile(_FileParse):
         return parts
 
 
-def write_parts(out: BinaryIO, parts: list[str], n: int = 64) -> None:
+class ByteSink(Protocol):
+    """Where JSON lines go: a binary file, or a wrapper around one."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+def write_parts(out: ByteSink, parts: list[str], n: int = 64) -> None:
     """Write text pieces as UTF-8, joined a few at a time: joining a whole block's output into one string
     (megabytes of fresh memory) costs several times more than joining in small, cache-sized runs."""
     write = out.write
@@ -829,7 +835,7 @@ def write_parts(out: BinaryIO, parts: list[str], n: int = 64) -> None:
 def write_file_json(
     path: Path,
     host: str,
-    out: BinaryIO,
+    out: ByteSink,
     instance: str = "",
     stats: ParseStats | None = None,
     *,

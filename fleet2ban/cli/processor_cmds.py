@@ -15,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 import typer
+from pydantic import ValidationError
 
 from fleet2ban.cli.common import (
     EXIT_USAGE,
@@ -25,7 +26,9 @@ from fleet2ban.cli.common import (
     sigterm_as_interrupt,
 )
 from fleet2ban.contract import Event
-from fleet2ban.settings import JailSettings, Settings, to_yaml
+from fleet2ban.exceptions import ConfigError
+from fleet2ban.safetext import json_safe, printable
+from fleet2ban.settings import JailSettings, Settings, format_validation_error, to_yaml
 
 _json = msgspec.json.Encoder()
 
@@ -39,10 +42,15 @@ def _host_and_path(spec: str) -> tuple[str, Path]:
 
 
 def _jails_with(settings: Settings, **changes: float | int | None) -> list[JailSettings]:
+    """The configured jails with ``--maxretry``/``--findtime``/``--bantime`` applied, validated as the
+    settings file's values are (a bad one is a ConfigError naming it: exit 2, one line)."""
     update = {k: v for k, v in changes.items() if v is not None}
     if not update:
         return list(settings.jails)
-    return [JailSettings.model_validate({**j.model_dump(), **update}) for j in settings.jails]
+    try:
+        return [JailSettings.model_validate({**j.model_dump(), **update}) for j in settings.jails]
+    except ValidationError as exc:
+        raise ConfigError(" ".join(format_validation_error(exc).split("\n")[1:]).strip()) from None
 
 
 @handle_errors
@@ -77,7 +85,13 @@ def replay(
         global_options(ctx).config = config
     settings = settings_for(ctx, **{"processor.lateness_s": lateness, "shipper.filter_path": filter_path})
     jails = _jails_with(settings, maxretry=maxretry, findtime=findtime, bantime=bantime)
-    policy = Policy.from_settings(jails, settings.processor.lateness_s)
+    # the same rails as the processor and the enforcers; event time bounded by this machine's clock
+    policy = Policy.from_settings(
+        jails,
+        settings.processor.lateness_s,
+        enforcer=settings.enforcer,
+        max_future_s=settings.processor.max_future_s,
+    )
     sources = [_host_and_path(f) for f in files]
     for _, path in sources:
         if not path.is_file():
@@ -97,7 +111,11 @@ def replay(
     merged = heapq.merge(*(events(h, p) for h, p in sources), key=lambda e: e.ts)
     engine = Engine(policy)
     out: list[Output] = []
-    write = sys.stdout.write
+    buffer = sys.stdout.buffer
+
+    def write(text: str) -> None:
+        buffer.write(json_safe(text.encode()))
+
     n_ban = n_unban = 0
     banned: set[str] = set()
     started = time.perf_counter()
@@ -118,16 +136,23 @@ def replay(
             write(_json.encode(o.decision).decode())
             write("\n")
             n_unban += 1
-    sys.stdout.flush()
+    buffer.flush()
     elapsed = time.perf_counter() - started
     c = policy.counters
     typer.echo(
         f"replay: {len(sources)} file(s), {stats.summary()}; "
         f"bans={n_ban} unbans={n_unban} banned_ips={len(banned)} "
         f"failures={c.failures} duplicates={c.duplicates} late={c.late} evidence={c.evidence} "
-        f"ignored={c.ignored} not_failure={c.not_failure}; {elapsed:.2f}s",
+        f"ignored={c.ignored} not_failure={c.not_failure} refused={c.refused} future={c.future}; "
+        f"{elapsed:.2f}s",
         err=True,
     )
+    for host, n in sorted(c.future_hosts.items()):
+        typer.echo(
+            f"replay: {n} failure(s) from {printable(host)} dated more than processor.max_future_s "
+            "ahead of this machine's clock were not counted",
+            err=True,
+        )
 
 
 @handle_errors

@@ -8,6 +8,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import typer
@@ -21,6 +22,7 @@ from fleet2ban.cli.common import (
     sigterm_as_interrupt,
 )
 from fleet2ban.metrics import serve_metrics
+from fleet2ban.safetext import json_safe
 from shipper.parse import Parser, ParseStats, iter_file_event_lists, parse_line, write_file_json
 
 log = logging.getLogger("fleet2ban.shipper")
@@ -102,7 +104,7 @@ def parse(
             )
     parser = _parser(filter_path)
     name = host or socket.gethostname()
-    out = sys.stdout.buffer
+    out = _SafeJson(sys.stdout.buffer)
     encoder = msgspec.json.Encoder()
     total = ParseStats()
     for f in files:
@@ -123,6 +125,19 @@ def parse(
         total.rejected.update(stats.rejected)
     out.flush()
     typer.echo(("total: " if len(files) > 1 else "") + total.summary(), err=True)
+
+
+class _SafeJson:
+    """Standard output for JSON lines, with what a terminal would act on escaped (:func:`json_safe`)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+
+    def write(self, data: bytes) -> int:
+        return self.raw.write(json_safe(data))
+
+    def flush(self) -> None:
+        self.raw.flush()
 
 
 def register(app: typer.Typer) -> None:
