@@ -26,9 +26,9 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from bench._kafka import bench_cluster
 from fleet2ban.audit import queries
 from fleet2ban.audit.reader import load_coverage_view, load_view, read_decisions
-from fleet2ban.broker import EmbeddedBroker
 from fleet2ban.contract import (
     BanState,
     Decision,
@@ -237,8 +237,14 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     rows: list[tuple[str, str, str, str]] = []
     failed = False
-    with EmbeddedBroker() as broker:
-        cluster = resolve(KafkaSettings(bootstrap_servers=broker.bootstrap, partitions=args.partitions))
+    with bench_cluster() as broker:
+        cluster = resolve(
+            KafkaSettings(
+                bootstrap_servers=broker.bootstrap,
+                partitions=args.partitions,
+                replication_factor=broker.replication_factor,
+            )
+        )
         ensure_topics(cluster)
 
         # ------------------------------------------------------------------------------- history

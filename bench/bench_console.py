@@ -28,12 +28,13 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from bench._kafka import bench_cluster
 from bench.fleetbench import ms, percentile, ratio, table
 from fleet2ban.audit.reader import Source, TopicReader
-from fleet2ban.broker import EmbeddedBroker, free_port
 from fleet2ban.console.server import running
 from fleet2ban.contract import BanState, Decision, Heartbeat, ban_key, encode, utcnow
 from fleet2ban.kafka import Cluster, ensure_topics, producer_config, read_to_end, resolve
+from fleet2ban.kafka.local import free_port
 from fleet2ban.settings import KafkaSettings, Settings
 
 TARGET_S = 1.0
@@ -231,9 +232,19 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--live", type=int, default=10, help="live decisions to time (default 10)")
     args = ap.parse_args(argv)
 
-    with EmbeddedBroker() as broker:
-        big = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix="big.", partitions=3)
-        small = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix="small.", partitions=3)
+    with bench_cluster() as broker:
+        big = KafkaSettings(
+            bootstrap_servers=broker.bootstrap,
+            topic_prefix="big.",
+            partitions=3,
+            replication_factor=broker.replication_factor,
+        )
+        small = KafkaSettings(
+            bootstrap_servers=broker.bootstrap,
+            topic_prefix="small.",
+            partitions=3,
+            replication_factor=broker.replication_factor,
+        )
         cb, cs = resolve(big), resolve(small)
         ensure_topics(cb)
         ensure_topics(cs)
@@ -242,7 +253,7 @@ def main(argv: list[str]) -> int:
         populate(cs, args.small)
         produce_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        raw = sum(1 for _ in read_to_end(cb, cb.topics.bans, timeout=300))
+        raw = len(read_to_end(cb, cb.topics.bans, timeout=300))
         raw_read_s = time.perf_counter() - t0
         print(
             f"wrote {args.bans:,} + {args.small:,} bans in {produce_s:.1f}s; raw read of {raw:,}: {raw_read_s:.2f}s"

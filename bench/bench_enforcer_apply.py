@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fleet2ban.broker import EmbeddedBroker
+from bench._kafka import bench_cluster
 from fleet2ban.contract import Topics
 from fleet2ban.dev.netns import Fleet, Host, entered, unavailable_reason
 from fleet2ban.kafka import consumer_config, ensure_topics, producer_config, resolve
@@ -211,11 +211,12 @@ def main(argv: list[str]) -> int:
         print(f"enforcer_apply: skipped: {reason}")
         return 0
     backends = [b for b in args.backends.split(",") if b]
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker, Fleet(tag="fbench") as fleet:
+    with tempfile.TemporaryDirectory() as tmp, bench_cluster() as broker, Fleet(tag="fbench") as fleet:
         workdir = args.logs or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         host = fleet.add_host("h1")
-        fleet.forward(host, broker.port)
+        for port in broker.ports:
+            fleet.forward(host, port)
         ips = targets(args.bans)
         ref_ipset = raw_ipset(host, ips)
         ref_iptc = raw_iptc(host, ips)

@@ -30,10 +30,11 @@ from pathlib import Path
 import yaml
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
+from bench._kafka import bench_cluster
 from bench.pyspy import Recording, components, top_self
-from fleet2ban.broker import EmbeddedBroker, free_port
 from fleet2ban.contract import EventBatch, Line, decode_batch, encode, utcnow
 from fleet2ban.kafka import Cluster, consumer_config, ensure_topics, producer_config, resolve
+from fleet2ban.kafka.local import free_port
 from fleet2ban.settings import JailSettings, KafkaSettings
 from processor.app import outputs_to_records
 from processor.engine import Engine
@@ -44,7 +45,10 @@ PARTITIONS = 6
 
 def fresh(bootstrap: str) -> Cluster:
     ks = KafkaSettings(
-        bootstrap_servers=bootstrap, topic_prefix=f"b{uuid.uuid4().hex[:6]}.", partitions=PARTITIONS
+        bootstrap_servers=bootstrap,
+        topic_prefix=f"b{uuid.uuid4().hex[:6]}.",
+        partitions=PARTITIONS,
+        replication_factor=min(3, len(bootstrap.split(","))),
     )
     c = resolve(ks)
     ensure_topics(c)
@@ -302,7 +306,7 @@ def main(argv: list[str]) -> int:
     if args.quick:
         args.flood_lines, args.ips, args.trials = 5_000, 500, 3
     rows: list[tuple[str, str, str, str]] = []
-    with tempfile.TemporaryDirectory() as d, EmbeddedBroker() as broker:
+    with tempfile.TemporaryDirectory() as d, bench_cluster() as broker:
         tmp = Path(d)
         profile = tmp / "worker.pyspy" if args.profile else None
 

@@ -46,7 +46,12 @@ def _kafka(bootstrap: str, prefix: str) -> Any:
     from fleet2ban.settings import KafkaSettings
 
     return resolve(
-        KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=6, flavor="tansu")
+        KafkaSettings(
+            bootstrap_servers=bootstrap,
+            topic_prefix=prefix,
+            partitions=6,
+            replication_factor=min(3, len(bootstrap.split(","))),
+        )
     )
 
 
@@ -181,15 +186,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--no-10x", action="store_true", help="skip the 10x files (RSS flatness)")
     args = ap.parse_args(argv)
 
-    from fleet2ban.broker import EmbeddedBroker
+    from bench._kafka import bench_cluster
     from fleet2ban.kafka import ensure_topics
 
     work = Path(tempfile.mkdtemp(prefix="f2b-bench-ship-"))
     rows: list[tuple[str, dict[str, Any]]] = []
     try:
-        with EmbeddedBroker(log_path=work / "tansu.log") as broker:
-            if broker.pid and len(os.sched_getaffinity(0)) > 1:
-                os.sched_setaffinity(broker.pid, {0})
+        with bench_cluster() as broker:
+            if broker.pids and len(os.sched_getaffinity(0)) > 1:
+                for pid in broker.pids:
+                    os.sched_setaffinity(pid, {0})
             sizes = [args.lines] if args.no_10x else [args.lines, args.lines * 10]
             cases = [("flood, 5 IPs", 5), ("10,000 distinct IPs", 10_000)]
             for label, n_ips in cases:

@@ -7,8 +7,8 @@ Two layers:
   (:mod:`enforcer.plan`) applied through a backend in one batch, turned into ``reports`` records. It
   knows nothing of Kafka, so tests drive it directly.
 - :class:`Agent` is the Kafka shell: it assigns every partition of ``bans`` from the beginning (no
-  consumer group, no committed offsets), reads to the end (partition EOF: the embedded broker's end
-  offsets are wrong), reconciles in full, then follows the topic live, reconciling incrementally after
+  consumer group, no committed offsets), reads to the end (through :class:`fleet2ban.kafka.TopicReader`),
+  reconciles in full, then follows the topic live, reconciling incrementally after
   each batch of records, at the next expiry (its own clock: a dead processor never makes a ban
   permanent) and in full every ``enforcer.reconcile_interval_s`` (a flushed chain, a deleted entry, a
   stray rule are put right). It writes reports and heartbeats to ``reports`` and serves metrics.
@@ -64,7 +64,9 @@ from fleet2ban.contract import (
     split_ban_key,
     utcnow,
 )
-from fleet2ban.kafka import Cluster, consumer_config, producer_config
+from fleet2ban.exceptions import BrokerError
+from fleet2ban.kafka import Cluster, Source, TopicReader, admin_config, producer_config
+from fleet2ban.kafka.reader import topic_partitions
 from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import Settings
 
@@ -521,6 +523,7 @@ class Agent:
         self._brokers: list[str] = [cluster.bootstrap]
         self._last_full_ok: float | None = None
         self._last_error: str | None = None
+        self._ingested = 0
         self.stop_event = threading.Event()
 
     def _rails(self, extra_brokers: Sequence[str]) -> Rails:
@@ -543,14 +546,16 @@ class Agent:
     # -- the loop
 
     def run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+        from confluent_kafka import Producer
 
         topics = self.cluster.topics
-        consumer = Consumer(consumer_config(self.cluster))
         producer = Producer(producer_config(self.cluster, linger_ms=5))
+        reader: TopicReader | None = None
         try:
-            parts = self._wait_for_partitions(consumer, topics.bans)
-            extra = [f"{b.host}:{b.port}" for b in consumer.list_topics(timeout=10).brokers.values()]
+            parts = self._wait_for_partitions(topics.bans)
+            if not parts:
+                return
+            extra = self._broker_addresses()
             self._brokers = list(dict.fromkeys([*self._brokers, *extra]))
             self.enforcer.rails = self._rails(extra)
             log.info(
@@ -560,16 +565,17 @@ class Agent:
                 topics.bans,
                 len(parts),
             )
-            consumer.assign([TopicPartition(topics.bans, p, OFFSET_BEGINNING) for p in parts])
-            pending = set(parts)
+            reader = TopicReader(
+                self.cluster, [Source("bans", topics.bans)], self._ingest, track_positions=False
+            )
             sync_started = time.monotonic()
             interval = self.settings.enforcer.reconcile_interval_s
             hb_interval = self.settings.metrics.heartbeat_interval_s
             next_full = 0.0
             next_hb = 0.0
             while not self.stop_event.is_set():
-                got = self._drain(consumer, pending, KafkaError._PARTITION_EOF)
-                if not self.synced and not pending:
+                got = self._drain(reader)
+                if not self.synced and reader.caught_up:
                     self.synced = True
                     SYNCED.set(1)
                     log.info(
@@ -592,59 +598,63 @@ class Agent:
                         self._reconcile(full=False)
                     self._publish(producer, topics.reports)
                     if mono >= next_hb:
-                        self._heartbeat(producer, topics.reports, consumer, hb_interval)
+                        self._heartbeat(producer, topics.reports, reader, hb_interval)
                         next_hb = mono + hb_interval
                 producer.poll(0)
         finally:
             self._publish(producer, topics.reports)
             producer.flush(5)
-            consumer.close()
+            if reader is not None:
+                reader.close()
 
-    def _wait_for_partitions(self, consumer: Any, topic: str) -> list[int]:
+    def _broker_addresses(self) -> list[str]:
+        """host:port of every broker of the cluster (never banned: the safety rails)."""
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            meta = AdminClient({**admin_config(self.cluster), "log_level": 0}).list_topics(timeout=10)
+        except Exception as exc:
+            rlog.warning(
+                "brokers", "cannot list the Kafka brokers (%s): only the bootstrap is protected", exc
+            )
+            return []
+        return [f"{b.host}:{b.port}" for b in meta.brokers.values()]
+
+    def _wait_for_partitions(self, topic: str) -> list[int]:
         while not self.stop_event.is_set():
             try:
-                meta = consumer.list_topics(topic, timeout=10)
-                tmeta = meta.topics.get(topic)
-                if tmeta is not None and tmeta.error is None and tmeta.partitions:
-                    return sorted(tmeta.partitions)
+                parts = topic_partitions(self.cluster, topic)
+                if parts:
+                    return parts
                 rlog.warning(
                     "no-topic", "topic %s does not exist yet; waiting (fleet2ban topics create)", topic
                 )
-            except Exception as exc:
-                rlog.warning(
-                    "no-kafka", "Kafka at %s is unreachable (%s); retrying", self.cluster.bootstrap, exc
-                )
+            except BrokerError as exc:
+                rlog.warning("no-kafka", "%s; retrying", exc)
             self.stop_event.wait(1.0)
         return []
 
-    def _drain(self, consumer: Any, pending: set[int], eof_code: int) -> int:
-        """Consume what is available (one batch, up to a bound); return how many records were ingested."""
-        # poll() returns at the first record (consume() would wait for a full batch or its timeout); then
-        # whatever the consumer already holds joins the same batch, up to a bound. Waiting for more would
-        # delay every ban: records arrive a fetch response at a time, and a reconcile costs what changed.
-        first = consumer.poll(0.2)
-        if first is None:
-            return 0
-        got = 0
+    def _ingest(self, _kind: str, key: bytes | None, value: bytes | None, _ts: object) -> None:
+        self.enforcer.ingest(key, value)
+        self._ingested += 1
+
+    def _drain(self, reader: TopicReader) -> int:
+        """Read what is available (one batch, up to a bound); return how many records were ingested.
+
+        The reader returns at the first record with whatever the consumer already holds: waiting for
+        more would delay every ban (records arrive a fetch response at a time, and a reconcile costs
+        what changed)."""
+        self._ingested = 0
         deadline = time.monotonic() + 0.25
-        msgs = [first]
-        while True:
-            for msg in msgs:
-                err = msg.error()
-                if err is not None:
-                    if err.code() == eof_code:
-                        pending.discard(msg.partition())
-                    else:
-                        rlog.warning("consume", "reading bans: %s", err)
-                    continue
-                self.enforcer.ingest(msg.key(), msg.value())
-                got += 1
-            if time.monotonic() > deadline or got >= 50_000:
-                break
-            msgs = consumer.consume(5000, 0)
-            if not msgs:
-                break
-        return got
+        try:
+            reader.poll(0.2, 5000)
+            while self._ingested and time.monotonic() < deadline and self._ingested < 50_000:
+                if not reader.poll(0, 5000):
+                    break
+        except BrokerError as exc:
+            rlog.warning("consume", "reading bans: %s (retrying)", exc)
+            self.stop_event.wait(1.0)
+        return self._ingested
 
     def _reconcile(self, full: bool) -> bool:
         try:
@@ -689,15 +699,16 @@ class Agent:
                 producer.poll(0.5)
         rlog.error("produce", "reports queue full: a report was dropped")
 
-    def _heartbeat(self, producer: Any, topic: str, consumer: Any, interval: float) -> None:
-        self.lag = self._records_behind(consumer)
+    def _heartbeat(self, producer: Any, topic: str, reader: TopicReader, interval: float) -> None:
+        self.lag = float(reader.behind())
         keys = sorted(ban_key(j, t) for j, t in self.enforcer.applied)
         counters: dict[str, float] = {k: float(v) for k, v in self.enforcer.counters.items()}
         counters["active"] = float(len(self.enforcer.applied))
         counters["active_set"] = float(len(self.enforcer.bans))
         at = utcnow()
         # every bans record read so far is reconciled by now (the loop reconciles before it beats)
-        offsets = self._positions(consumer)
+        positions = reader.positions()
+        offsets = {p: off for (_t, p), off in positions.items()} if positions else None
         hb = Heartbeat(
             host=self.host,
             role="enforcer",
@@ -714,22 +725,3 @@ class Agent:
             bans_offsets=offsets,
         )
         self._produce(producer, topic, encode(hb))
-
-    @staticmethod
-    def _positions(consumer: Any) -> dict[int, int] | None:
-        """The next offset to read per ``bans`` partition (0 where nothing was read yet); None if unknown."""
-        try:
-            return {tp.partition: max(tp.offset, 0) for tp in consumer.position(consumer.assignment())}
-        except Exception:
-            return None
-
-    def _records_behind(self, consumer: Any) -> float:
-        behind = 0
-        try:
-            for tp in consumer.position(consumer.assignment()):
-                _, high = consumer.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and tp.offset >= 0:
-                    behind += max(0, high - tp.offset)
-        except Exception:
-            return 0.0
-        return float(behind)

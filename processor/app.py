@@ -27,9 +27,10 @@ same partition number as its events (the shippers produce with ``murmur2_random`
 recovers exactly the state of the partitions it is assigned. ``table_standby_replicas`` is 0, and the
 timer only touches keys of partitions this worker actively owns.
 
-Faust traps handled here (shared/notes/embedded-broker.md):
-- the consumer's fetch wait (hard-coded 1,500 ms) is set from ``faust_broker_settings`` (10 ms on the
-  embedded broker, untouched on Kafka) by wrapping the driver's consumer factory;
+Faust settings and traps handled here:
+- the group timings (session, heartbeat, rebalance timeouts; records per poll) come from the
+  ``processor`` settings (``fleet2ban.kafka.faust_broker_settings``): Faust's 60 s defaults would leave
+  the partitions of a worker killed with ``kill -9`` unprocessed for a minute;
 - ``faust.Worker`` puts the root logger at DEBUG through its terminal spinner: the spinner is disabled
   and our own logging set-up is kept (``override_logging=False``);
 - Faust's Monitor sensor (per-message statistics for Faust's own web views) is not registered, and
@@ -80,35 +81,6 @@ rlog = RateLimitedLog(log)
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024
 TABLE_NAME = "targets"
-FETCH_WAIT_KEY = "fleet2ban_fetch_max_wait_ms"
-
-
-# --------------------------------------------------------------------------------- the fetch-wait patch
-
-
-def install_fetch_wait_patch() -> None:
-    """Let an app choose its consumer's ``fetch_max_wait_ms`` (Faust hard-codes 1,500 ms).
-
-    Wraps ``AIOKafkaConsumerThread._create_worker_consumer`` once per process; an app opts in by
-    setting ``app.fleet2ban_fetch_max_wait_ms``. The value is set on the aiokafka consumer before it
-    starts (its fetcher is built in ``start()``), so apps that do not opt in keep Faust's default.
-    """
-    from faust.transport.drivers import aiokafka as driver
-
-    cls = driver.AIOKafkaConsumerThread
-    original = cls._create_worker_consumer
-    if getattr(original, "_fleet2ban_patched", False):
-        return
-
-    def patched(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        wait = getattr(self.app, "fleet2ban_fetch_max_wait_ms", None)
-        if wait is not None:
-            consumer._fetch_max_wait_ms = int(wait)
-        return consumer
-
-    patched._fleet2ban_patched = True  # type: ignore[attr-defined]
-    cls._create_worker_consumer = patched  # type: ignore[method-assign]
 
 
 STALL_S = 10.0
@@ -356,11 +328,8 @@ def app_id(settings: Settings) -> str:
 
 
 def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
-    install_fetch_wait_patch()
-    conf = faust_broker_settings(cluster)
-    fetch_wait = conf.pop(FETCH_WAIT_KEY, None)
-    conf = {k: v for k, v in conf.items() if not k.startswith("fleet2ban_")}
     p = settings.processor
+    conf = faust_broker_settings(cluster, p)
     data_dir = p.data_dir or (settings.resolved_state_dir() / "processor")
     data_dir.mkdir(parents=True, exist_ok=True)
     web = bool(p.web_port)
@@ -375,7 +344,6 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         broker_commit_interval=1.0,
         **conf,
     )
-    app.fleet2ban_fetch_max_wait_ms = fetch_wait
     topics = cluster.topics
     raw: dict[str, Any] = {
         "key_type": bytes,

@@ -15,13 +15,13 @@ produce time) is never earlier than the event time of its lines.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-from fleet2ban.kafka import Cluster, consumer_config
+from fleet2ban.exceptions import BrokerError
+from fleet2ban.kafka import Cluster, Source, TopicReader
+from fleet2ban.kafka.reader import offsets_for_time
 from processor.exceptions import ProcessorError
 from processor.policy import Policy
 
@@ -65,45 +65,36 @@ def read_span(
     before ``end_offset``; also, whatever their timestamp, those at or after ``keep_from`` (records the
     stream should have delivered but did not).
 
-    ``offsets_for_times`` is used as a lower bound only (the embedded broker answers it per batch, an
-    earlier batch at times): records before ``since_ms`` are skipped. ``start_offset``: read from there
-    instead of looking ``since_ms`` up. Raises RebuildError when the records cannot be read within
-    ``timeout_s``."""
+    ``start_offset``: read from there instead of looking ``since_ms`` up (``offsets_for_times``).
+    Raises RebuildError when the records cannot be read within ``timeout_s``."""
     if end_offset <= 0:
         return Span((), end_offset, end_offset)
-    c = Consumer(consumer_config(cluster))  # assign() only; partition EOF on
     try:
         if start_offset is None:
-            try:
-                (found,) = c.offsets_for_times([TopicPartition(topic, partition, since_ms)], timeout=10)
-            except Exception as exc:
-                raise RebuildError(f"offsets_for_times on {topic}[{partition}]: {exc}") from exc
-            start = found.offset
+            since = datetime.fromtimestamp(since_ms / 1000.0, UTC)
+            start = offsets_for_time(cluster, topic, [partition], since)[partition]
         else:
             start = start_offset
         if keep_from is not None and 0 <= keep_from < end_offset and (start < 0 or keep_from < start):
             start = keep_from
         if start < 0 or start >= end_offset:
             return Span((), end_offset, end_offset)
-        c.assign([TopicPartition(topic, partition, start)])
         out: list[tuple[int, bytes | None, bytes | None]] = []
         keep = end_offset if keep_from is None else keep_from
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for msg in c.consume(1000, 0.1):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        return Span(out, start, end_offset)
-                    log.warning("rebuild read of %s[%d]: %s", topic, partition, err)
-                    continue
-                offset = msg.offset()
-                if offset is None or offset >= end_offset:
-                    return Span(out, start, end_offset)
-                if offset >= keep or msg.timestamp()[1] >= since_ms:
-                    out.append((offset, msg.key(), msg.value()))
-        raise RebuildError(
-            f"could not read {topic}[{partition}] offsets {start}..{end_offset} within {timeout_s:.0f}s"
+        reader: TopicReader
+
+        def take(_kind: str, key: bytes | None, value: bytes | None, ts: datetime | None) -> None:
+            offset = reader.position[1]
+            if offset >= keep or ts is None or round(ts.timestamp() * 1000) >= since_ms:
+                out.append((offset, key, value))
+
+        src = Source(
+            "events", topic, partitions=(partition,), start={partition: start}, stop={partition: end_offset}
         )
-    finally:
-        c.close()
+        with TopicReader(cluster, [src], take, track_positions=True) as reader:
+            reader.catch_up(timeout_s)
+    except BrokerError as exc:
+        raise RebuildError(
+            f"could not read {topic}[{partition}] offsets {start_offset}..{end_offset}: {exc}"
+        ) from exc
+    return Span(out, start, end_offset)

@@ -1,8 +1,10 @@
-"""Suite-wide fixtures: the Kafka broker every Kafka test shares, and root/namespace detection.
+"""Suite-wide fixtures: the Kafka cluster every Kafka test shares, and root/namespace detection.
 
-``kafka_bootstrap`` starts the embedded broker (tansu) once per session. With
+``kafka_bootstrap`` starts a local 3-node Apache Kafka (KRaft, replication factor 3, min.insync.replicas
+2) once per session, from the Maven Central jars (:mod:`fleet2ban.kafka.local`). With
 ``FLEET2BAN_TEST_KAFKA=testcontainers`` and a Docker engine, testcontainers' Kafka is used instead; without
-Docker that choice skips the Kafka tests with a clear reason rather than silently falling back.
+Docker that choice skips the Kafka tests with a clear reason rather than silently falling back. With
+``FLEET2BAN_TEST_KAFKA=HOST:PORT`` the tests use that cluster.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from fleet2ban.broker import EmbeddedBroker
 from fleet2ban.contract import Topics
 from fleet2ban.kafka import Cluster, ensure_topics, resolve
+from fleet2ban.kafka.local import LocalKafka
 from fleet2ban.settings import KafkaSettings
 
 TEST_KAFKA_ENV = "FLEET2BAN_TEST_KAFKA"
@@ -33,10 +35,28 @@ def _docker_available() -> bool:
         return False
 
 
+TEST_REPLICATION = 3
+"""The suite's cluster has 3 nodes; its topics are created with replication factor 3 (min ISR 2)."""
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap address of a Kafka-protocol broker for this test session."""
-    choice = os.environ.get(TEST_KAFKA_ENV, "embedded")
+def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka | None]:
+    """The session's local 3-node Apache Kafka (None when the tests use another cluster)."""
+    choice = os.environ.get(TEST_KAFKA_ENV, "local")
+    if choice != "local":
+        yield None
+        return
+    with LocalKafka(3, data_dir=tmp_path_factory.mktemp("kafka")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(local_kafka: LocalKafka | None) -> Iterator[str]:
+    """Bootstrap address of the Kafka cluster for this test session."""
+    if local_kafka is not None:
+        yield local_kafka.bootstrap
+        return
+    choice = os.environ[TEST_KAFKA_ENV]
     if choice == "testcontainers":
         if not _docker_available():
             pytest.skip(f"{TEST_KAFKA_ENV}=testcontainers but no Docker engine is reachable")
@@ -45,16 +65,22 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with KafkaContainer() as kc:
             yield kc.get_bootstrap_server()
         return
-    log_path = tmp_path_factory.mktemp("broker") / "tansu.log"
-    with EmbeddedBroker(log_path=log_path) as broker:
-        yield broker.bootstrap
+    yield choice
+
+
+@pytest.fixture(scope="session")
+def test_replication(local_kafka: LocalKafka | None) -> int:
+    return TEST_REPLICATION if local_kafka is not None else 1
 
 
 @pytest.fixture
-def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
+def kafka_settings(kafka_bootstrap: str, test_replication: int) -> KafkaSettings:
     """Kafka settings with a fresh topic prefix per test, so tests never see each other's records."""
     return KafkaSettings(
-        bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=3
+        bootstrap_servers=kafka_bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        partitions=3,
+        replication_factor=test_replication,
     )
 
 

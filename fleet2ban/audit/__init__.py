@@ -14,10 +14,9 @@ Pure side (no Kafka; test with records built by hand):
   ``verify(view, decisions, now, within)`` -> :class:`VerifyResult`.
 - :mod:`.manual`: ``manual_ban``/``manual_unban`` build operators' decisions after the safety rails
   (:mod:`fleet2ban.rails`). :mod:`.timeparse`: ``parse_duration``, ``parse_when``.
-- :mod:`.seek`: the search that narrows a time seek by probing record timestamps (embedded broker).
 - :mod:`.digests`: coverage from enforcers' heartbeat digests, checked against the bans in force.
 
-Kafka side (thin): :mod:`.reader` (``connect``, :class:`TopicReader` with ``catch_up``/``poll``,
+Kafka side (thin, over :mod:`fleet2ban.kafka.reader`): :mod:`.reader` (``connect``, ``into_view``,
 ``load_view``, ``load_coverage_view`` for ``bans list``, ``read_decisions`` seeking by time,
 ``read_target``, ``load_trail``) and :mod:`.writer`
 (``publish_decision``, ``wait_for_mirror``).
@@ -27,7 +26,7 @@ A console follows the fleet like this::
     view = FleetView()
     sources = [Source("bans", topics.bans), Source("reports", topics.reports, since=now - 1h),
                Source("decisions", topics.decisions, since=now - 1h)]
-    with TopicReader(cluster, sources, TopicReader.into_view(view)) as reader:
+    with TopicReader(cluster, sources, into_view(view)) as reader:
         reader.catch_up()
         while running:
             reader.poll(0.5)

@@ -7,11 +7,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from fleet2ban.audit.reader import Source, TopicReader
-from fleet2ban.audit.view import TopicKind
 from fleet2ban.contract import BanState, ContractError, Decision, ban_key, decode_ban, encode, split_ban_key
 from fleet2ban.exceptions import BrokerError
-from fleet2ban.kafka import Cluster, producer_config
+from fleet2ban.kafka import Cluster, Source, TopicReader, producer_config
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ def wait_for_mirror(cluster: Cluster, decision: Decision, timeout: float, since:
     key = ban_key(decision.jail, decision.ip)
     found: dict[str, BanState | None] = {}
 
-    def feed(kind: TopicKind, k: bytes | None, value: bytes | None, ts: datetime | None) -> None:
+    def feed(kind: str, k: bytes | None, value: bytes | None, ts: datetime | None) -> None:
         if k is None:
             return
         try:

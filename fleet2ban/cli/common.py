@@ -15,9 +15,9 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 
-from fleet2ban.broker import EmbeddedBroker
 from fleet2ban.exceptions import BrokerError, Fleet2banError
 from fleet2ban.kafka import Cluster, ensure_topics_quietly, resolve
+from fleet2ban.kafka.local import LocalKafka
 from fleet2ban.logs import setup_logging
 from fleet2ban.settings import Settings, load_settings
 
@@ -84,18 +84,18 @@ def sigterm_as_interrupt() -> None:
 
 @contextlib.contextmanager
 def cluster_for(settings: Settings, *, create_topics: bool = True, wait: bool = False) -> Iterator[Cluster]:
-    """The configured Kafka, or an embedded broker started for this process when none is configured.
+    """The configured Kafka, or a local Apache Kafka started for this process when none is configured.
 
     ``wait``: a long-running component started while Kafka is unreachable keeps trying (with backoff,
     one warning line every 30 s) instead of exiting; Ctrl-C/SIGTERM stops it.
     """
-    broker: EmbeddedBroker | None = None
+    broker: LocalKafka | None = None
     bootstrap = settings.kafka.bootstrap_servers
     if not bootstrap:
-        broker = EmbeddedBroker().start()
+        broker = local_kafka_for(settings).start()
         bootstrap = broker.bootstrap
         log.warning(
-            "no kafka.bootstrap_servers set: started an embedded broker at %s (memory only); "
+            "no kafka.bootstrap_servers set: started a local Apache Kafka at %s (stops with this command); "
             "point other components at it with FLEET2BAN_KAFKA__BOOTSTRAP_SERVERS=%s",
             bootstrap,
             bootstrap,
@@ -110,6 +110,14 @@ def cluster_for(settings: Settings, *, create_topics: bool = True, wait: bool = 
     finally:
         if broker is not None:
             broker.stop()
+
+
+def local_kafka_for(settings: Settings) -> LocalKafka:
+    """The local Apache Kafka the ``broker`` settings describe (not started)."""
+    b = settings.broker
+    return LocalKafka(
+        b.nodes, port=b.port, data_dir=b.data_dir, version=b.version, heap_mb=b.heap_mb, cache=b.cache_dir
+    )
 
 
 def _connect(settings: Settings, bootstrap: str, create_topics: bool) -> Cluster:

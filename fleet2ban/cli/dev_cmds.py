@@ -18,11 +18,12 @@ from rich.panel import Panel
 from rich.table import Table
 
 from fleet2ban.audit import FleetView, bans_in_force, fleet_status
-from fleet2ban.audit.reader import Source, TopicReader
+from fleet2ban.audit.reader import into_view
 from fleet2ban.cli.common import fail, handle_errors, sigterm_as_interrupt
 from fleet2ban.contract import Decision, utcnow
 from fleet2ban.dev.fleet import DevFleet, DevOptions
 from fleet2ban.dev.scenario import Scenario
+from fleet2ban.kafka import Source, TopicReader
 from fleet2ban.logs import setup_logging
 
 
@@ -39,7 +40,7 @@ class Watcher:
             [Source("bans", t.bans), Source("reports", t.reports), Source("decisions", t.decisions)],
             self._feed,
         )
-        self._into_view = TopicReader.into_view(self.view)
+        self._into_view = into_view(self.view)
         self._lock = threading.Lock()
         self._rates: dict[str, tuple[float, float, float]] = {}  # host -> (monotonic, events shipped, rate)
         self._stop = threading.Event()

@@ -1,16 +1,23 @@
-"""Set-up commands: ``fleet2ban broker`` (the embedded broker) and ``fleet2ban topics create``."""
+"""Set-up commands: ``fleet2ban broker`` (a local Apache Kafka), ``topics create``, ``config``."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleet2ban.broker import EmbeddedBroker
-from fleet2ban.cli.common import EXIT_FINDINGS, handle_errors, settings_for, sigterm_as_interrupt
+from fleet2ban.cli.common import (
+    EXIT_FINDINGS,
+    handle_errors,
+    local_kafka_for,
+    settings_for,
+    sigterm_as_interrupt,
+)
 from fleet2ban.kafka import ensure_topics, resolve
+from fleet2ban.kafka.local import fetch_jars
 from fleet2ban.settings import dump_settings, env_names, to_yaml
 
 topics_app = typer.Typer(help="Create and check the fleet's Kafka topics.", no_args_is_help=True)
@@ -20,25 +27,46 @@ config_app = typer.Typer(help="Show the effective settings and the names they go
 @handle_errors
 def broker(
     ctx: typer.Context,
-    port: int = typer.Option(0, "--port", help="loopback port (0 = a free one)"),
+    nodes: int = typer.Option(None, "--nodes", help="broker.nodes: 1, or 3 (replication factor 3)"),
+    port: int = typer.Option(None, "--port", help="broker.port: first client port (0 = free ports)"),
+    data: Path = typer.Option(None, "--data", help="broker.data_dir (default: a temp folder, removed)"),
+    version: str = typer.Option(None, "--version", help="broker.version: the Apache Kafka release"),
     create_topics: bool = typer.Option(
         True, "--create-topics/--no-create-topics", help="create the fleet's topics once it is up"
     ),
+    fetch_only: bool = typer.Option(
+        False, "--fetch-only", help="only fetch the jars from Maven Central (once) and exit"
+    ),
 ) -> None:
-    """Run the embedded Kafka-protocol broker (tansu, memory only) on loopback until Ctrl-C/SIGTERM."""
-    settings = settings_for(ctx)
+    """Run Apache Kafka (KRaft) from its Maven Central jars on loopback until Ctrl-C/SIGTERM.
+
+    Prints the bootstrap on stdout once the cluster serves metadata, produce and consume. The first run
+    fetches the jars (about 45 MB) into broker.cache_dir.
+    """
+    settings = settings_for(
+        ctx,
+        **{"broker.nodes": nodes, "broker.port": port, "broker.data_dir": data, "broker.version": version},
+    )
+    if fetch_only:
+        lib = fetch_jars(settings.broker.version, settings.broker.cache_dir)
+        typer.echo(f"Apache Kafka {settings.broker.version} jars ready in {lib}", err=True)
+        return
     sigterm_as_interrupt()
-    with EmbeddedBroker(port=port or None) as b:
+    local = local_kafka_for(settings)
+    kafka = settings.kafka.model_copy(update={"replication_factor": local.replication_factor})
+    with local as k:
         if create_topics:
-            ensure_topics(resolve(settings.kafka.model_copy(update={"flavor": "tansu"}), b.bootstrap))
-        typer.echo(b.bootstrap)
+            ensure_topics(resolve(kafka, k.bootstrap))
+        typer.echo(k.bootstrap)
         typer.echo(
-            f"embedded broker ready: export FLEET2BAN_KAFKA__BOOTSTRAP_SERVERS={b.bootstrap}", err=True
+            f"Apache Kafka {k.version} ready ({len(k.nodes)} node(s), data in {k.data_dir}): "
+            f"export FLEET2BAN_KAFKA__BOOTSTRAP_SERVERS={k.bootstrap}",
+            err=True,
         )
         try:
             threading.Event().wait()
         except KeyboardInterrupt:
-            typer.echo("stopping embedded broker", err=True)
+            typer.echo("stopping Apache Kafka", err=True)
 
 
 @topics_app.command("create")

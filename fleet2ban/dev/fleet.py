@@ -1,4 +1,4 @@
-"""The whole fleet on one machine: the embedded broker, the processor, and simulated AMPS hosts.
+"""The whole fleet on one machine: a local Apache Kafka, the processor, and simulated AMPS hosts.
 
 Each simulated host is a network namespace (as root) with a logon service on 9007 writing a genuine AMPS
 ban log, a shipper following that log and an enforcer applying bans to the namespace's own firewall
@@ -30,10 +30,10 @@ from typing import Any
 
 import yaml
 
-from fleet2ban.broker import EmbeddedBroker
 from fleet2ban.dev import netns
 from fleet2ban.dev.supervisor import Child, Supervisor, fleet2ban_cmd, python_module
 from fleet2ban.kafka import Cluster, ensure_topics, resolve
+from fleet2ban.kafka.local import LocalKafka
 from fleet2ban.settings import KafkaSettings
 from fleet2ban.waiting import wait_for
 
@@ -55,10 +55,13 @@ class DevOptions:
     netns: bool | None = None
     """Network namespaces (None: when available, i.e. as root)."""
     topic_prefix: str = "fleet2ban."
-    partitions: int = 1
-    """Partitions per topic. The dev fleet runs one processor, so one is enough; and the embedded
-    broker's Fetch cost grows with the number of record batches stored (shared/notes/embedded-broker.md):
-    every shipper flush writes one batch per partition it touches, so more partitions cost it more."""
+    partitions: int = 3
+    """Partitions per topic (the dev fleet runs one processor; more would let it scale out)."""
+    bootstrap: str | None = None
+    """An existing Kafka cluster to use (None: start a local Apache Kafka of ``kafka_nodes`` nodes)."""
+    kafka_nodes: int = 1
+    replication_factor: int | None = None
+    """Of the fleet's topics (None: 3 on a local 3-node cluster, else 1)."""
     heartbeat_interval_s: float = 1.0
     reconcile_interval_s: float = 5.0
     extra_settings: dict[str, Any] = field(default_factory=dict)
@@ -105,7 +108,8 @@ class DevFleet:
         self.use_netns = available if self.opts.netns is None else (self.opts.netns and available)
         self.backend = self.opts.backend or ("ipset" if self.use_netns else "dryrun")
         self.supervisor = Supervisor(self.workdir)
-        self.broker: EmbeddedBroker | None = None
+        self.broker: LocalKafka | None = None
+        self.bootstrap: str | None = None
         self.nsfleet: netns.Fleet | None = None
         self.hosts: list[SimHost] = []
         self.attackers: list[Client] = []
@@ -133,12 +137,16 @@ class DevFleet:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         if self.use_netns:
             netns.cleanup_stale("dev")
-        self.broker = EmbeddedBroker(log_path=self.workdir / "logs" / "broker.log").start()
+        if self.opts.bootstrap:
+            self.bootstrap = self.opts.bootstrap
+        else:
+            self.broker = LocalKafka(self.opts.kafka_nodes, data_dir=self.workdir / "kafka").start()
+            self.bootstrap = self.broker.bootstrap
         kafka = KafkaSettings(
-            bootstrap_servers=self.broker.bootstrap,
+            bootstrap_servers=self.bootstrap,
             topic_prefix=self.opts.topic_prefix,
-            flavor="tansu",
             partitions=self.opts.partitions,
+            replication_factor=self.replication_factor,
         )
         self.cluster = resolve(kafka)
         ensure_topics(self.cluster)
@@ -171,14 +179,20 @@ class DevFleet:
     def _log_path(self, host: str) -> Path:
         return self.workdir / "hosts" / host / "ban.log"
 
+    @property
+    def replication_factor(self) -> int:
+        if self.opts.replication_factor is not None:
+            return self.opts.replication_factor
+        return self.broker.replication_factor if self.broker is not None else 1
+
     def _write_config(self) -> None:
-        assert self.broker is not None
+        assert self.bootstrap is not None
         settings: dict[str, Any] = {
             "kafka": {
-                "bootstrap_servers": self.broker.bootstrap,
+                "bootstrap_servers": self.bootstrap,
                 "topic_prefix": self.opts.topic_prefix,
-                "flavor": "tansu",
                 "partitions": self.opts.partitions,
+                "replication_factor": self.replication_factor,
             },
             "jails": [
                 {
@@ -252,9 +266,11 @@ class DevFleet:
 
     def start_enforcer(self, host: str) -> Child:
         h = self.host(host)
-        assert self.broker is not None
+        assert self.bootstrap is not None
         if h.netns is not None and self.nsfleet is not None:
-            self.nsfleet.forward(h.netns, self.broker.port)
+            # every broker advertises 127.0.0.1:PORT: each port is relayed into the host's namespace
+            for addr in self.bootstrap.split(","):
+                self.nsfleet.forward(h.netns, int(addr.rpartition(":")[2]))
         return self.supervisor.start(
             f"enforcer-{host}",
             fleet2ban_cmd("--config", str(self.config_path), "enforcer", "--host", host),
@@ -366,8 +382,11 @@ class DevFleet:
         return {**os.environ, "FLEET2BAN_CONFIG": str(self.config_path)}
 
     def describe(self) -> Iterator[str]:
-        assert self.broker is not None
-        yield f"broker      {self.broker.bootstrap} (embedded, memory only)"
+        assert self.bootstrap is not None
+        if self.broker is not None:
+            yield f"kafka       {self.bootstrap} (local Apache Kafka {self.broker.version}, {len(self.broker.nodes)} node(s))"
+        else:
+            yield f"kafka       {self.bootstrap}"
         yield f"config      {self.config_path}"
         yield f"firewall    {self.backend}" + ("" if self.use_netns else " (not root: no namespaces)")
         for h in self.hosts:

@@ -1,4 +1,4 @@
-"""The operator commands against the embedded broker, with records written by the tests themselves.
+"""The operator commands against the local Kafka cluster, with records written by the tests themselves.
 
 Every command in both formats (table and --json), the empty cases, manual bans with the rails, and a
 broker that is down (one line, exit 2, within a few seconds).
@@ -16,7 +16,7 @@ import pytest
 from audit_helpers import Writer, applied, ban, heartbeat, key, unban
 from typer.testing import CliRunner
 
-from fleet2ban.broker import free_port
+from fleet2ban.kafka.local import free_port
 from fleet2ban.cli.main import app
 from fleet2ban.contract import utcnow
 from fleet2ban.kafka import Cluster

@@ -1,4 +1,4 @@
-"""`bans list` coverage from heartbeat digests (load_coverage_view) against the embedded broker.
+"""`bans list` coverage from heartbeat digests (load_coverage_view) against the local Kafka cluster.
 
 Enforcers above 1,000 bans send truncated heartbeat lists; their digest (over every ban in force they
 have applied, as of the ``bans`` offsets they had read) lets the lister skip their per-ban reports. These

@@ -12,7 +12,7 @@ from confluent_kafka import Producer
 
 from fleet2ban.audit import FleetView, bans_in_force
 from fleet2ban.audit.partition import partition_for
-from fleet2ban.audit.reader import Source, TopicReader, load_view, read_decisions
+from fleet2ban.audit.reader import Source, TopicReader, into_view, load_view, read_decisions
 from fleet2ban.contract import utcnow
 from fleet2ban.kafka import Cluster, producer_config
 
@@ -60,7 +60,7 @@ def test_reader_follows_live_records(cluster: Cluster) -> None:
         Source("reports", cluster.topics.reports, since=now - timedelta(minutes=5)),
         Source("decisions", cluster.topics.decisions, since=now - timedelta(minutes=5)),
     ]
-    with TopicReader(cluster, sources, TopicReader.into_view(view)) as reader:
+    with TopicReader(cluster, sources, into_view(view)) as reader:
         reader.catch_up(30)
         assert reader.caught_up and set(view.bans) == {key(d1)}
         d2 = ban("203.0.113.11", utcnow())

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from console_helpers import Writer, decision, wait_for
 
-from fleet2ban.broker import free_port
+from fleet2ban.kafka.local import free_port
 from fleet2ban.kafka import Cluster
 from fleet2ban.settings import KafkaSettings
 

@@ -1,4 +1,4 @@
-"""The console in real headless Chromium, against the embedded broker: what a person sees.
+"""The console in real headless Chromium, against the local Kafka cluster: what a person sees.
 
 Each test writes real contract records (bans, decisions, reports, events) under a fresh topic prefix,
 starts a console (follower + uvicorn in threads) and drives one shared browser. Screenshots of each page
@@ -19,7 +19,7 @@ from console_helpers import HOSTILE, Writer, decision, failures, heartbeat, repo
 from selenium.webdriver.common.by import By
 
 from fleet2ban.audit.reader import read_decisions
-from fleet2ban.broker import EmbeddedBroker, free_port
+from fleet2ban.kafka.local import LocalKafka, free_port
 from fleet2ban.console.live import LiveFleet
 from fleet2ban.console.server import ServerThread, running
 from fleet2ban.contract import ban_key, utcnow
@@ -368,11 +368,10 @@ def test_manual_ban_from_the_page_records_the_operator(
 def test_broker_down_shows_a_banner_and_the_console_recovers(
     browser: Any, artefacts: Path, tmp_path: Path, start_console: Start
 ) -> None:
-    """Its own broker on a fixed port: stopped under the console, then started again (empty)."""
+    """Its own one-node Kafka: killed under the console, then started again on its data."""
     port = free_port()
     kafka = KafkaSettings(bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="outage.", partitions=1)
-    broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-1.log").start()
-    second: EmbeddedBroker | None = None
+    broker = LocalKafka(1, port=port, data_dir=tmp_path / "kafka").start()
     try:
         c = resolve(kafka)
         ensure_topics(c)
@@ -386,7 +385,7 @@ def test_broker_down_shows_a_banner_and_the_console_recovers(
         banner = browser.find_element(By.ID, "broker-banner")
         assert not banner.is_displayed()
 
-        broker.stop()
+        broker.kill(1)
         wait_for("the outage banner", banner.is_displayed, timeout=20)
         assert "unreachable" in banner.text and f"127.0.0.1:{port}" in banner.text
         assert row(browser, "192.0.2.50") is not None  # the last known state stays on screen
@@ -398,8 +397,8 @@ def test_broker_down_shows_a_banner_and_the_console_recovers(
         assert browser.find_element(By.ID, "broker-banner").is_displayed()
         browser.get(srv.url + "/bans")
 
-        second = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-2.log").start()
-        ensure_topics(c)
+        broker.restart(1)
+        broker.wait_ready(60)
         w2 = Writer(c)
         w2.ban(decision("192.0.2.51"))
         w2.flush()
@@ -411,5 +410,3 @@ def test_broker_down_shows_a_banner_and_the_console_recovers(
         shot(browser, artefacts, "broker-recovered")
     finally:
         broker.stop()
-        if second is not None:
-            second.stop()

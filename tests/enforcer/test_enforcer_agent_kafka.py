@@ -1,4 +1,4 @@
-"""The agent's Kafka loop against the embedded broker, with the dryrun backend (no root needed)."""
+"""The agent's Kafka loop against the local Kafka cluster, with the dryrun backend (no root needed)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from enforcer_helpers import BansWriter, ReportsReader, ban_record, wait_for
 from enforcer.agent import DELAY_SECONDS, Agent
 from enforcer.backends.dryrun import DryRunBackend
 from enforcer.plan import JailSpec, KernelEntry
-from fleet2ban.broker import free_port
+from fleet2ban.kafka.local import free_port
 from fleet2ban.contract import Heartbeat
 from fleet2ban.kafka import Cluster
 from fleet2ban.metrics import MetricsServer

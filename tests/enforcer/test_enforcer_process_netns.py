@@ -1,4 +1,4 @@
-"""``fleet2ban enforcer`` as its own process inside the host's namespace, fed through the embedded broker.
+"""``fleet2ban enforcer`` as its own process inside the host's namespace, fed through the local Kafka cluster.
 
 The broker listens on the root namespace's loopback, which a namespace cannot reach; the fleet's
 forwarder (fleet2ban.dev.netns.Fleet.forward) listens on 127.0.0.1:PORT *inside* the host namespace and

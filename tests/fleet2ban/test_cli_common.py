@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from fleet2ban.broker import EmbeddedBroker, free_port
 from fleet2ban.cli.common import cluster_for
 from fleet2ban.exceptions import BrokerError
 from fleet2ban.kafka import Cluster
+from fleet2ban.kafka.local import LocalKafka, free_port
 from fleet2ban.settings import load_settings
 
 pytestmark = pytest.mark.kafka
@@ -40,7 +40,7 @@ def test_long_running_component_waits_for_kafka_to_come_up() -> None:
     thread.start()
     thread.join(1.5)
     assert thread.is_alive() and not got and not errors, "it must keep waiting while Kafka is down"
-    with EmbeddedBroker(port=port):
+    with LocalKafka(1, port=port):
         thread.join(60)
         assert not errors and len(got) == 1
-        assert got[0].embedded and got[0].topics.events == "w.events"
+        assert got[0].bootstrap == f"127.0.0.1:{port}" and got[0].topics.events == "w.events"

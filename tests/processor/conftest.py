@@ -19,7 +19,7 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from fleet2ban import waiting
-from fleet2ban.broker import free_port
+from fleet2ban.kafka.local import free_port
 from fleet2ban.contract import (
     Decision,
     EventBatch,

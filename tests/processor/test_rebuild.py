@@ -1,4 +1,4 @@
-"""Reading back the recent records of an events partition (processor.rebuild) on the embedded broker."""
+"""Reading back the recent records of an events partition (processor.rebuild) on the local Kafka cluster."""
 
 from __future__ import annotations
 

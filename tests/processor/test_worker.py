@@ -1,4 +1,4 @@
-"""The Faust worker on the embedded broker, end to end (one worker shared by the module)."""
+"""The Faust worker on the local Kafka cluster, end to end (one worker shared by the module)."""
 
 from __future__ import annotations
 

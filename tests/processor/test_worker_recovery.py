@@ -28,8 +28,8 @@ def _changelog_keys(fleet) -> set[bytes]:  # type: ignore[no-untyped-def]
     topic = f"{fleet.prefix}fleet2ban-processor-{TABLE_NAME}-changelog"
     keys: set[bytes] = set()
     for msg in read_to_end(fleet.cluster, topic, timeout=10):
-        key = msg.key()
-        if key is not None and msg.value() is not None:
+        key = msg.key
+        if key is not None and msg.value is not None:
             keys.add(key)
     return keys
 
@@ -47,7 +47,7 @@ def _committed_past(fleet, ips: list[str]) -> bool:  # type: ignore[no-untyped-d
         committed = c.committed([TopicPartition(fleet.topics.events, p) for p in parts], timeout=10)
         ends = {}
         for msg in read_to_end(fleet.cluster, fleet.topics.events, timeout=10):
-            ends[msg.partition()] = msg.offset() + 1
+            ends[msg.partition] = msg.offset + 1
         return all(tp.offset >= ends.get(tp.partition, 0) for tp in committed)
     finally:
         c.close()

@@ -69,7 +69,7 @@ def read_batches(cluster: Cluster, topic: str | None = None) -> list[tuple[int, 
     """(partition, offset, key, record) of every events record."""
     out = []
     for msg in read_to_end(cluster, topic or cluster.topics.events, timeout=30):
-        out.append((msg.partition(), msg.offset(), msg.key(), decode_batch(msg.value())))
+        out.append((msg.partition, msg.offset, msg.key, decode_batch(msg.value)))
     return out
 
 

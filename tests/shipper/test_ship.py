@@ -1,4 +1,4 @@
-"""The producer loop: batching per IP, checkpoints, and shipping to the embedded broker line by line."""
+"""The producer loop: batching per IP, checkpoints, and shipping to the local Kafka cluster line by line."""
 
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ def test_ship_a_file_and_read_it_back_line_by_line(
     assert (
         REGISTRY.get_sample_value("fleet2ban_shipper_parse_rejected_total", {"kind": "malformed"}) or 0
     ) >= 1
-    hbs = [decode_report(m.value()) for m in read_to_end(cluster, cluster.topics.reports)]
+    hbs = [decode_report(m.value) for m in read_to_end(cluster, cluster.topics.reports)]
     assert any(h.role == "shipper" and h.host == "h1" for h in hbs)  # type: ignore[union-attr]
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet2ban.broker import free_port
 from fleet2ban.dev.amps_sim import amps_timestamp, format_disconnect
 from fleet2ban.dev.traffic import attempts
+from fleet2ban.kafka.local import free_port
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}[+-]\d\d:\d\d \[\d+\] info: 07-0013 client\[(?P<name>.*)\]"

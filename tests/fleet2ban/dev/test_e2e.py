@@ -1,7 +1,7 @@
 """End to end with real packets: a spread attack over three hosts is banned on all three, then lifted.
 
 Three host namespaces, an attacker and a legitimate client on one bridge; shippers, the processor and
-enforcers run as separate processes against the embedded broker (the dev fleet). Assertions are on TCP
+enforcers run as separate processes against the local Kafka cluster (the dev fleet). Assertions are on TCP
 connections observed from the clients' namespaces and on the topics, never on log text.
 """
 
@@ -24,7 +24,7 @@ from fleet2ban.waiting import wait_for
 pytestmark = [pytest.mark.netns, pytest.mark.slow, pytest.mark.timeout(400)]
 
 # A ban lasts bantime from the event time of its triggering failure (as fail2ban's do). The kill -9 test
-# restarts the processor in the middle of the attack (~13 s with the embedded broker's 6 s session
+# restarts the processor in the middle of the attack (~13 s with the local Kafka cluster's 6 s session
 # timeout: the dead member's session expires first), so the ban must outlast that to be observed.
 BANTIME = 25.0
 

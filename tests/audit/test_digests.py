@@ -1,126 +1,14 @@
-"""The pure halves of the audit reader's fast paths: the time-seek search, and coverage from digests."""
+"""The pure half of the audit reader's fast path: coverage from enforcers' digests."""
 
 from __future__ import annotations
 
-import bisect
 from datetime import timedelta
 
 from audit_helpers import T0, ban, key, state
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from fleet2ban.audit import digests, queries, seek
+from fleet2ban.audit import digests, queries
 from fleet2ban.audit.view import FleetView
 from fleet2ban.contract import BanState, Heartbeat, applied_digest, digest_item
-
-# ------------------------------------------------------------------------------------------ seek
-
-
-class Partitions:
-    """Partitions as lists of record timestamps (offset = index); a probe sees ``window`` records."""
-
-    def __init__(self, stamps: dict[int, list[int]], window: int, answer: set[int] | None = None) -> None:
-        self.stamps = stamps
-        self.window = window
-        self.answer = answer
-        self.rounds = 0
-
-    def probe(self, offsets: dict[int, int]) -> dict[int, seek.Seen]:
-        self.rounds += 1
-        out: dict[int, seek.Seen] = {}
-        for p, off in offsets.items():
-            if self.answer is not None and p not in self.answer:
-                continue
-            ts = self.stamps[p]
-            seen = [(o, ts[o]) for o in range(off, min(off + self.window, len(ts)))]
-            out[p] = seen or [(len(ts), seek.NEWEST)]
-        return out
-
-
-def first_at_or_after(ts: list[int], target: int) -> int:
-    return bisect.bisect_left(ts, target)
-
-
-def check(parts: Partitions, found: dict[int, int], target: int, span: int) -> None:
-    for p, ts in parts.stamps.items():
-        first = first_at_or_after(ts, target)
-        assert found[p] <= first, (p, found[p], first)  # nothing at or after the target is skipped
-        assert first - found[p] <= span, (p, found[p], first)
-
-
-def test_interpolation_finds_an_even_partition_in_two_rounds() -> None:
-    """Six partitions of 170,000 evenly spaced records (a month of decisions): the lower-bound probe,
-    then one interpolated guess lands within the probe's window."""
-    n = 170_000
-    stamps = {p: [1_000_000 + 15_000 * i + 37 * p for i in range(n)] for p in range(6)}
-    parts = Partitions(stamps, window=1000)
-    target = stamps[0][n // 2] + 7
-    found = seek.search({p: (0, n) for p in stamps}, target, stamps[0][-1] + 60_000, parts.probe, span=500)
-    check(parts, found, target, 500)
-    assert parts.rounds <= 3
-
-
-def test_skewed_timestamps_still_converge_in_logarithmic_rounds() -> None:
-    """A burst: the first 90% of the records within a minute, the rest spread over a day. Interpolation
-    guesses badly; the bisection fallback keeps the rounds bounded."""
-    n = 100_000
-    ts = [i for i in range(90_000)] + [90_000 + (i * 86_400_000) // 10_000 for i in range(10_000)]
-    parts = Partitions({0: ts}, window=50)
-    for target in (ts[500], ts[45_000], ts[89_999] + 1, ts[95_000], ts[-1] - 5):
-        parts.rounds = 0
-        found = seek.search({0: (0, n)}, target, ts[-1], parts.probe, span=100)
-        check(parts, found, target, 100)
-        assert parts.rounds <= 3 * 17 + 2, (target, parts.rounds)
-
-
-def test_targets_before_the_start_after_the_end_and_unanswered_probes() -> None:
-    ts = [1000 + 10 * i for i in range(10_000)]
-    parts = Partitions({0: ts, 1: ts}, window=20)
-    # before everything: the lower bound is already late enough, one probe
-    assert seek.search({0: (0, 10_000)}, 5, 10**9, parts.probe, span=100) == {0: 0}
-    # after everything: ends near the end (the reader then skips what is left)
-    found = seek.search({0: (0, 10_000)}, 10**9, 10**9, parts.probe, span=100)
-    assert 10_000 - found[0] <= 100
-    # a partition that never answers keeps its lower bound; the other is still narrowed
-    parts = Partitions({0: ts, 1: ts}, window=20, answer={1})
-    found = seek.search({0: (0, 10_000), 1: (0, 10_000)}, ts[5000], ts[-1], parts.probe, span=100)
-    assert found[0] == 0 and 0 < 5000 - found[1] <= 100
-    # short partitions are not probed at all
-    parts.rounds = 0
-    assert seek.search({0: (40, 90)}, ts[60], ts[-1], parts.probe, span=100) == {0: 40}
-    assert parts.rounds == 0
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    gaps=st.lists(st.integers(min_value=0, max_value=5000), min_size=1, max_size=3000),
-    where=st.floats(min_value=-0.1, max_value=1.1),
-    window=st.integers(min_value=1, max_value=300),
-    span=st.integers(min_value=1, max_value=400),
-    start=st.integers(min_value=0, max_value=100),
-)
-def test_search_never_skips_a_record_in_range(
-    gaps: list[int], where: float, window: int, span: int, start: int
-) -> None:
-    """Any non-decreasing timestamps (ties, jumps, flat runs), any target, window and span: the answer is
-    at or before the first record at or after the target, and within ``span`` of it (or the lower bound)."""
-    ts: list[int] = []
-    t = 0
-    for g in gaps:
-        t += g
-        ts.append(t)
-    lo = min(start, len(ts))
-    target = int(ts[0] + where * (ts[-1] - ts[0] + 1))
-    parts = Partitions({0: ts}, window=window)
-    found = seek.search({0: (lo, len(ts))}, target, ts[-1], parts.probe, span=span)
-    first = max(first_at_or_after(ts, target), lo)
-    assert lo <= found[0] <= first
-    if first - lo > span:
-        assert first - found[0] <= span
-    assert parts.rounds <= 3 * max(1, len(ts)).bit_length() + 3
-
-
-# --------------------------------------------------------------------------------------- digests
 
 
 def _bans(n: int) -> tuple[FleetView, list[str]]:
