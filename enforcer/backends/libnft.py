@@ -70,13 +70,19 @@ def netns_id() -> int:
 
 
 def clean_error(text: str) -> str:
-    """libnftables' error buffer as one line: no location prefixes, no echo of the command."""
-    lines = []
+    """libnftables' error buffer as one line: its ``Error:`` lines without their location prefixes, not
+    the echo of the command (which for a JSON transaction is the whole document)."""
+    lines: list[str] = []
     for raw in text.splitlines():
-        line = _LOCATION.sub("", raw.strip()).removeprefix("Error: ")
-        if line and line not in lines and not set(line) <= set("^~ "):
-            lines.append(line)
-    return "; ".join(lines[:3]) or "libnftables failed without an error text"
+        line = _LOCATION.sub("", raw.strip())
+        if line.startswith("Error: "):
+            line = line.removeprefix("Error: ")[:300]
+            if line not in lines:
+                lines.append(line)
+    if not lines:
+        first = text.strip().splitlines()[:1]
+        return first[0][:300] if first else "libnftables failed without an error text"
+    return "; ".join(lines[:3])
 
 
 class Nft:

@@ -68,13 +68,18 @@ class SetSpec:
         return ["interval", "timeout"] if self.nets else ["timeout"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Unit:
-    """One staged change: the commands that make it, and whom to blame when the kernel refuses it."""
+    """One staged change, and whom to blame when the kernel refuses it."""
 
     jail: str
     target: str
-    commands: list[dict[str, Any]]
+    set_name: str
+    value: Any
+    replace: bool
+    """Made present, then deleted, before ``elem`` (if any) is added: a removal or a renewal."""
+    elem: Any
+    """The element added last (with its timeout); None for a removal."""
 
 
 def element_value(target: str) -> Any:
@@ -120,6 +125,7 @@ class NftablesBackend(Backend):
         self._snapshot: tuple[float, list[dict[str, Any]]] | None = None
         self._counts: dict[str, int] = {}
         self._warned: set[str] = set()
+        self._set_names: dict[tuple[str, bool, bool], str] = {}
 
     @property
     def nft(self) -> Nft:
@@ -353,49 +359,42 @@ class NftablesBackend(Backend):
         return repairs
 
     def _units(self, adds: list[Add], deletes: list[Delete]) -> list[Unit]:
+        """One :class:`Unit` per staged change: its set, and whether it is first made present and
+        deleted (a removal, or a renewal), and the element it ends with (None for a removal)."""
         units = []
+        set_for = self._set_for_cached
         for d in deletes:
-            set_name, value = self.set_for(d.jail, d.target), element_value(d.target)
             units.append(
-                Unit(
-                    d.jail,
-                    d.target,
-                    [
-                        self._element_cmd("add", set_name, [value]),
-                        self._element_cmd("delete", set_name, [value]),
-                    ],
-                )
+                Unit(d.jail, d.target, set_for(d.jail, d.target), element_value(d.target), True, None)
             )
         for a in adds:
-            set_name, value = self.set_for(a.jail, a.target), element_value(a.target)
+            value = element_value(a.target)
             elem = value if a.timeout is None else {"elem": {"val": value, "timeout": a.timeout}}
-            cmds = (
-                [self._element_cmd("add", set_name, [value]), self._element_cmd("delete", set_name, [value])]
-                if a.renew
-                else []
-            )
-            units.append(Unit(a.jail, a.target, [*cmds, self._element_cmd("add", set_name, [elem])]))
+            units.append(Unit(a.jail, a.target, set_for(a.jail, a.target), value, a.renew, elem))
         return units
 
-    @staticmethod
-    def _batch(units: list[Unit]) -> list[dict[str, Any]]:
-        """The units' commands merged per (verb, set), in order: 10,000 adds are one ``add element``."""
-        merged: list[dict[str, Any]] = []
-        index: dict[tuple[int, str, str], dict[str, Any]] = {}
-        for unit in units:
-            for step, cmd in enumerate(unit.commands):
-                verb = next(iter(cmd))
-                element = cmd[verb]["element"]
-                key = (step if len(unit.commands) > 1 else 2, verb, element["name"])
-                if key in index:
-                    index[key]["elem"].extend(element["elem"])
-                else:
-                    copy = {**element, "elem": list(element["elem"])}
-                    index[key] = copy
-                    merged.append({"_order": key, verb: {"element": copy}})
-        # all "ensure present" adds, then deletes, then the final adds (a renewal's three steps in order)
-        merged.sort(key=lambda c: c["_order"][0])
-        return [{k: v for k, v in c.items() if k != "_order"} for c in merged]
+    def _set_for_cached(self, jail: str, target: str) -> str:
+        key = (jail, ":" in target, "/" in target)
+        name = self._set_names.get(key)
+        if name is None:
+            name = self._set_names[key] = self.set_for(jail, target)
+        return name
+
+    def _batch(self, units: list[Unit]) -> list[dict[str, Any]]:
+        """The units as one transaction, merged per set: every element to remove or renew is first made
+        present (so its delete cannot fail), then deleted, then every element added with its timeout:
+        10,000 new bans are one ``add element``."""
+        present: dict[str, list[Any]] = {}
+        final: dict[str, list[Any]] = {}
+        for u in units:
+            if u.replace:
+                present.setdefault(u.set_name, []).append(u.value)
+            if u.elem is not None:
+                final.setdefault(u.set_name, []).append(u.elem)
+        cmds = [self._element_cmd("add", n, v) for n, v in present.items()]
+        cmds += [self._element_cmd("delete", n, v) for n, v in present.items()]
+        cmds += [self._element_cmd("add", n, v) for n, v in final.items()]
+        return cmds
 
     def commit(self) -> list[Failure]:
         adds, deletes = self._take_staged()

@@ -61,27 +61,35 @@ def test_element_shapes_round_trip() -> None:
 def test_clean_error_keeps_the_message_only() -> None:
     text = "internal:0:0-0: Error: interval overlaps with an existing one\n\n"
     assert clean_error(text) == "interval overlaps with an existing one"
+    echoed = 'Error: syntax error, unexpected junk\n{"nftables": [{"add": ...}]}\n          ^^^^^\n'
+    assert clean_error(echoed) == "syntax error, unexpected junk"  # not the echo of the whole command
 
 
 def test_batch_merges_per_set_and_keeps_renewal_order() -> None:
     b = NftablesBackend(JAILS, EnforcerSettings())
     units = b._units(
         [Add("amps", "192.0.2.1", 4, 60), Add("amps", "192.0.2.2", 4, 90, renew=True)],
-        [Delete("amps", "192.0.2.3", 4)],
+        [Delete("amps", "192.0.2.3", 4), Delete("amps", "2001:db8::/64", 6)],
     )
-    assert [u.target for u in units] == ["192.0.2.3", "192.0.2.1", "192.0.2.2"]
+    assert [u.target for u in units] == ["192.0.2.3", "2001:db8::/64", "192.0.2.1", "192.0.2.2"]
+    assert isinstance(units[0], Unit) and units[1].set_name == "f2b-amps-6-nets"
     batch = b._batch(units)
-    verbs = [(next(iter(c)), c[next(iter(c))]["element"]["elem"]) for c in batch]
-    # ensure present (the delete's and the renewal's), delete both, then every add with its timeout
-    assert verbs == [
-        ("add", ["192.0.2.3", "192.0.2.2"]),
-        ("delete", ["192.0.2.3", "192.0.2.2"]),
+    steps = [
+        (verb, body["element"]["name"], body["element"]["elem"]) for c in batch for verb, body in c.items()
+    ]
+    prefix = {"prefix": {"addr": "2001:db8::", "len": 64}}
+    # made present (what is removed or renewed), deleted, then every add with its timeout
+    assert steps == [
+        ("add", "f2b-amps-4", ["192.0.2.3", "192.0.2.2"]),
+        ("add", "f2b-amps-6-nets", [prefix]),
+        ("delete", "f2b-amps-4", ["192.0.2.3", "192.0.2.2"]),
+        ("delete", "f2b-amps-6-nets", [prefix]),
         (
             "add",
+            "f2b-amps-4",
             [{"elem": {"val": "192.0.2.1", "timeout": 60}}, {"elem": {"val": "192.0.2.2", "timeout": 90}}],
         ),
     ]
-    assert isinstance(units[0], Unit)
 
 
 def evidence(**kw: Any) -> Evidence:
