@@ -50,7 +50,18 @@ BAD_TIMESTAMP: Final = "bad-timestamp"
 BAD_ADDRESS: Final = "bad-address"
 BAD_PORT: Final = "bad-port"
 MALFORMED: Final = "malformed"
-REJECT_KINDS: Final = (EMPTY, BINARY, TOO_LONG, NOT_EVENT, BAD_TIMESTAMP, BAD_ADDRESS, BAD_PORT, MALFORMED)
+SUSPECT: Final = "suspect"
+REJECT_KINDS: Final = (
+    EMPTY,
+    BINARY,
+    TOO_LONG,
+    NOT_EVENT,
+    BAD_TIMESTAMP,
+    BAD_ADDRESS,
+    BAD_PORT,
+    MALFORMED,
+    SUSPECT,
+)
 
 
 class ParsedLine(msgspec.Struct, frozen=True):
@@ -98,6 +109,48 @@ _TS = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:(Z)|([+-])(\d\d):?(\d\d))", re.ASCII
 )
 _PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+_EVENT_HEAD = re.compile(r"\S+ \[[^\]\s]*\] [A-Za-z]+: 07-0013 ")
+"""The start of a ``07-0013`` record: one without a tail may have been cut by a newline (below)."""
+
+# --------------------------------------------------------------------------------- continuation lines
+#
+# AMPS writes one log message per line ("it will appear on a single line within the log", AMPS User
+# Guide, Log Message Format) and does not limit the characters of a client name (Command Reference,
+# logon). Its documentation does not say that it escapes a newline inside a name. If it did not, a name
+# could end the physical line and carry a whole fake ``07-0013`` line (any address, any time) after it.
+# So a physical line is *suspect* -- rejected with kind ``suspect``, counted and logged, never an event --
+# when it follows an *unterminated* ``07-0013`` record (its head, ``TIMESTAMP [THREAD] LEVEL: 07-0013 ``,
+# without a record's tail ``) disconnected: ``), up to and including the next line that holds such a
+# tail, at most SUSPECT_LINES lines. The real tail of a cut record is on one of those lines, so nothing
+# genuine is lost but the cut record itself (malformed anyway). What this cannot catch, were AMPS not to
+# escape newlines: a name that ends its first physical line with a complete fake tail. docs/deploying.md
+# (threat model) says what bounds that, and how to check a given AMPS version.
+
+SUSPECT_LINES: Final = 16
+SUSPECT_MARK: Final = "\x00suspect\x00"
+"""Prefix :func:`scan_block` puts on a suspect line before handing it to ``on_other``: :func:`parse_line`
+rejects such a line as ``suspect`` (a real line starting with NUL is binary, rejected anyway)."""
+
+
+class Continuation:
+    """Per file, in file order: which physical lines follow an unterminated ``07-0013`` record."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = 0
+        """How many more lines are suspect (0: none)."""
+
+    def suspect(self, text: str, too_long: bool = False) -> bool:
+        """Whether the physical line ``text`` (the next one of the file) is suspect; notes it either way.
+        A line cut by our own length bound (``too_long``) is not a record cut by a newline."""
+        was = self.left > 0
+        if was:
+            self.left = 0 if _DISC in text else self.left - 1
+        if not too_long and _DISC not in text and _EVENT_HEAD.match(text) is not None:
+            self.left = SUSPECT_LINES  # a record without its tail: what follows may be the rest of its name
+        return was
+
 
 _CACHE_MAX: Final = 65_536
 _ip_cache: dict[str, str | None] = {}
@@ -232,6 +285,8 @@ def _fast(line: str) -> FastEvent | None:
 
 def parse_line(line: str, max_len: int = LINE_MAX) -> ParseResult:
     """Parse one line of the AMPS ban log (a trailing ``\\n``/``\\r\\n`` is ignored)."""
+    if line.startswith(SUSPECT_MARK):
+        return Rejected(SUSPECT, "follows an unterminated 07-0013 record (a client name with a newline?)")
     if len(line) <= max_len:
         fast = _fast(line)
         if fast is not None:
@@ -378,15 +433,20 @@ def read_lines(f: BinaryIO, max_bytes: int = LINE_MAX, offset: int = 0) -> Itera
 
 _FAST_EVENT = re.compile(
     r"^((.{19})\.([0-9]{6})[0-9]([-+]..:..) \[[0-9]*\] info: 07-0013 "
-    r"client\[(.*?)\]\((.*?):([1-9][0-9]{0,4})\) disconnected: (.+)\.)\r?$",
+    r"client\[(.*)\]\(([^()\n]*?):([1-9][0-9]{0,4})\) disconnected: ([^()\n]+)\.)\r?$",
     re.MULTILINE,
 )
 """The well-formed ``07-0013`` line as AMPS writes it (7-digit fraction, ``+HH:MM`` offset, numeric thread,
 ``info``), for :func:`scan_block` and :func:`write_file_json`. On its own it accepts more than :func:`parse_line` does; a line
 is taken only once the caller has also checked, by the caches below, that the time and address are valid
 (:func:`parse_timestamp`, :func:`_canonical_ip`), that the reason holds no parenthesis, the port is at most
-65535 and the line needs no cutting (nor, for JSON, escaping). Then the split at the lazy NAME is the one at
-the last "(" of the line, which :func:`parse_line` takes. Any other line goes through :func:`parse_line`."""
+65535 and the line needs no cutting (nor, for JSON, escaping). HOST and REASON hold no parenthesis, so the
+split after the greedy NAME is the one at the last "(" of the line, which :func:`parse_line` takes. Any other
+line goes through :func:`parse_line`.
+
+Linear time on any line: the only backtracking is NAME's, over the "](" of the line, and from each the rest
+fails at the next parenthesis; every stretch between two parentheses is scanned a bounded number of times
+(tests/shipper/test_parse_hostile.py feeds it the worst lines known)."""
 
 _JSON_SAFE: Final = bytes(b for b in range(0x20, 0x7F) if b not in b'"\\') + b"\n"
 """Bytes that JSON carries verbatim (plus the newline that ends a line)."""
@@ -464,7 +524,14 @@ OnOther = Callable[[int, str, bool], None]
 """(byte offset, line text, too long) of any other line: for the general path (:func:`parse_line`)."""
 
 
-def scan_block(block: bytes, base: int, limit: int, on_fast: OnFast, on_other: OnOther) -> int:
+def scan_block(
+    block: bytes,
+    base: int,
+    limit: int,
+    on_fast: OnFast,
+    on_other: OnOther,
+    carry: Continuation | None = None,
+) -> int:
     """Hand every line of ``block`` (complete lines, each ending in a newline; the first at byte ``base``)
     to ``on_fast`` or ``on_other``, in file order. Returns how many went to ``on_fast``.
 
@@ -472,7 +539,12 @@ def scan_block(block: bytes, base: int, limit: int, on_fast: OnFast, on_other: O
     well-formed 07-0013 lines; a line with non-ASCII bytes is matched again as UTF-8 text. One whose
     time, address, port, reason or length the checks do not pass, or that is not UTF-8, goes to
     ``on_other`` (normally :func:`parse_line`), like every line the regex does not take.
+
+    ``carry``: the file's :class:`Continuation` (kept across blocks); without it, suspect lines are found
+    within the block only. A suspect line goes to ``on_other`` marked with :data:`SUSPECT_MARK`.
     """
+    if carry is None:
+        carry = Continuation()
     odd = None if block.isascii() else _lines_with_others(block, _ASCII)
     text = block.decode("latin-1")  # one character per byte: match offsets are byte offsets
     bound = min(limit, RAW_LINE_MAX, LINE_MAX) + 1  # a line's bytes and its newline
@@ -483,12 +555,15 @@ def scan_block(block: bytes, base: int, limit: int, on_fast: OnFast, on_other: O
     for m in _FAST_EVENT.finditer(text):
         s = m.start()
         if s != pos:
-            _other_lines(block, pos, s, base, limit, on_other)
+            _other_lines(block, pos, s, base, limit, on_other, carry)
         pos = m.end() + 1
+        if carry.left:  # follows an unterminated 07-0013 record: not to be trusted
+            _other_lines(block, s, pos, base, limit, on_other, carry)
+            continue
         if odd is not None and s in odd:  # not ASCII: the same checks on the line's UTF-8 text
             mu = _utf8_match(block, s, pos - 1)
             if mu is None:
-                _other_lines(block, s, pos, base, limit, on_other)
+                _other_lines(block, s, pos, base, limit, on_other, carry)
                 continue
             groups = mu.groups()
         else:
@@ -512,7 +587,7 @@ def scan_block(block: bytes, base: int, limit: int, on_fast: OnFast, on_other: O
             or ")" in reason
             or (len(port) == 5 and port > "65535")
         ):
-            _other_lines(block, s, pos, base, limit, on_other)
+            _other_lines(block, s, pos, base, limit, on_other, carry)
             continue
         fast += 1
         on_fast(
@@ -525,7 +600,7 @@ def scan_block(block: bytes, base: int, limit: int, on_fast: OnFast, on_other: O
             raw,
         )
     if pos < len(block):
-        _other_lines(block, pos, len(block), base, limit, on_other)
+        _other_lines(block, pos, len(block), base, limit, on_other, carry)
     return fast
 
 
@@ -536,11 +611,17 @@ def _utf8_match(block: bytes, start: int, end: int) -> re.Match[str] | None:
         return None  # decode_line replaces what is not UTF-8: parse_line decides
 
 
-def _other_lines(block: bytes, start: int, end: int, base: int, limit: int, on_other: OnOther) -> None:
-    """Lines ``block[start:end]`` (complete, each with its newline) to ``on_other``."""
+def _other_lines(
+    block: bytes, start: int, end: int, base: int, limit: int, on_other: OnOther, carry: Continuation
+) -> None:
+    """Lines ``block[start:end]`` (complete, each with its newline) to ``on_other``; a suspect one marked."""
     pos = start
     for raw in block[start : end - 1].split(b"\n"):
-        on_other(base + pos, decode_line(raw[:limit]), len(raw) > limit)
+        text = decode_line(raw[:limit])
+        if carry.suspect(text, len(raw) > limit):
+            on_other(base + pos, SUSPECT_MARK + text, False)
+        else:
+            on_other(base + pos, text, len(raw) > limit)
         pos += len(raw) + 1
 
 
@@ -563,10 +644,20 @@ class _FileParse:
         self.parser = parser
         self.max_line_bytes = max_line_bytes
         self.on_reject = on_reject
+        self.carry = Continuation()
+
+    def checked_line(self, offset: int, text: str, too_long: bool) -> Event | None:
+        """:meth:`line` for a line read on its own (not through :func:`scan_block`, which checks itself):
+        whether it follows an unterminated 07-0013 record first."""
+        if self.carry.suspect(text, too_long):
+            return self.line(offset, SUSPECT_MARK + text, False)
+        return self.line(offset, text, too_long)
 
     def line(self, offset: int, text: str, too_long: bool) -> Event | None:
         result: ParseResult
-        if too_long:
+        if text.startswith(SUSPECT_MARK):  # whatever the parser (a fail2ban filter would take it)
+            result = parse_line(text)
+        elif too_long:
             result = Rejected(TOO_LONG, f"line longer than {self.max_line_bytes} bytes")
         else:
             result = self.parser(text)
@@ -607,7 +698,7 @@ class _FileParse:
 
     def last_line(self, data: bytes, offset: int) -> Event | None:
         limit = self.max_line_bytes
-        return self.line(offset, decode_line(data[:limit]), len(data) > limit)
+        return self.checked_line(offset, decode_line(data[:limit]), len(data) > limit)
 
     def blocks(self, f: BinaryIO) -> Iterator[list[Event] | int]:
         """Events of the file, a list per block; ends with the offset to go on from line by line, if any."""
@@ -638,7 +729,7 @@ class _FileParse:
             if ev is not None:
                 append(ev)
 
-        fast = scan_block(block, base, self.max_line_bytes, on_fast, on_other)
+        fast = scan_block(block, base, self.max_line_bytes, on_fast, on_other, self.carry)
         self.stats.lines += fast
         self.stats.events += fast
 
@@ -670,7 +761,7 @@ def iter_file_event_lists(
             f.seek(offset)
         out: list[Event] = []
         for off, data, too_long in read_lines(f, max_line_bytes, offset):
-            ev = fp.line(off, decode_line(data), too_long)
+            ev = fp.checked_line(off, decode_line(data), too_long)
             if ev is not None:
                 out.append(ev)
                 if len(out) >= 4096:
@@ -728,7 +819,7 @@ class _JsonFile(_FileParse):
         pos = start
         encode = self.encode
         for raw in block[start : end - 1].split(b"\n"):
-            ev = self.line(base + pos, decode_line(raw[:limit]), len(raw) > limit)
+            ev = self.checked_line(base + pos, decode_line(raw[:limit]), len(raw) > limit)
             if ev is not None:
                 parts.append(encode(ev).decode())
                 parts.append("\n")
@@ -754,6 +845,9 @@ class _JsonFile(_FileParse):
             if s != pos:
                 self.general(block, pos, s, base, parts)
             pos = m.end() + 1
+            if self.carry.left:  # follows an unterminated 07-0013 record: not to be trusted
+                self.general(block, s, pos, base, parts)
+                continue
             if unsafe is not None and s in unsafe:  # JSON must escape it: msgspec will, below
                 mu = _utf8_match(block, s, pos - 1)
                 if mu is None:
@@ -864,7 +958,7 @@ def write_file_json(
             return
         f.seek(resume)
         for off, data, too_long in read_lines(f, max_line_bytes, resume):
-            ev = fp.line(off, decode_line(data), too_long)
+            ev = fp.checked_line(off, decode_line(data), too_long)
             if ev is not None:
                 out.write(fp.encode(ev) + b"\n")
 
