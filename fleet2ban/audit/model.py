@@ -14,6 +14,7 @@ from typing import Any, Literal
 import msgspec
 
 from fleet2ban.contract import BanState, ContractError, Decision, Origin, Report, Role, target_network
+from fleet2ban.safetext import json_safe
 
 
 class BanFilter(msgspec.Struct, frozen=True):
@@ -172,7 +173,8 @@ _json = msgspec.json.Encoder()
 
 
 def to_json(obj: Any) -> bytes:
-    """JSON text of any answer (structs, lists of structs), times in RFC 3339."""
+    """JSON text of any answer (structs, lists of structs), times in RFC 3339; what a terminal would act
+    on escaped (:func:`fleet2ban.safetext.json_safe`)."""
     if isinstance(obj, VerifyResult):
-        return _json.encode({"ok": obj.ok, **msgspec.structs.asdict(obj)})
-    return _json.encode(obj)
+        return json_safe(_json.encode({"ok": obj.ok, **msgspec.structs.asdict(obj)}))
+    return json_safe(_json.encode(obj))

@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -37,6 +38,7 @@ from fleet2ban.cli.common import EXIT_FINDINGS, echo_json_line, handle_errors, s
 from fleet2ban.contract import ContractError, Decision, Origin, utcnow
 from fleet2ban.exceptions import ConfigError
 from fleet2ban.kafka import Cluster
+from fleet2ban.safetext import printable
 from fleet2ban.settings import Settings
 
 bans_app = typer.Typer(help="Bans in force, their history, and manual bans.", no_args_is_help=True)
@@ -56,6 +58,17 @@ def _connect(settings: Settings) -> Cluster:
 
 def _out() -> Console:
     return Console(highlight=False, soft_wrap=False)
+
+
+def _s(value: object) -> str:
+    """Outside text for a rich markup string: printable (no terminal escapes, one line), markup escaped."""
+    return escape(printable(str(value)))
+
+
+def _add_row(table: Table, *cells: str | Text) -> None:
+    """A table row whose plain-string cells are shown as they are: never read as rich markup (an
+    operator named ``[/oops]`` or ``[link=...]``), never driving the terminal (ESC, C1, newlines)."""
+    table.add_row(*(Text(printable(c)) if isinstance(c, str) else c for c in cells))
 
 
 @contextlib.contextmanager
@@ -163,7 +176,8 @@ def _print_bans(bans: list[BanView], now: datetime, limit: int, live: int) -> No
             f"{h} (failed)" if h in cov.failed else f"{h} (skipped)" if h in cov.skipped else h
             for h in cov.missing
         )
-        table.add_row(
+        _add_row(
+            table,
             st.ip,
             st.jail,
             _when(st.at),
@@ -216,15 +230,17 @@ def bans_show(
 def _print_history_of(hist: IpHistory, now: datetime) -> None:
     out = _out()
     if not hist.timeline:
-        out.print(f"No decisions or reports about {hist.target}.")
+        out.print(f"No decisions or reports about {_s(hist.target)}.")
         return
     if hist.in_force:
         for b in hist.in_force:
             until = "permanent" if b.expires_at is None else f"until {_when(b.expires_at)}"
             who = f" by {b.by}" if b.by else ""
-            out.print(f"[bold red]{hist.target} is banned[/] in jail {b.jail} ({b.origin}{who}), {until}")
+            out.print(
+                f"[bold red]{_s(hist.target)} is banned[/] in jail {_s(b.jail)} ({_s(b.origin)}{_s(who)}), {until}"
+            )
     else:
-        out.print(f"{hist.target} is not banned now.")
+        out.print(f"{_s(hist.target)} is not banned now.")
     table = Table("time", "what", "jail", "detail", show_lines=False)
     for e in hist.timeline:
         if e.decision is not None:
@@ -239,15 +255,14 @@ def _print_history_of(hist: IpHistory, now: datetime) -> None:
             if d.by or d.reason:
                 detail += f"; by {d.by or '?'}: {d.reason or ''}"
             detail += f"; id {d.id}"
-            for line in d.evidence:
-                detail += f"\n  {line}"
-            table.add_row(_when(d.at), Text(d.action.upper(), style="bold"), d.jail, Text(detail))
+            lines = [printable(detail), *(f"  {printable(line)}" for line in d.evidence)]
+            _add_row(table, _when(d.at), Text(d.action.upper(), style="bold"), d.jail, Text("\n".join(lines)))
         elif e.report is not None:
             r = e.report
             text = f"{r.host}: {r.kind}"
             if r.detail:
                 text += f" ({r.detail})"
-            table.add_row(_when(r.at), "report", r.jail, Text(text))
+            _add_row(table, _when(r.at), "report", r.jail, text)
     out.print(table)
     out.print(f"{len(hist.decisions)} decision(s), {len(hist.reports)} report(s)")
 
@@ -296,7 +311,8 @@ def bans_history(
         until_txt = (
             "" if d.action == "unban" else "permanent" if d.expires_at is None else _when(d.expires_at)
         )
-        table.add_row(
+        _add_row(
+            table,
             _when(d.at),
             d.action,
             d.ip,
@@ -388,8 +404,8 @@ def _write(settings: Settings, decision: Decision, wait: float, as_json: bool, n
     if decision.action == "ban":
         until = " permanently" if decision.expires_at is None else f" until {_when(decision.expires_at)}"
     _out().print(
-        f"recorded manual {what} of {decision.ip} in jail {decision.jail}{until} by {decision.by} "
-        f"(decision {decision.id})"
+        f"recorded manual {what} of {_s(decision.ip)} in jail {_s(decision.jail)}{until} by {_s(decision.by)} "
+        f"(decision {_s(decision.id)})"
         + ("; in force in bans" if mirrored and what == "ban" else "")
         + ("; lifted in bans" if mirrored and what == "unban" else "")
     )
@@ -450,7 +466,8 @@ def _print_status(hosts: list[HostStatus], window: timedelta) -> None:
         last = f"{_when(h.last_seen)} ({age})" if h.last_seen else f"no heartbeat (report {age})"
         applied = "" if h.applied is None else str(h.applied) + (f" ({h.failed} failed)" if h.failed else "")
         shipped = h.counters.get("events_shipped")
-        table.add_row(
+        _add_row(
+            table,
             h.role,
             h.host,
             h.instance,
@@ -465,7 +482,7 @@ def _print_status(hosts: list[HostStatus], window: timedelta) -> None:
     silent = [h for h in hosts if h.silent]
     out.print(
         f"{len(hosts)} component(s), {len(silent)} silent"
-        + (": " + ", ".join(f"{h.role} {h.host}" for h in silent) if silent else "")
+        + (": " + ", ".join(f"{_s(h.role)} {_s(h.host)}" for h in silent) if silent else "")
     )
 
 
@@ -510,7 +527,7 @@ def _print_verify(r: VerifyResult) -> None:
         return
     table = Table("kind", "host", "detail")
     for d in r.discrepancies:
-        table.add_row(Text(d.kind, style="bold red"), d.host, d.detail)
+        _add_row(table, Text(d.kind, style="bold red"), d.host, d.detail)
     out.print(table)
     out.print(f"[red]FAILED[/]: {len(r.discrepancies)} discrepancy(ies); {head}")
 
