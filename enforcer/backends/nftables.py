@@ -479,8 +479,8 @@ class NftablesBackend(Backend):
 
     def show(self) -> str:
         parts = [self.headline()]
-        try:
+        if not self.table_exists():
+            parts.append(f"(no table {FAMILY} {TABLE} yet: the enforcer creates it when it starts)")
+        else:
             parts.append(self.nft.text(f"list table {FAMILY} {TABLE}").rstrip())
-        except NftError as exc:
-            parts.append(f"(no table {FAMILY} {TABLE}: {exc})")
         return "\n".join(parts)

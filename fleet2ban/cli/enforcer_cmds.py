@@ -8,6 +8,7 @@ import typer
 
 from enforcer.backends import BACKENDS, make_backend
 from enforcer.backends.xtables import nft_chain_clash
+from enforcer.exceptions import FirewallCapabilityError
 from enforcer.plan import JailSpec
 from fleet2ban.cli.common import (
     EXIT_USAGE,
@@ -18,6 +19,7 @@ from fleet2ban.cli.common import (
     sigterm_as_interrupt,
 )
 from fleet2ban.metrics import serve_metrics
+from fleet2ban.settings import EnforcerSettings
 
 log = logging.getLogger("fleet2ban.enforcer")
 
@@ -69,6 +71,8 @@ def enforcer(
         return
     if uninstall:
         removed = fw.uninstall()
+        if settings.enforcer.backend == "auto":
+            removed += uninstall_others(fw.name, jails, settings.enforcer)
         typer.echo("\n".join(f"removed {r}" for r in removed) or "nothing to remove")
         return
 
@@ -95,6 +99,22 @@ def enforcer(
         finally:
             if server is not None:
                 server.stop()
+
+
+def uninstall_others(picked: str, jails: list[JailSpec], settings: EnforcerSettings) -> list[str]:
+    """With ``auto``, ``--uninstall`` also removes what the backend it did not pick owns (a host that
+    moved from ipset to nftables keeps no stale chains); a backend this host cannot run is skipped."""
+    removed: list[str] = []
+    for other in ("nftables", "ipset"):
+        if other == picked:
+            continue
+        try:
+            backend = make_backend(other, jails, settings)
+            backend.check()
+            removed += backend.uninstall()
+        except FirewallCapabilityError as exc:
+            log.debug("--uninstall: no %s here (%s)", other, exc)
+    return removed
 
 
 def register(app: typer.Typer) -> None:

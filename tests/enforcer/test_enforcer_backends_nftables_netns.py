@@ -366,6 +366,32 @@ def test_cli_uninstall_and_show_with_nftables(nftb: NftablesBackend, fw: FwFleet
     assert nft(fw, "list", "ruleset").strip() == ""
 
 
+@pytest.mark.netns
+def test_auto_uninstall_removes_what_either_backend_owns(fw: FwFleet) -> None:
+    """A host moved from ipset to nftables: auto says the old chains still filter, --uninstall removes both."""
+    nb = NftablesBackend(JAILS, EnforcerSettings())
+    ib = make_backend("ipset", JAILS, EnforcerSettings())
+    with fw.h1.entered():
+        nb.ensure()
+        ib.check()
+        ib.ensure()
+        ib.add(Add("amps", "203.0.113.6", 4, 60))
+        assert ib.commit() == []
+    try:
+        first = auto_show(fw).splitlines()[0]
+        assert first.startswith("enforcer.backend auto picked nftables")
+        assert "still in x_tables" in first and "--backend ipset --uninstall" in first
+        out = fw.h1.run([FLEET2BAN, "enforcer", "--uninstall"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert "removed table inet fleet2ban" in out.stdout and "removed set f2b-amps-4" in out.stdout
+        assert nft(fw, "list", "ruleset").strip() == ""
+        assert "f2b-amps" not in fw.legacy(4, "-S") and "f2b-amps" not in fw.ipset("list", "-n").stdout
+    finally:
+        with fw.h1.entered():
+            ib.uninstall()
+            nb.uninstall()
+
+
 def auto_show(fw: FwFleet) -> str:
     out = fw.h1.run([FLEET2BAN, "enforcer", "--backend", "auto", "--show"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
