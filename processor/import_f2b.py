@@ -12,14 +12,18 @@ usedns, hostnames in ignoreip...) is listed as not carried over.
 from __future__ import annotations
 
 import configparser
-import ipaddress
+import math
 import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fleet2ban.settings import JailSettings
+from pydantic import ValidationError
+
+from fleet2ban.contract import ContractError, target_network
+from fleet2ban.f2bini import interpolate, one_line, read_ini
+from fleet2ban.settings import JailSettings, format_validation_error
 from processor.exceptions import ImportFail2banError
 
 _UNITS = {
@@ -75,6 +79,8 @@ def str2seconds(text: str) -> float:
     s = text.strip().lower()
     if not s:
         raise ImportFail2banError("empty time value")
+    if len(s) > 64:
+        raise ImportFail2banError(f"not a fail2ban time: {one_line(text, 40)!r}")
     total = 0.0
     pos = 0
     for m in _TIME_PART.finditer(s):
@@ -87,10 +93,47 @@ def str2seconds(text: str) -> float:
         pos = m.end()
     if s[pos:].strip():
         raise ImportFail2banError(f"not a fail2ban time: {text!r}")
+    if not math.isfinite(total):
+        raise ImportFail2banError(f"time {text!r} is out of range")
     return total
 
 
+def _time(key: str, text: str) -> float:
+    try:
+        return str2seconds(text)
+    except ImportFail2banError as exc:
+        raise ImportFail2banError(f"{key}: {exc}") from None
+
+
+def _int(key: str, text: str) -> int:
+    if not re.fullmatch(r"\s*-?\d{1,9}\s*", text):
+        raise ImportFail2banError(f"{key} = {one_line(text, 40)!r}: not a whole number")
+    return int(text)
+
+
+def _float(key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ImportFail2banError(f"{key} = {one_line(text, 40)!r}: not a number") from None
+    if not math.isfinite(value):
+        raise ImportFail2banError(f"{key} = {one_line(text, 40)!r}: not a finite number")
+    return value
+
+
+_PORT_RANGE = re.compile(r"(\d{1,5})[:-](\d{1,5})")
+
+
+def _port(part: str, text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ImportFail2banError(f"port {part!r}: {value} is out of range 1-65535")
+    return value
+
+
 def parse_ports(text: str, notes: list[str]) -> list[int]:
+    """fail2ban's ``port``: numbers, ``a:b``/``a-b`` ranges, service names; ImportFail2banError for a
+    malformed, empty or out-of-range one (never silently the default)."""
     ports: list[int] = []
     for part in re.split(r"[,\s]+", text.strip()):
         if not part or part == "0:65535":
@@ -98,58 +141,53 @@ def parse_ports(text: str, notes: list[str]) -> list[int]:
                 notes.append("port = 0:65535 (all ports): fleet2ban bans per port; listed none")
             continue
         if ":" in part or "-" in part:
-            lo, hi = re.split(r"[:-]", part, maxsplit=1)
-            a, b = int(lo), int(hi)
+            m = _PORT_RANGE.fullmatch(part)
+            if m is None:
+                raise ImportFail2banError(f"port {one_line(part, 40)!r}: not a port range (a:b)")
+            a, b = _port(part, m.group(1)), _port(part, m.group(2))
+            if b < a:
+                raise ImportFail2banError(f"port range {part!r} is empty ({a} > {b})")
             if b - a > 1000:
                 notes.append(f"port range {part} is too wide to list; left out")
                 continue
             ports.extend(range(a, b + 1))
         elif part.isdigit():
-            ports.append(int(part))
+            ports.append(_port(part, part[:6]))
         else:
             try:
                 ports.append(socket.getservbyname(part, "tcp"))
-            except OSError:
-                notes.append(f"port {part!r}: unknown service name")
+            except (OSError, UnicodeError, ValueError):
+                notes.append(f"port {one_line(part, 40)!r}: unknown service name")
     return ports
 
 
 def parse_ignoreip(text: str, notes: list[str]) -> list[str]:
+    """Addresses and CIDRs (through the contract's one parser); one that covers every address of its
+    family is refused: the jail could never ban anything (fail2ban would not either, on that host)."""
     out: list[str] = []
     for part in re.split(r"[,\s]+", text.strip()):
         if not part:
             continue
         try:
-            out.append(str(ipaddress.ip_network(part, strict=False)))
-        except ValueError:
-            notes.append(f"ignoreip {part!r}: not an address or CIDR (hostnames are not resolved)")
+            net = target_network(part)
+        except ContractError:
+            notes.append(
+                f"ignoreip {one_line(part, 60)!r}: not an address or CIDR (hostnames are not resolved)"
+            )
+            continue
+        if net.prefixlen == 0:
+            raise ImportFail2banError(
+                f"ignoreip {part} covers every IPv{net.version} address: this jail could never ban anyone;"
+                " remove it from the jail before importing"
+            )
+        out.append(str(net))
     return out
 
 
 def _read_ini(path: Path) -> configparser.RawConfigParser:
     cp = configparser.RawConfigParser(strict=False, inline_comment_prefixes=(" #", " ;"), interpolation=None)
-    cp.optionxform = str  # type: ignore[assignment,method-assign]
-    try:
-        with path.open(encoding="utf-8") as f:
-            cp.read_file(f)
-        local = path.with_suffix(".local")
-        if local.is_file() and local != path:
-            with local.open(encoding="utf-8") as f:
-                cp.read_file(f)
-    except (OSError, configparser.Error) as exc:
-        raise ImportFail2banError(f"cannot read {path}: {exc}") from None
-    return cp
-
-
-def _interpolate(value: str, scope: dict[str, str], depth: int = 0) -> str:
-    if depth > 10:
-        return value
-
-    def sub(m: re.Match[str]) -> str:
-        key = m.group(1)
-        return _interpolate(scope[key], scope, depth + 1) if key in scope else m.group(0)
-
-    return re.sub(r"%\((\w[\w.-]*)\)s", sub, value)
+    local = path.with_suffix(".local")
+    return read_ini(path, *([local] if local != path else []), parser=cp)
 
 
 def _reasons_from_regex(regexes: list[str]) -> list[str] | None:
@@ -187,15 +225,15 @@ def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | Non
     if not cp.has_section(jail):
         raise ImportFail2banError(f"no jail [{jail}] in {jail_file} (found: {', '.join(sections)})")
     scope = {**cp.defaults(), **dict(cp.items(jail))}
-    values = {k: _interpolate(v, scope).strip() for k, v in scope.items()}
+    values = {k: interpolate(v, scope, what=f"{jail_file} [{jail}] {k}").strip() for k, v in scope.items()}
     notes: list[str] = []
     out: dict[str, Any] = {"name": re.sub(r"[^A-Za-z0-9_.-]", "-", jail)[:24]}
     if "maxretry" in values:
-        out["maxretry"] = int(values["maxretry"])
+        out["maxretry"] = _int("maxretry", values["maxretry"])
     if "findtime" in values:
-        out["findtime"] = str2seconds(values["findtime"])
+        out["findtime"] = _time("findtime", values["findtime"])
     if "bantime" in values:
-        out["bantime"] = str2seconds(values["bantime"])
+        out["bantime"] = _time("bantime", values["bantime"])
     if "port" in values:
         ports = parse_ports(values["port"], notes)
         if ports:
@@ -206,15 +244,15 @@ def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | Non
     if values.get("bantime.increment", "").lower() == "true":
         inc["enabled"] = True
     for key, name, conv in (
-        ("bantime.factor", "factor", float),
+        ("bantime.factor", "factor", lambda v: _float("bantime.factor", v)),
         ("bantime.formula", "formula", str),
-        ("bantime.maxtime", "maxtime", str2seconds),
-        ("bantime.rndtime", "rndtime", str2seconds),
+        ("bantime.maxtime", "maxtime", lambda v: _time("bantime.maxtime", v)),
+        ("bantime.rndtime", "rndtime", lambda v: _time("bantime.rndtime", v)),
     ):
         if values.get(key):
             inc[name] = conv(values[key])
     if values.get("bantime.multipliers"):
-        inc["multipliers"] = [float(x) for x in values["bantime.multipliers"].split()]
+        inc["multipliers"] = [_float("bantime.multipliers", x) for x in values["bantime.multipliers"].split()]
     if values.get("bantime.overalljails", "").lower() == "true":
         inc["overalljails"] = True
     if inc:
@@ -240,9 +278,8 @@ def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | Non
         fscope = {**fcp.defaults(), **(dict(fcp.items("Init")) if fcp.has_section("Init") else {})}
         if fcp.has_section("Definition"):
             fscope.update(dict(fcp.items("Definition")))
-        regexes = [
-            ln.strip() for ln in _interpolate(fscope.get("failregex", ""), fscope).splitlines() if ln.strip()
-        ]
+        failregex = interpolate(fscope.get("failregex", ""), fscope, what=f"{fpath} failregex")
+        regexes = [ln.strip() for ln in failregex.splitlines() if ln.strip()]
         seed = [SEED_REGEX.search(rx) for rx in regexes]
         if regexes and all(seed):
             reasons = [r for m in seed if m for r in m.group(1).split("|")]
@@ -268,8 +305,9 @@ def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | Non
             notes.append(f"{key} = {values[key][:60]!r}: no fleet2ban equivalent")
     try:
         JailSettings.model_validate(out)
-    except Exception as exc:
-        raise ImportFail2banError(f"the imported jail is not valid: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(ln.strip() for ln in format_validation_error(exc).splitlines()[1:])
+        raise ImportFail2banError(f"the imported jail is not valid: {one_line(problems)}") from None
     settings: dict[str, Any] = {"jails": [out]}
     if shipper:
         settings["shipper"] = shipper

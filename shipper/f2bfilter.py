@@ -14,7 +14,6 @@ leading AMPS timestamp, parsed strictly. A DNS name is a rejected line (no looku
 
 from __future__ import annotations
 
-import configparser
 import logging
 import re
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from fleet2ban.contract import RAW_LINE_MAX
+from fleet2ban.f2bini import IniError, interpolate, one_line, read_ini
 from shipper.exceptions import FilterError
 from shipper.parse import (
     BAD_ADDRESS,
@@ -152,34 +152,30 @@ def _regex_lines(value: str | None) -> list[str]:
 
 
 def load_filter(path: Path, *, warn: bool = True) -> Fail2banFilter:
-    """Read a fail2ban filter file. Raises :class:`FilterError` when it cannot be used."""
-    cp = configparser.ConfigParser(interpolation=configparser.BasicInterpolation(), strict=False)
-    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    """Read a fail2ban filter file. Raises :class:`FilterError` (one line) when it cannot be used: not
+    readable, binary, not UTF-8, not INI, a recursive or exploding ``%(name)s``, a bad regex."""
     try:
-        read = cp.read(path, encoding="utf-8")
-    except (configparser.Error, UnicodeDecodeError) as exc:
-        raise FilterError(f"filter {path}: {exc}") from None
-    if not read:
-        raise FilterError(f"filter {path}: cannot read the file")
+        cp = read_ini(path)
+    except IniError as exc:
+        raise FilterError(f"filter {exc}") from None
     if not cp.has_section("Definition"):
         raise FilterError(f"filter {path}: no [Definition] section")
-    defn = cp["Definition"]
-    if cp.has_section("Init"):
-        for key, value in cp["Init"].items():
-            if key not in defn:
-                defn[key] = value
+    scope = {**cp.defaults(), **(dict(cp.items("Init")) if cp.has_section("Init") else {})}
+    scope.update(dict(cp.items("Definition")))
 
     def compile_all(option: str) -> tuple[re.Pattern[str], ...]:
         try:
-            raw = defn.get(option)
-        except configparser.Error as exc:
-            raise FilterError(f"filter {path}: {option}: {exc}") from None
+            raw = interpolate(scope[option], scope, what=f"{path} {option}") if option in scope else None
+        except IniError as exc:
+            raise FilterError(f"filter {exc}") from None
         out = []
         for text in _regex_lines(raw):
             try:
                 out.append(re.compile(expand_tags(text)))
-            except re.error as exc:
-                raise FilterError(f"filter {path}: {option} {text!r}: {exc}") from None
+            except (re.error, RecursionError, OverflowError) as exc:
+                raise FilterError(
+                    f"filter {path}: {option} {one_line(text, 80)!r}: {one_line(exc)}"
+                ) from None
         return tuple(out)
 
     failregex = compile_all("failregex")
