@@ -18,9 +18,10 @@ Layout, all in ``table inet fleet2ban`` (nothing else is ever touched):
 Every commit is one libnftables JSON transaction (atomic: all of it or none). A new ban is ``add
 element``; a renewed one is ``add`` + ``delete`` + ``add`` with the new timeout in the same transaction
 (re-adding an element leaves its timeout alone on kernels before 6.10); a removal is ``add`` + ``delete``
-(a delete of an element the kernel has just expired would fail the transaction). When the kernel refuses
-a transaction, it is split in halves until the refused changes are isolated; they are reported failed and
-the rest is applied.
+(a delete of an element the kernel has just expired would fail the transaction). When a transaction fails
+because our table (or a set, a chain) is gone, the structure is put back and the transaction retried
+once; when the kernel refuses it otherwise, it is split in halves until the refused changes are
+isolated: they are reported failed and the rest is applied.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ PRIORITY = -10
 """Before the usual ``filter`` priority (0): a banned packet is dropped before other tables look at it."""
 SNAPSHOT_TTL = 2.0
 """How long the listing read by :meth:`ensure` serves the :meth:`list` that follows it (same reconcile)."""
+MISSING = "No such file or directory"
+"""libnftables' words for a table, set or chain that does not exist (ENOENT)."""
 MAX_SPLIT_TRANSACTIONS = 400
 """Bound on the transactions spent isolating refused changes in one commit."""
 
@@ -218,7 +221,7 @@ class NftablesBackend(Backend):
         try:
             return self.nft.query(f"list table {FAMILY} {TABLE}")
         except NftError as exc:
-            if "No such file or directory" in str(exc):
+            if MISSING in str(exc):
                 return None
             raise
 
@@ -226,7 +229,7 @@ class NftablesBackend(Backend):
         try:
             self.nft.query(f"list table {FAMILY} {TABLE}", terse=True)
         except NftError as exc:
-            if "No such file or directory" in str(exc):
+            if MISSING in str(exc):
                 return False
             raise
         return True
@@ -407,9 +410,24 @@ class NftablesBackend(Backend):
             return []
         except NftError as exc:
             first = str(exc)
-        if not self.table_exists():
-            err = f"nftables: table {FAMILY} {TABLE} is missing; the next reconcile restores it ({first})"
-            return [Failure(u.jail, u.target, err) for u in units]
+        if MISSING in first:
+            # Our table, a set or a chain is gone (`nft flush ruleset`, a deleted table): put the
+            # structure back now rather than at the next full reconcile, which re-adds what it held.
+            try:
+                repairs = self.ensure()
+                self._snapshot = None
+                self.nft.run(self._batch(units))
+                log.warning(
+                    "table %s %s was damaged (%s): %d repairs before this commit; the next full "
+                    "reconcile re-adds the bans it held",
+                    FAMILY,
+                    TABLE,
+                    first,
+                    repairs,
+                )
+                return []
+            except NftError as exc:
+                first = str(exc)
         failures: list[Failure] = []
         budget = [MAX_SPLIT_TRANSACTIONS]
         self._split(units, first, failures, budget)

@@ -305,6 +305,25 @@ def test_nft_reconcile_restores_after_flush_or_deleted_table(
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize(
+    "damage", [["flush", "ruleset"], ["delete", "set", "inet", "fleet2ban", "f2b-amps-6-nets"]]
+)
+def test_nft_commit_puts_damaged_structure_back_at_once(
+    nftb: NftablesBackend, fw: FwFleet, damage: list[str]
+) -> None:
+    if damage[1] == "set":
+        nft(fw, "flush", "chain", "inet", "fleet2ban", "f2b-amps")  # a set in use cannot be deleted
+    nft(fw, *damage)
+    with fw.h1.entered():
+        nftb.add(Add("amps", fw.att.ipv4, 4, 60))
+        nftb.add(Add("amps", "2001:db8:5::/64", 6, 60))
+        assert nftb.commit() == []  # not "failed until the next full reconcile"
+        assert set(nftb.list()) == {("amps", fw.att.ipv4), ("amps", "2001:db8:5::/64")}
+        assert nftb.ensure() == 0
+    assert fw.blocked(fw.att, 4)
+
+
+@pytest.mark.netns
 def test_nft_ensure_resets_foreign_rules_and_sets_in_our_table(nftb: NftablesBackend, fw: FwFleet) -> None:
     nft(fw, "add", "rule", "inet", "fleet2ban", "f2b-amps", "tcp", "dport", "9008", "drop")
     nft(fw, "add", "set", "inet", "fleet2ban", "extra", "{ type ipv4_addr; }")
