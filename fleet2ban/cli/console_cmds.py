@@ -10,7 +10,7 @@ import typer
 
 from fleet2ban.audit.timeparse import parse_duration
 from fleet2ban.cli.common import cluster_for, handle_errors, settings_for, sigterm_as_interrupt
-from fleet2ban.console.security import load_token, parse_bind, require_token_for
+from fleet2ban.console.security import load_tls, load_token, parse_bind, require_token_for
 from fleet2ban.console.server import Windows, build, serve
 
 log = logging.getLogger("fleet2ban.console")
@@ -28,6 +28,12 @@ def console(
     token_file: Path = typer.Option(
         None, "--token-file", help="file holding the login token; required when --bind is not loopback"
     ),
+    tls_cert: Path = typer.Option(
+        None,
+        "--tls-cert",
+        help="PEM certificate (chain) to serve HTTPS; required when --bind is not loopback",
+    ),
+    tls_key: Path = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert"),
     reports_window: str = typer.Option(
         "1h", "--reports-window", help="reports (heartbeats) read this far back"
     ),
@@ -36,11 +42,13 @@ def console(
     ),
     ip_window: str = typer.Option("6h", "--ip-window", help="how far back an IP's failures are charted"),
 ) -> None:
-    """Serve the web console. Read-only unless --allow-write; off loopback only with --token-file."""
+    """Serve the web console. Read-only unless --allow-write; off loopback only with --token-file and
+    --tls-cert/--tls-key (the token and the session cookie never travel in clear text)."""
     settings = settings_for(ctx)
     host, port = parse_bind(bind)
     token = load_token(token_file) if token_file else None
-    require_token_for(host, token)
+    tls = load_tls(tls_cert, tls_key)
+    require_token_for(host, token, tls is not None)
     windows = Windows(
         parse_duration(reports_window), parse_duration(decisions_window), parse_duration(ip_window)
     )
@@ -49,12 +57,15 @@ def console(
         if not kafka.bootstrap_servers:  # a local demo: the embedded broker, empty
             cluster = stack.enter_context(cluster_for(settings))
             kafka = kafka.model_copy(update={"bootstrap_servers": cluster.bootstrap})
-        app, live = build(settings, kafka, host=host, token=token, allow_write=allow_write, windows=windows)
+        app, live = build(
+            settings, kafka, host=host, token=token, allow_write=allow_write, windows=windows, tls=tls
+        )
         live.start()
         stack.callback(live.stop)
         shown = f"[{host}]" if ":" in host else host
         log.info(
-            "console on http://%s:%d/ (%s%s), following %s",
+            "console on %s://%s:%d/ (%s%s), following %s",
+            "https" if tls else "http",
             shown,
             port,
             "read-write" if allow_write else "read-only",
@@ -65,7 +76,7 @@ def console(
         # KeyboardInterrupt here, so the follower (and an embedded broker) stop in order, exit code 0.
         sigterm_as_interrupt()
         with contextlib.suppress(KeyboardInterrupt):
-            serve(app, host, port, settings.log.level)
+            serve(app, host, port, settings.log.level, tls)
         log.info("console stopped")
 
 

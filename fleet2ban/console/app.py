@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
@@ -55,6 +55,7 @@ from fleet2ban.console.live import LiveFleet, LiveStatus
 from fleet2ban.console.security import (
     SECURITY_HEADERS,
     SESSION_COOKIE,
+    SESSION_TTL_S,
     Secrets,
     is_open_path,
     safe_next,
@@ -143,6 +144,8 @@ class ConsoleConfig:
     """When serving loopback without a token: the Host names accepted (DNS-rebinding defence)."""
     ip_window: timedelta = timedelta(hours=6)
     """How far back the IP page reads its failures."""
+    tls: bool = False
+    """Served over TLS: the session cookie is ``Secure`` and a write's ``Origin`` is ``https://``."""
 
 
 def banner_text(s: LiveStatus) -> str:
@@ -179,6 +182,15 @@ def status_json(live: LiveFleet) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- middleware
 
 
+def authenticated(secrets: Secrets, request: Request) -> bool:
+    """Whether ``request`` carries a valid session cookie or bearer token (always true without a token)."""
+    if not secrets.required:
+        return True
+    return secrets.check_session(request.cookies.get(SESSION_COOKIE)) or secrets.check_bearer(
+        request.headers.get("authorization")
+    )
+
+
 class Guard:
     """Security headers on every response; the token check (and Host check) before any route."""
 
@@ -209,17 +221,13 @@ class Guard:
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
             if name not in self.trusted:
                 refusal = PlainTextResponse("unexpected Host header\n", 400)
-        if refusal is None and self.secrets.required and not is_open_path(path):
-            ok = self.secrets.check_session(request.cookies.get(SESSION_COOKIE)) or self.secrets.check_bearer(
-                request.headers.get("authorization")
-            )
-            if not ok:
-                wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")
-                if wants_page and path != "/stream":
-                    nxt = path + (f"?{request.url.query}" if request.url.query else "")
-                    refusal = RedirectResponse(f"/login?next={quote(nxt, safe='')}", 303)
-                else:
-                    refusal = PlainTextResponse("login required\n", 401)
+        if refusal is None and not is_open_path(path) and not authenticated(self.secrets, request):
+            wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")
+            if wants_page and path != "/stream":
+                nxt = path + (f"?{request.url.query}" if request.url.query else "")
+                refusal = RedirectResponse(f"/login?next={quote(nxt, safe='')}", 303)
+            else:
+                refusal = PlainTextResponse("login required\n", 401)
         if refusal is not None:
             REQUESTS.labels("refused", str(refusal.status_code)).inc()
             await refusal(scope, receive, send_secure)
@@ -267,7 +275,7 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
             "banner": banner_text(live.status),
             "now": utcnow(),
             "allow_write": config.allow_write,
-            "csrf": secrets.csrf_token(),
+            "csrf": secrets.csrf_token(request.cookies.get(SESSION_COOKIE)),
             "auth": secrets.required,
             "jails_configured": jails,
             "path": request.url.path,
@@ -467,12 +475,33 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
             await asyncio.sleep(0.5)  # slows guessing; the token is long anyway
             return render(request, "login.html", 401, next=nxt, error="Wrong token.", title="Log in")
         resp = RedirectResponse(nxt, 303)
-        resp.set_cookie(SESSION_COOKIE, secrets.session_value(), httponly=True, samesite="strict", path="/")
+        resp.set_cookie(
+            SESSION_COOKIE,
+            secrets.new_session(),
+            max_age=SESSION_TTL_S,
+            httponly=True,
+            samesite="strict",
+            secure=config.tls,
+            path="/",
+        )
         return resp
 
+    def form_allowed(request: Request, form: Mapping[str, Any]) -> bool:
+        """A state-changing form: its CSRF token is this session's, and its Origin (if sent) is us."""
+        origin = request.headers.get("origin")
+        session = request.cookies.get(SESSION_COOKIE)
+        scheme = "https" if config.tls else "http"
+        return secrets.check_csrf(str(form.get("csrf") or ""), session) and (
+            origin is None or same_origin(origin, request.headers.get("host"), scheme)
+        )
+
     async def logout(request: Request) -> Response:
+        form = await request.form()
+        if not form_allowed(request, form):
+            return render(request, "error.html", 403, title="Refused", message="Bad or missing form token.")
+        secrets.end_session(request.cookies.get(SESSION_COOKIE))
         resp = RedirectResponse("/login", 303)
-        resp.delete_cookie(SESSION_COOKIE, path="/")
+        resp.delete_cookie(SESSION_COOKIE, path="/", secure=config.tls, httponly=True, samesite="strict")
         return resp
 
     # ------------------------------------------------------------------------------- writes
@@ -499,9 +528,7 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
             WRITES.labels(action, "read-only").inc()
             return render(request, "error.html", 403, title="Read-only", message=READ_ONLY)
         form = {k: str(v) for k, v in (await request.form()).items()}
-        host = request.headers.get("host")
-        origin = request.headers.get("origin")
-        if not secrets.check_csrf(form.get("csrf")) or (origin is not None and not same_origin(origin, host)):
+        if not form_allowed(request, form):
             WRITES.labels(action, "csrf").inc()
             return render(request, "error.html", 403, title="Refused", message="Bad or missing form token.")
         by = form.get("by", "").strip()
@@ -558,8 +585,11 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
     # ------------------------------------------------------------------------------ health
 
     async def healthz(request: Request) -> Response:
+        """Open (probes carry no token); without the token it says only whether the console is ok: the
+        broker's address and Kafka's error text are for operators."""
         s = status_json(live)
-        return JSONResponse(s, 200 if s["ok"] else 503)
+        body = s if authenticated(secrets, request) else {"ok": s["ok"]}
+        return JSONResponse(body, 200 if s["ok"] else 503)
 
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,12 +1,14 @@
 """The console's security rules, as plain functions: who may bind where, tokens, sessions, CSRF, headers.
 
-- Loopback by default; any other bind address requires a token (``--token-file``).
+- Loopback by default; any other bind address requires a token (``--token-file``) and TLS
+  (``--tls-cert``/``--tls-key``): the token and the session cookie never travel in clear text.
 - With a token, every request (pages, fragments, the event stream, writes, ``/metrics``) must carry it:
-  a session cookie set by the login form (``HttpOnly``, ``SameSite=Strict``), or ``Authorization: Bearer``.
-  Only ``/login``, ``/static/*`` and ``/healthz`` are open. The cookie holds an HMAC of the token, never
-  the token itself.
-- Writes (``--allow-write``) also need a CSRF token bound to the server secret and a same-origin
-  ``Origin`` header.
+  a session cookie set by the login form (``HttpOnly``, ``SameSite=Strict``, ``Secure`` under TLS), or
+  ``Authorization: Bearer``. Only ``/login``, ``/static/*`` and ``/healthz`` are open (``/healthz`` says
+  only ``ok`` without the token). Each login gets its own random session, ended by logout and after
+  :data:`SESSION_TTL_S`; the cookie is that random value, never the token.
+- Writes (``--allow-write``) and logout also need a CSRF token bound to the session and the server
+  secret, and a same-origin ``Origin`` header when the browser sends one.
 - Every response gets the security headers below (CSP without inline script or style).
 """
 
@@ -17,6 +19,10 @@ import hmac
 import ipaddress
 import os
 import secrets
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -24,6 +30,10 @@ from fleet2ban.console.exceptions import TokenError
 
 SESSION_COOKIE: Final = "f2b_console"
 MIN_TOKEN_LEN: Final = 16
+SESSION_TTL_S: Final = 12 * 3600
+"""A session ends this long after its login at the latest."""
+MAX_SESSIONS: Final = 1000
+"""Sessions kept at most (the oldest is ended first): logins cannot grow memory without bound."""
 
 CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -72,6 +82,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The console's certificate chain and private key (PEM files), checked by :func:`load_tls`."""
+
+    cert: Path
+    key: Path
+
+
+def load_tls(cert: Path | None, key: Path | None) -> TlsFiles | None:
+    """``--tls-cert``/``--tls-key``: both or neither; the pair must load (one clear line otherwise)."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise TokenError("give both --tls-cert and --tls-key, or neither")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        detail = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+        raise TokenError(f"cannot use --tls-cert {cert} --tls-key {key}: {detail}") from None
+    return TlsFiles(cert, key)
+
+
 def load_token(path: Path) -> str:
     """The token in ``path`` (surrounding whitespace stripped); at least 16 characters."""
     try:
@@ -83,21 +115,32 @@ def load_token(path: Path) -> str:
     return token
 
 
-def require_token_for(host: str, token: str | None) -> None:
-    """Refuse to serve off loopback without a token."""
+def require_token_for(host: str, token: str | None, tls: bool = True) -> None:
+    """Refuse to serve off loopback without a token, or without TLS (``tls``: a certificate is given)."""
     if token is None and not is_loopback(host):
         raise TokenError(
             f"binding the console to {host} (not loopback) needs a token: pass --token-file FILE "
             "(a file holding a secret of 16+ characters)"
         )
+    if not tls and not is_loopback(host):
+        raise TokenError(
+            f"binding the console to {host} (not loopback) needs TLS: pass --tls-cert FILE --tls-key FILE "
+            "(the token and the session cookie must not travel in clear text)"
+        )
 
 
 class Secrets:
-    """The server's secrets: the operator token (optional) and a random per-process key."""
+    """The server's secrets: the operator token (optional), a random per-process key, and the sessions
+    of logged-in browsers (random values, kept as their SHA-256, each with its expiry)."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(
+        self, token: str | None, *, ttl_s: float = SESSION_TTL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.token = token
-        self._key = (token.encode() if token else b"") + os.urandom(32)
+        self._key = os.urandom(32)
+        self._sessions: dict[bytes, float] = {}
+        self._ttl = ttl_s
+        self._clock = clock
 
     @property
     def required(self) -> bool:
@@ -108,12 +151,31 @@ class Secrets:
             return True
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
-    def session_value(self) -> str:
-        """The cookie value a logged-in browser holds (an HMAC, not the token; new at every restart)."""
-        return hmac.new(self._key, b"session", hashlib.sha256).hexdigest()
+    def new_session(self) -> str:
+        """A fresh session for one login: the cookie value (random; only its hash is kept)."""
+        value = secrets.token_urlsafe(32)
+        sessions = self._sessions
+        while len(sessions) >= MAX_SESSIONS:
+            del sessions[next(iter(sessions))]
+        sessions[_digest(value)] = self._clock() + self._ttl
+        return value
 
     def check_session(self, cookie: str | None) -> bool:
-        return cookie is not None and hmac.compare_digest(cookie.encode(), self.session_value().encode())
+        if not cookie or len(cookie) > 128:
+            return False
+        digest = _digest(cookie)
+        expires = self._sessions.get(digest)
+        if expires is None:
+            return False
+        if expires <= self._clock():
+            del self._sessions[digest]
+            return False
+        return True
+
+    def end_session(self, cookie: str | None) -> None:
+        """Logout: the session is no longer valid, whoever holds its cookie."""
+        if cookie and len(cookie) <= 128:
+            self._sessions.pop(_digest(cookie), None)
 
     def check_bearer(self, header: str | None) -> bool:
         if self.token is None or not header:
@@ -121,11 +183,16 @@ class Secrets:
         scheme, _, value = header.partition(" ")
         return scheme.lower() == "bearer" and self.check_token(value.strip())
 
-    def csrf_token(self) -> str:
-        return hmac.new(self._key, b"csrf", hashlib.sha256).hexdigest()
+    def csrf_token(self, session: str | None = None) -> str:
+        """The form token of a page served to ``session`` (the session cookie; None without a token)."""
+        return hmac.new(self._key, b"csrf|" + (session or "").encode(), hashlib.sha256).hexdigest()
 
-    def check_csrf(self, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given.encode(), self.csrf_token().encode())
+    def check_csrf(self, given: str | None, session: str | None = None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), self.csrf_token(session).encode())
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
 
 
 def same_origin(origin: str | None, host_header: str | None, scheme: str = "http") -> bool:

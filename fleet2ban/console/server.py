@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from fleet2ban.console.app import ConsoleConfig, Readers, close_streams, create_app
 from fleet2ban.console.exceptions import ConsoleError
 from fleet2ban.console.live import LiveFleet
-from fleet2ban.console.security import is_loopback, require_token_for
+from fleet2ban.console.security import TlsFiles, is_loopback, require_token_for
 from fleet2ban.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -41,18 +41,27 @@ def build(
     allow_write: bool,
     windows: Windows = Windows(),
     readers: Readers | None = None,
+    tls: TlsFiles | None = None,
 ) -> tuple[Starlette, LiveFleet]:
-    """The app and its (not yet started) follower. Refuses a non-loopback ``host`` without a token."""
-    require_token_for(host, token)
+    """The app and its (not yet started) follower. Refuses a non-loopback ``host`` without a token and
+    TLS."""
+    require_token_for(host, token, tls is not None)
     live = LiveFleet(kafka, reports_window=windows.reports, decisions_window=windows.decisions)
     trusted = LOOPBACK_NAMES if token is None and is_loopback(host) else None
     config = ConsoleConfig(
-        settings=settings, token=token, allow_write=allow_write, trusted_hosts=trusted, ip_window=windows.ip
+        settings=settings,
+        token=token,
+        allow_write=allow_write,
+        trusted_hosts=trusted,
+        ip_window=windows.ip,
+        tls=tls is not None,
     )
     return create_app(config, live, readers), live
 
 
-def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Config:
+def _config(
+    app: Starlette, host: str, port: int, log_level: str, tls: TlsFiles | None = None
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
@@ -63,6 +72,8 @@ def _config(app: Starlette, host: str, port: int, log_level: str) -> uvicorn.Con
         timeout_graceful_shutdown=1,
         server_header=False,
         proxy_headers=False,
+        ssl_certfile=str(tls.cert) if tls is not None else None,
+        ssl_keyfile=str(tls.key) if tls is not None else None,
     )
 
 
@@ -78,9 +89,9 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app: Starlette, host: str, port: int, log_level: str = "info") -> None:
+def serve(app: Starlette, host: str, port: int, log_level: str = "info", tls: TlsFiles | None = None) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (uvicorn handles both in the main thread)."""
-    _Server(_config(app, host, port, log_level), app).run()
+    _Server(_config(app, host, port, log_level, tls), app).run()
 
 
 class ServerThread:

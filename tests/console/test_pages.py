@@ -175,9 +175,11 @@ def test_bind_and_token_rules(tmp_path: Path) -> None:
         parse_bind("host:port")
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.org")
-    require_token_for("127.0.0.1", None)
+    require_token_for("127.0.0.1", None, tls=False)
     with pytest.raises(TokenError, match="needs a token"):
         require_token_for("0.0.0.0", None)
+    with pytest.raises(TokenError, match="needs TLS"):
+        require_token_for("0.0.0.0", "0123456789abcdef-long", tls=False)
     short = tmp_path / "short"
     short.write_text("abc\n")
     with pytest.raises(TokenError, match="too short"):
@@ -192,10 +194,14 @@ def test_bind_and_token_rules(tmp_path: Path) -> None:
 def test_sessions_csrf_and_redirects() -> None:
     s = Secrets("0123456789abcdef-long")
     assert s.required and s.check_token("0123456789abcdef-long") and not s.check_token("nope")
-    assert s.check_session(s.session_value()) and not s.check_session("0123456789abcdef-long")
+    session = s.new_session()
+    assert s.check_session(session) and not s.check_session("0123456789abcdef-long")
     assert s.check_bearer("Bearer 0123456789abcdef-long") and not s.check_bearer("Basic x")
-    assert Secrets("0123456789abcdef-long").session_value() != s.session_value()  # per process
-    assert s.check_csrf(s.csrf_token()) and not s.check_csrf(None)
+    assert s.new_session() != session  # one per login
+    assert s.check_csrf(s.csrf_token(session), session) and not s.check_csrf(None)
+    assert not s.check_csrf(s.csrf_token(session), s.new_session())  # bound to its session
+    s.end_session(session)
+    assert not s.check_session(session)
     assert not Secrets(None).required and Secrets(None).check_token(None)
     assert same_origin("http://127.0.0.1:8080", "127.0.0.1:8080")
     assert not same_origin("null", "127.0.0.1:8080") and not same_origin("http://evil", "127.0.0.1:8080")
