@@ -7,6 +7,7 @@ that the ipset backend's small commits no longer fork ``ipset``.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -478,3 +479,15 @@ def test_ipset_small_commits_do_not_fork(fw: FwFleet, monkeypatch: pytest.Monkey
         monkeypatch.undo()
         with fw.h1.entered():
             b.uninstall()
+
+
+@pytest.mark.netns
+def test_auto_and_nftables_without_cap_net_admin_say_what_is_missing(fw: FwFleet) -> None:
+    if not shutil.which("setpriv"):
+        pytest.skip("needs setpriv (util-linux) to drop CAP_NET_ADMIN")
+    drop = ["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin", "--"]
+    for backend in ("auto", "nftables"):
+        argv = [*drop, FLEET2BAN, "enforcer", "--show", "--backend", backend]
+        out = fw.h1.run(argv, capture_output=True, text=True)
+        assert out.returncode == 2, out
+        assert "needs CAP_NET_ADMIN" in out.stderr and "Traceback" not in out.stderr
