@@ -306,9 +306,11 @@ class IpsetBackend(Backend):
         return self._commit_restore(adds, deletes)
 
     def _commit_netlink(self, nl: Any, adds: list[Add], deletes: list[Delete]) -> list[Failure]:
+        from pyroute2.netlink.exceptions import NetlinkError
+
         failures: list[Failure] = []
         changes: list[Add | Delete] = [*deletes, *adds]
-        for change in changes:
+        for i, change in enumerate(changes):
             family = socket.AF_INET if change.family == 4 else socket.AF_INET6
             etype = "net" if "/" in change.target else "ip"
             name = self.set_name(change.jail, change.family)
@@ -318,8 +320,20 @@ class IpsetBackend(Backend):
                 else:
                     timeout = 0 if change.timeout is None else change.timeout
                     nl.add(name, change.target, family=family, exclusive=False, etype=etype, timeout=timeout)
-            except Exception as exc:  # IPSetError (the kernel's refusal) or a socket error
+            except NetlinkError as exc:  # the kernel refused this entry (IPSetError and kin)
                 failures.append(Failure(change.jail, change.target, f"ipset: {exc}"))
+            except Exception as exc:
+                if isinstance(exc, ValueError) or (isinstance(exc, OSError) and exc.errno is None):
+                    # this entry could not even be encoded (inet_pton): refused alone
+                    failures.append(Failure(change.jail, change.target, f"ipset: {exc}"))
+                    continue
+                # the socket itself failed: reopen it next time; the rest by restore
+                log.warning("ipset over netlink failed (%s): `ipset restore` applies the rest", exc)
+                self.close()
+                rest = changes[i:]
+                return failures + self._commit_restore(
+                    [c for c in rest if isinstance(c, Add)], [c for c in rest if isinstance(c, Delete)]
+                )
         return failures
 
     def _commit_restore(self, adds: list[Add], deletes: list[Delete]) -> list[Failure]:

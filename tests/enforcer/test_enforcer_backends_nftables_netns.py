@@ -469,6 +469,12 @@ def test_ipset_small_commits_do_not_fork(fw: FwFleet, monkeypatch: pytest.Monkey
             b.delete(Delete("amps", "2001:db8::/64", 6))
             b.delete(Delete("amps", "198.51.100.1", 4))  # not there: not an error (-exist)
             assert b.commit() == []
+            b.add(Add("amps", "198.51.100.2", 6, 30))  # an IPv4 address for the IPv6 set: refused alone
+            b.add(Add("amps", "198.51.100.3", 4, 30))
+            failures = b.commit()
+            assert [f.target for f in failures] == ["198.51.100.2"] and failures[0].error.startswith("ipset:")
+            b.delete(Delete("amps", "198.51.100.3", 4))
+            assert b.commit() == []
         monkeypatch.undo()
         assert fw.blocked(fw.att, 4)
         with fw.h1.entered():
