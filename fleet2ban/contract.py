@@ -239,7 +239,7 @@ def _decode(decoder: msgspec.json.Decoder[Any], data: bytes | str | None, what: 
         rec = decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ContractError(f"{what}: {exc}") from None
-    if rec.v > SCHEMA_VERSION:
+    if getattr(rec, "v", SCHEMA_VERSION) > SCHEMA_VERSION:  # an Event (parse's JSON lines) has no "v"
         # Newer minor writers add fields (ignored); a bumped version means an incompatible change.
         raise ContractError(f"{what}: schema version {rec.v} is newer than {SCHEMA_VERSION}")
     return rec
