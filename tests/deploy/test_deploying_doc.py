@@ -20,7 +20,7 @@ SECTIONS = (
     "Configuration",
     "Rollout order",
 )
-SECTIONS += ("Sizing", "Monitoring", "Migrating from per-host fail2ban")
+SECTIONS += ("Sizing", "Monitoring", "Migrating from per-host fail2ban", "Threat model")
 
 
 @pytest.mark.parametrize("heading", SECTIONS)
@@ -129,3 +129,23 @@ def test_acl_table_keeps_the_design_rules() -> None:
     assert _can("operator", "Write", t.decisions)
     assert _can("enforcer", "Read", t.bans) and _can("enforcer", "Write", t.reports)
     assert not _can("enforcer", "Write", t.decisions) and not _can("shipper", "Write", t.decisions)
+
+
+def test_threat_model_names_every_input() -> None:
+    """Issue 20: each input, who controls it, what bounds it; the settings it names exist (checked above)."""
+    section = TEXT.split("## Threat model", 1)[1].split("\n## ", 1)[0]
+    for words in (
+        "AMPS log lines",
+        "event time",
+        "`events` topic",
+        "`decisions` topic",
+        "`bans` topic",
+        "`reports` topic",
+        "settings file",
+        "fail2ban jail and filter files",
+        "CLI arguments",
+        "the console",
+        "Newlines in client names",
+        "processor.max_future_s",
+    ):
+        assert words in section, words
