@@ -306,7 +306,7 @@ def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | Non
     try:
         JailSettings.model_validate(out)
     except ValidationError as exc:
-        problems = "; ".join(ln.strip() for ln in format_validation_error(exc).splitlines()[1:])
+        problems = format_validation_error(exc, head="")
         raise ImportFail2banError(f"the imported jail is not valid: {one_line(problems)}") from None
     settings: dict[str, Any] = {"jails": [out]}
     if shipper:

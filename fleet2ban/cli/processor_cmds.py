@@ -50,7 +50,7 @@ def _jails_with(settings: Settings, **changes: float | int | None) -> list[JailS
     try:
         return [JailSettings.model_validate({**j.model_dump(), **update}) for j in settings.jails]
     except ValidationError as exc:
-        raise ConfigError(" ".join(format_validation_error(exc).split("\n")[1:]).strip()) from None
+        raise ConfigError(format_validation_error(exc, head="")) from None
 
 
 @handle_errors

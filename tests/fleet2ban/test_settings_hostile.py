@@ -100,3 +100,16 @@ def test_sane_values_still_load(tmp_path: Path) -> None:
     s = load_settings(cfg)
     assert [str(n) for n in s.jails[0].ignoreip] == ["10.0.0.0/8", "192.0.2.0/24"]
     assert s.processor.max_future_s == 2 and s.enforcer.min_prefix_v4 == 16
+
+
+def test_a_bad_value_is_one_line_naming_the_setting_on_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fleet2ban.cli.main import app
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("jails: [{name: amps, bantime: .nan, maxretry: 0}]\n")
+    result = CliRunner().invoke(app, ["--config", str(cfg), "config", "show"])
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "jails.0.bantime" in line and "jails.0.maxretry" in line
