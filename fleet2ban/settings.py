@@ -28,6 +28,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from fleet2ban.contract import (
@@ -50,11 +51,11 @@ class _Section(BaseModel):
 
 
 class KafkaSettings(_Section):
-    """How every component reaches Kafka. Without ``bootstrap_servers`` local runs start the embedded broker."""
+    """How every component reaches Kafka. Without ``bootstrap_servers`` local runs start a local Apache
+    Kafka (see :class:`BrokerSettings`)."""
 
-    bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; unset = embedded broker")
-    flavor: Literal["auto", "kafka", "tansu"] = Field(
-        "auto", description="broker kind; 'auto' asks the cluster (tansu gets its workarounds)"
+    bootstrap_servers: str | None = Field(
+        None, description="host:port[,host:port]; unset = start a local Apache Kafka on loopback"
     )
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     partitions: int = Field(6, ge=1, le=1024)
@@ -90,6 +91,22 @@ class KafkaSettings(_Section):
         if self.security_protocol.startswith("SASL") and not (self.sasl_mechanism and self.sasl_username):
             raise ValueError("SASL security_protocol needs sasl_mechanism and sasl_username")
         return self
+
+
+class BrokerSettings(_Section):
+    """The local Apache Kafka (KRaft) that ``fleet2ban broker``, ``fleet2ban dev``, the benches and the
+    tests run from the Maven Central jars when no ``kafka.bootstrap_servers`` is configured."""
+
+    version: str = Field(
+        "4.1.1", pattern=r"^4\.\d+\.\d+$", description="Apache Kafka release (org.apache.kafka:kafka_2.13)"
+    )
+    nodes: Literal[1, 3] = Field(1, description="1 node, or 3 (replication factor 3, min.insync.replicas 2)")
+    port: int = Field(0, ge=0, le=65535, description="first client port on 127.0.0.1 (0 = free ports)")
+    data_dir: Path | None = Field(None, description="log and metadata directories (unset = a temp folder)")
+    cache_dir: Path | None = Field(
+        None, description="where the jars are fetched once (unset = ~/.cache/fleet2ban/kafka-VERSION)"
+    )
+    heap_mb: int = Field(384, ge=128, le=8192, description="JVM heap per node (-Xmx)")
 
 
 class IncrementSettings(_Section):
@@ -235,10 +252,24 @@ class ProcessorSettings(_Section):
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop", description="the worker's event loop: uvloop (faster), or the standard asyncio one"
     )
+    session_timeout_s: float = Field(
+        6.0, ge=1, le=300, description="a worker that stops heartbeating loses its partitions after this"
+    )
+    heartbeat_interval_s: float = Field(1.0, gt=0, le=60, description="group heartbeat interval")
+    rebalance_timeout_s: float = Field(
+        10.0, ge=1, le=600, description="how long the group waits for members to rejoin in a rebalance"
+    )
+    max_poll_records: int = Field(2000, ge=1, le=100_000, description="records per fetch at most")
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> ProcessorSettings:
+        if self.heartbeat_interval_s * 3 > self.session_timeout_s:
+            raise ValueError("heartbeat_interval_s must be at most a third of session_timeout_s")
+        return self
 
 
 class EnforcerSettings(_Section):
-    backend: Literal["ipset", "iptables", "dryrun"] = "ipset"
+    backend: Literal["auto", "nftables", "ipset", "iptables", "dryrun"] = "auto"
     host: str = Field(default_factory=socket.gethostname)
     target: Literal["DROP", "REJECT"] = "DROP"
     reconcile_interval_s: float = Field(30.0, gt=0)
@@ -279,6 +310,7 @@ class Settings(BaseSettings):
     )
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
     jails: list[JailSettings] = Field(default_factory=lambda: [JailSettings()])
     shipper: ShipperSettings = Field(default_factory=ShipperSettings)
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
@@ -403,19 +435,22 @@ def load_settings(config: Path | str | None = None, overrides: dict[str, Any] | 
         settings = Settings(**nested)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+    except SettingsError as exc:  # a FLEET2BAN_* variable that is not even JSON where JSON is expected
+        raise ConfigError(f"invalid settings: {' '.join(str(exc).split())[:300]}") from None
     finally:
         _CONFIG_DATA.pop("data", None)
     return settings
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    lines = ["invalid settings:"]
+def format_validation_error(exc: ValidationError, head: str = "invalid settings: ") -> str:
+    """One line naming each bad setting, what is wrong and (cut, quoted) the value given."""
+    problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         value = err.get("input")
         shown = "" if isinstance(value, dict) else f" (got {value!r:.60})"
-        lines.append(f"  {loc}: {err['msg']}{shown}")
-    return "\n".join(lines)
+        problems.append(f"{loc}: {' '.join(str(err['msg']).split())}{shown}")
+    return head + "; ".join(problems)
 
 
 def dump_settings(settings: Settings) -> dict[str, Any]:
