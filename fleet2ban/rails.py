@@ -61,13 +61,15 @@ def check_target(
     protect: Iterable[IPNetwork] = (),
     min_prefix_v4: int = 24,
     min_prefix_v6: int = 48,
+    allow_loopback: bool = False,
 ) -> list[RailViolation]:
     """Every reason ``target`` must not be banned; ``[]`` when it may be.
 
     ``protect``: networks never to ban (a jail's ``ignoreip``, ``enforcer.protect``, the host's own and
     the brokers' addresses). A target that overlaps one of them in either direction is refused, so a
     ``/24`` containing an ignored address is refused too. ``min_prefix_v4/v6``: refuse networks wider than
-    this (a ``/16`` when the minimum is 24).
+    this (a ``/16`` when the minimum is 24). ``allow_loopback``: ``enforcer.allow_loopback``, for the dev
+    fleet without network namespaces only (its clients are 127.0.0.x).
     """
     try:
         net = ipaddress.ip_network(normalize_target(target), strict=False)
@@ -84,6 +86,8 @@ def check_target(
             )
         )
     for kind, special in _ALWAYS:
+        if kind == "loopback" and allow_loopback:
+            continue
         if special.version == net.version and net.overlaps(special):
             out.append(RailViolation(kind, f"{net} overlaps {special}"))
     for p in protect:
@@ -117,6 +121,8 @@ class Rails:
     min_prefix_v6: int = 48
     max_bans: int = 100_000
     alarm_ratio: float = 0.8
+    allow_loopback: bool = False
+    """``enforcer.allow_loopback`` (the dev fleet without namespaces)."""
     _verdicts: dict[tuple[str, str], str | None] = field(
         default_factory=dict, compare=False, hash=False, repr=False
     )
@@ -146,6 +152,7 @@ class Rails:
             min_prefix_v6=settings.min_prefix_v6,
             max_bans=settings.max_bans,
             alarm_ratio=settings.alarm_ratio,
+            allow_loopback=settings.allow_loopback,
         )
 
     def _clearly_allowed(self, jail: str, target: str) -> bool:
@@ -194,6 +201,7 @@ class Rails:
                     protect=(*self.protect, *self.ignore.get(jail, ())),
                     min_prefix_v4=self.min_prefix_v4,
                     min_prefix_v6=self.min_prefix_v6,
+                    allow_loopback=self.allow_loopback,
                 )
                 verdict = "; ".join(str(v) for v in violations) or None
         if len(verdicts) >= VERDICTS_MAX:  # a pure function of the key: start the memo afresh

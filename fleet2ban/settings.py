@@ -279,6 +279,11 @@ class EnforcerSettings(_Section):
     min_prefix_v4: int = Field(24, ge=8, le=32, description="refuse IPv4 bans wider than this prefix")
     min_prefix_v6: int = Field(48, ge=16, le=128, description="refuse IPv6 bans wider than this prefix")
     protect: list[IPNetwork] = Field(default_factory=list, description="never ban these (besides ignoreip)")
+    allow_loopback: bool = Field(
+        False,
+        description="dev and tests only: loopback addresses may be banned (the dev fleet without network"
+        " namespaces, whose clients are 127.0.0.x); never in production",
+    )
     chain_prefix: str = Field("f2b-", pattern=r"^[A-Za-z0-9_-]{1,8}$")
 
     @field_validator("protect", mode="before")

@@ -54,6 +54,7 @@ def manual_ban(
         protect=[*j.ignoreip, *settings.enforcer.protect],
         min_prefix_v4=settings.enforcer.min_prefix_v4,
         min_prefix_v6=settings.enforcer.min_prefix_v6,
+        allow_loopback=settings.enforcer.allow_loopback,
     )
     if problems:
         raise RailRefusedError(f"refusing to ban {ip} in jail {j.name}: " + "; ".join(map(str, problems)))

@@ -203,7 +203,11 @@ class DevFleet:
                     "ports": [AMPS_PORT],
                 }
             ],
-            "enforcer": {"backend": self.backend, "reconcile_interval_s": self.opts.reconcile_interval_s},
+            "enforcer": {
+                "backend": self.backend,
+                "reconcile_interval_s": self.opts.reconcile_interval_s,
+                "allow_loopback": not self.use_netns,  # without namespaces the clients are 127.0.0.x
+            },
             "metrics": {"heartbeat_interval_s": self.opts.heartbeat_interval_s},
             "state_dir": str(self.workdir / "state"),
             "log": {"level": "INFO"},

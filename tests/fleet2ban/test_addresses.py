@@ -130,3 +130,11 @@ def test_decoders_refuse_bad_jails_and_ports(jail: str, ports: list[int]) -> Non
 def test_canonical_records_still_decode() -> None:
     assert c.decode_decision(_decision("2001:db8::/64")).ip == "2001:db8::/64"
     assert c.decode_decision(_decision("203.0.113.9")).ip == "203.0.113.9"
+
+
+def test_loopback_is_refused_unless_the_dev_fleet_allows_it() -> None:
+    default = Rails.build(EnforcerSettings(), [JailSettings()])
+    dev = Rails.build(EnforcerSettings(allow_loopback=True), [JailSettings()])
+    assert default.refusal("amps", "127.0.0.2") is not None
+    assert dev.refusal("amps", "127.0.0.2") is None
+    assert dev.refusal("amps", "0.0.0.0") is not None  # only loopback is relaxed
