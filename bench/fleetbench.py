@@ -185,8 +185,12 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 def component_pids(fleet: DevFleet) -> dict[str, int | None]:
-    """The fleet's long-running processes (broker first), by name."""
-    pids: dict[str, int | None] = {"broker": fleet.broker.pid if fleet.broker else None}
+    """The fleet's long-running processes (the Kafka nodes first), by name."""
+    pids: dict[str, int | None] = {}
+    if fleet.broker is not None:
+        for node in fleet.broker.nodes:
+            alive = node.proc is not None and node.proc.poll() is None
+            pids[f"kafka-{node.node_id}"] = node.proc.pid if alive and node.proc is not None else None
     for name, child in fleet.supervisor.children.items():
         pids[name] = child.pid if child.alive() else None
     return pids

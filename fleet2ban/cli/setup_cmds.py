@@ -47,9 +47,8 @@ def broker(
         ctx,
         **{"broker.nodes": nodes, "broker.port": port, "broker.data_dir": data, "broker.version": version},
     )
-    if fetch_only:
-        lib = fetch_jars(settings.broker.version, settings.broker.cache_dir)
-        typer.echo(f"Apache Kafka {settings.broker.version} jars ready in {lib}", err=True)
+    if fetch_only:  # says what it fetches; nothing when the jars are there
+        fetch_jars(settings.broker.version, settings.broker.cache_dir)
         return
     sigterm_as_interrupt()
     local = local_kafka_for(settings)

@@ -53,7 +53,7 @@ def make(
     view.add_ban(ban_key("amps", hostile.ip), BanState.from_decision(hostile), hostile.at)
     view.add_report(heartbeat("enf-a", keys=[]))
     live = LiveFleet.fixed(view, KafkaSettings(bootstrap_servers="127.0.0.1:9"))
-    live._cluster = Cluster(KafkaSettings(), "127.0.0.1:9", True)  # the fakes never use it
+    live._cluster = Cluster(KafkaSettings(), "127.0.0.1:9")  # the fakes never use it
     readers = FakeReaders()
     readers.decisions_list.append(hostile)
     readers.events.extend(failures("amps1", hostile.ip, [HOSTILE, "ok"]).events())

@@ -169,7 +169,7 @@ def test_final_stage_shape(target: str) -> None:
     labels = _labels(target)
     for key in ("title", "description", "version", "revision", "created", "licenses", "source"):
         assert f"org.opencontainers.image.{key}" in labels, f"{target}: OCI label {key} missing"
-    project_license = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]["text"]
+    project_license = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
     assert labels["org.opencontainers.image.licenses"] == project_license
 
 

@@ -31,8 +31,8 @@ IGNORED = "192.0.2.0/24"
 
 @pytest.fixture(scope="module")
 def forwarded(fw: FwFleet, kafka_bootstrap: str) -> str:
-    port = int(kafka_bootstrap.rsplit(":", 1)[1])
-    fw.fleet.forward(fw.h1, port)
+    for addr in kafka_bootstrap.split(","):  # every broker advertises 127.0.0.1:ITS_PORT
+        fw.fleet.forward(fw.h1, int(addr.rsplit(":", 1)[1]))
     return kafka_bootstrap
 
 

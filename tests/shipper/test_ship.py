@@ -254,7 +254,7 @@ def test_reading_pauses_while_the_queue_is_full_then_resumes(tmp_path: Path) -> 
         fakes.append(FakeProducer(conf))
         return fakes[-1]
 
-    ship = Shipper(settings, Cluster(settings.kafka, "127.0.0.1:1", True), producer_factory=factory)
+    ship = Shipper(settings, Cluster(settings.kafka, "127.0.0.1:1"), producer_factory=factory)
     with running(ship):
         wait_until(lambda: ship.paused, what="reading paused")
         peak = ship.pending_lines
@@ -287,7 +287,7 @@ def test_shipper_with_an_operators_fail2ban_filter(tmp_path: Path) -> None:
 
     flt = load_filter(Path(__file__).parent.parent / "data" / "seed-amps.conf", warn=False)
     ship = Shipper(
-        settings, Cluster(settings.kafka, "127.0.0.1:1", True), parser=flt, producer_factory=factory
+        settings, Cluster(settings.kafka, "127.0.0.1:1"), parser=flt, producer_factory=factory
     )
     with running(ship):
         wait_until(lambda: ship.stats.events_shipped == 1, what="the auth line shipped")
