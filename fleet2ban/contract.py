@@ -251,14 +251,14 @@ def decode_batch(data: bytes | str | None) -> EventBatch:
         raise ContractError("events record: no lines")
     _check_canonical(rec.ip, normalize_ip, "events record")
     for ln in rec.lines:
-        _check_port(ln.port, "events record")
+        _check_port(ln.port, "events record", unknown_ok=True)
     return rec
 
 
 def decode_event(data: bytes | str | None) -> Event:
     rec: Event = _decode(_event_decoder, data, "event")
     _check_canonical(rec.ip, normalize_ip, "event")
-    _check_port(rec.port, "event")
+    _check_port(rec.port, "event", unknown_ok=True)
     return rec
 
 
@@ -286,9 +286,10 @@ def _check_canonical(text: str, normalize: Callable[[str], str], what: str) -> N
         raise ContractError(f"{what}: address {text[:64]!r} is not in canonical form")
 
 
-def _check_port(port: int, what: str) -> None:
-    if not 0 < port < 65536:
-        raise ContractError(f"{what}: port {port} out of range 1-65535")
+def _check_port(port: int, what: str, unknown_ok: bool = False) -> None:
+    """A TCP port; ``unknown_ok``: 0 too (a client's source port that a fail2ban filter did not capture)."""
+    if not (0 if unknown_ok else 1) <= port < 65536:
+        raise ContractError(f"{what}: port {port} out of range {'0' if unknown_ok else '1'}-65535")
 
 
 def check_jail_name(name: str) -> str:

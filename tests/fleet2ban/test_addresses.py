@@ -138,3 +138,13 @@ def test_loopback_is_refused_unless_the_dev_fleet_allows_it() -> None:
     assert default.refusal("amps", "127.0.0.2") is not None
     assert dev.refusal("amps", "127.0.0.2") is None
     assert dev.refusal("amps", "0.0.0.0") is not None  # only loopback is relaxed
+
+
+def test_an_events_line_may_have_an_unknown_port_but_not_a_bad_one() -> None:
+    """A fail2ban filter without <F-PORT> ships port 0 (unknown); firewall ports are 1-65535."""
+    line = c.Line(id="h:1:0", ts=TS, port=0, client="c", reason="auth")
+    assert c.decode_batch(c.encode(c.EventBatch(host="h", ip="203.0.113.9", lines=[line]))).lines[0].port == 0
+    bad = msgspec.json.decode(c.encode(c.EventBatch(host="h", ip="203.0.113.9", lines=[line])))
+    bad["lines"][0]["port"] = 70000
+    with pytest.raises(c.ContractError):
+        c.decode_batch(msgspec.json.encode(bad))

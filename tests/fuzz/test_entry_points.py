@@ -97,7 +97,7 @@ log_lines = st.one_of(amps_lines, nasty_text, st.binary(max_size=80).map(lambda 
 
 def _canonical_event(ip: str, port: int) -> None:
     assert c.normalize_ip(ip) == ip
-    assert 0 < port < 65536
+    assert 0 <= port < 65536  # 0: a fail2ban filter without <F-PORT>
 
 
 # ------------------------------------------------------------------------------------------- the parser
