@@ -605,6 +605,8 @@ def fleet_options(args: argparse.Namespace) -> DevOptions:
         maxretry=args.maxretry,
         sim_roll_bytes=1 << 40,
         partitions=args.partitions,
+        backend="ipset",  # the bench reads each host's set back with `ipset save`
+        kafka_nodes=3,
     )
 
 

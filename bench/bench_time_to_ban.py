@@ -380,7 +380,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if use_f2b and (why := fail2ban_unavailable_reason()):
         raise SystemExit(f"{why}; or pass --no-fail2ban")
     total = args.warmup + args.bans
-    opts = DevOptions(hosts=3, attackers=1, bantime=float(args.bantime), maxretry=args.maxretry)
+    opts = DevOptions(
+        hosts=3, attackers=1, bantime=float(args.bantime), maxretry=args.maxretry, kafka_nodes=3
+    )
     trials: list[Trial] = []
     started = time.monotonic()
     with DevFleet(opts) as fleet:

@@ -106,7 +106,7 @@ class DevFleet:
         self.workdir = self.opts.workdir or Path(tempfile.mkdtemp(prefix="fleet2ban-dev-"))
         available = netns.unavailable_reason() is None
         self.use_netns = available if self.opts.netns is None else (self.opts.netns and available)
-        self.backend = self.opts.backend or ("ipset" if self.use_netns else "dryrun")
+        self.backend = self.opts.backend or ("auto" if self.use_netns else "dryrun")
         self.supervisor = Supervisor(self.workdir)
         self.broker: LocalKafka | None = None
         self.bootstrap: str | None = None

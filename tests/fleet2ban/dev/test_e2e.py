@@ -48,7 +48,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevFleet]:
         reconcile_interval_s=2.0,
     )
     with DevFleet(opts) as f:
-        assert f.use_netns and f.backend == "ipset"
+        assert f.use_netns and f.backend == "auto"
         wait_until(
             lambda: (
                 _components(f)
@@ -207,7 +207,7 @@ def test_dev_command_runs_and_cleans_up(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
-    assert summary["firewall"] == "ipset"
+    assert summary["firewall"] == "auto"
     assert summary["decisions"].get("ban", 0) >= 2
     assert {"10.200.0.101", "10.200.0.102"} <= set(summary["banned_ips"])
     assert summary["legit_outcomes"].get("ok", 0) > 0
