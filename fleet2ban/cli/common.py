@@ -18,6 +18,7 @@ import typer
 from fleet2ban.exceptions import BrokerError, Fleet2banError
 from fleet2ban.kafka import Cluster, ensure_topics_quietly, resolve
 from fleet2ban.kafka.local import LocalKafka
+from fleet2ban.kafka.security import SecureSpec
 from fleet2ban.logs import setup_logging
 from fleet2ban.settings import Settings, load_settings
 
@@ -112,11 +113,18 @@ def cluster_for(settings: Settings, *, create_topics: bool = True, wait: bool = 
             broker.stop()
 
 
-def local_kafka_for(settings: Settings) -> LocalKafka:
-    """The local Apache Kafka the ``broker`` settings describe (not started)."""
+def local_kafka_for(settings: Settings, security: SecureSpec | None = None) -> LocalKafka:
+    """The local Apache Kafka the ``broker`` settings describe (not started); ``security``: SASL_SSL
+    and ACLs (``fleet2ban broker --secure``)."""
     b = settings.broker
     return LocalKafka(
-        b.nodes, port=b.port, data_dir=b.data_dir, version=b.version, heap_mb=b.heap_mb, cache=b.cache_dir
+        b.nodes,
+        port=b.port,
+        data_dir=b.data_dir,
+        version=b.version,
+        heap_mb=b.heap_mb,
+        cache=b.cache_dir,
+        security=security,
     )
 
 

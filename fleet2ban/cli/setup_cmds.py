@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fleet2ban.cli import acl_cmds
 from fleet2ban.cli.common import (
     EXIT_FINDINGS,
     handle_errors,
@@ -16,8 +17,10 @@ from fleet2ban.cli.common import (
     settings_for,
     sigterm_as_interrupt,
 )
+from fleet2ban.exceptions import ConfigError
 from fleet2ban.kafka import ensure_topics, resolve
 from fleet2ban.kafka.local import fetch_jars
+from fleet2ban.kafka.security import SecureSpec, provision
 from fleet2ban.settings import dump_settings, env_names, to_yaml
 
 topics_app = typer.Typer(help="Create and check the fleet's Kafka topics.", no_args_is_help=True)
@@ -37,6 +40,12 @@ def broker(
     fetch_only: bool = typer.Option(
         False, "--fetch-only", help="only fetch the jars from Maven Central (once) and exit"
     ),
+    secure: bool = typer.Option(
+        False,
+        "--secure",
+        help="SASL_SSL (SCRAM-SHA-512, a throw-away CA), ACLs on, one principal per role; needs --data,"
+        " where it writes ca.pem and a settings file per role (shipper.yaml, ...)",
+    ),
 ) -> None:
     """Run Apache Kafka (KRaft) from its Maven Central jars on loopback until Ctrl-C/SIGTERM.
 
@@ -50,11 +59,28 @@ def broker(
     if fetch_only:  # says what it fetches; nothing when the jars are there
         fetch_jars(settings.broker.version, settings.broker.cache_dir)
         return
+    if secure and settings.broker.data_dir is None:
+        raise ConfigError("--secure needs --data DIR (broker.data_dir): it writes ca.pem and settings there")
     sigterm_as_interrupt()
-    local = local_kafka_for(settings)
+    spec = (
+        SecureSpec.load_or_create(settings.broker.data_dir) if secure and settings.broker.data_dir else None
+    )
+    local = local_kafka_for(settings, security=spec)
     kafka = settings.kafka.model_copy(update={"replication_factor": local.replication_factor})
     with local as k:
-        if create_topics:
+        if spec is not None:
+            files = provision(
+                spec,
+                k.bootstrap,
+                kafka.model_dump(include={"topic_prefix", "partitions", "replication_factor"}, mode="json"),
+                processor_app_id=settings.processor.app_id,
+                create_topics=create_topics,
+            )
+            typer.echo(
+                f"secure: CA {spec.ca_path}; settings per role: " + ", ".join(str(p) for p in files.values()),
+                err=True,
+            )
+        elif create_topics:
             ensure_topics(resolve(kafka, k.bootstrap))
         typer.echo(k.bootstrap)
         typer.echo(
@@ -108,3 +134,4 @@ def register(app: typer.Typer) -> None:
     app.command("broker")(broker)
     app.add_typer(topics_app, name="topics")
     app.add_typer(config_app, name="config")
+    acl_cmds.register(app)

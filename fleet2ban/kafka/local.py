@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import IO
 
 from fleet2ban.exceptions import BrokerError, CapabilityError
+from fleet2ban.kafka.security import SecureSpec
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +199,22 @@ def _uuid_b64() -> str:
             return text
 
 
-def wait_for_metadata(bootstrap: str, timeout: float = 15.0, brokers: int = 1) -> None:
-    """Return once the cluster at ``bootstrap`` answers a metadata request listing ``brokers`` brokers."""
+def wait_for_metadata(
+    bootstrap: str, timeout: float = 15.0, brokers: int = 1, client: dict[str, str] | None = None
+) -> None:
+    """Return once the cluster at ``bootstrap`` answers a metadata request listing ``brokers`` brokers
+    (``client``: the librdkafka properties to connect with, e.g. the super user's credentials)."""
     from confluent_kafka.admin import AdminClient
 
     deadline = time.monotonic() + timeout
     last: object = None
     admin = AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.connection.setup.timeout.ms": 1000, "log_level": 0}
+        {
+            "bootstrap.servers": bootstrap,
+            **(client or {}),
+            "socket.connection.setup.timeout.ms": 1000,
+            "log_level": 0,
+        }
     )
     while time.monotonic() < deadline:
         try:
@@ -228,6 +237,8 @@ class _Node:
     proc: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    internal_port: int = 0
+    """Broker-to-broker listener of a secure cluster (0: the client listener serves it)."""
 
     @property
     def log_path(self) -> Path:
@@ -252,7 +263,10 @@ class LocalKafka:
         heap_mb: int = 384,
         host: str = "127.0.0.1",
         overrides: dict[str, str] | None = None,
+        security: SecureSpec | None = None,
     ) -> None:
+        """``security``: SASL_SSL clients, ACLs and SCRAM users (:mod:`fleet2ban.kafka.security`);
+        without it every listener is PLAINTEXT and there is no authorizer."""
         if nodes not in (1, 3):
             raise BrokerError(f"a local cluster has 1 or 3 nodes, not {nodes}")
         self.host = host
@@ -267,6 +281,10 @@ class LocalKafka:
         self.nodes = [
             _Node(i + 1, ports[i], free_port(host), self.data_dir / f"n{i + 1}") for i in range(nodes)
         ]
+        self.security = security
+        if security is not None:
+            for n in self.nodes:
+                n.internal_port = free_port(host)
         self.cluster_id = _uuid_b64()
 
     # -------------------------------------------------------------------------------- properties
@@ -278,6 +296,13 @@ class LocalKafka:
     @property
     def replication_factor(self) -> int:
         return min(3, len(self.nodes))
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka properties reaching the cluster as its administrator (the super user when secure)."""
+        conf = {"bootstrap.servers": self.bootstrap}
+        if self.security is not None:
+            conf.update(self.security.client_config())
+        return conf
 
     def pids(self) -> list[int]:
         return [n.proc.pid for n in self.nodes if n.proc is not None and n.proc.poll() is None]
@@ -338,6 +363,12 @@ class LocalKafka:
             "auto.create.topics.enable": "false",
             "unclean.leader.election.enable": "false",
         }
+        if self.security is not None:
+            props.update(
+                self.security.listener_properties(
+                    self.host, node.port, node.internal_port, node.controller_port
+                )
+            )
         props.update(self.overrides)
         props.update(node.extra)
         return "".join(f"{k}={v}\n" for k, v in props.items())
@@ -373,7 +404,14 @@ class LocalKafka:
             if (node.data / "log" / "meta.properties").is_file():
                 continue  # formatted by an earlier run on the same data folder
             cmd = self._java(
-                "kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(conf), heap=False
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                self.cluster_id,
+                "-c",
+                str(conf),
+                *(self.security.format_args() if self.security is not None else []),
+                heap=False,
             )
             proc = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL
@@ -414,11 +452,13 @@ class LocalKafka:
         (self.data_dir / "log4j2.properties").write_text(_LOG4J2, encoding="utf-8")
         self.cluster_id = self._cluster_id_on_disk() or self.cluster_id
         for node in self.nodes:
-            for port in (node.port, node.controller_port):
+            for port in (
+                node.port,
+                node.controller_port,
+                *([node.internal_port] if node.internal_port else []),
+            ):
                 if not _port_free(self.host, port):
-                    raise BrokerError(
-                        f"cannot start Kafka node {node.node_id}: {self.host}:{port} is in use"
-                    )
+                    raise BrokerError(f"cannot start Kafka node {node.node_id}: {self.host}:{port} is in use")
         try:
             self._format_all()
             for node in self.nodes:
@@ -443,7 +483,10 @@ class LocalKafka:
             self._check_alive()
             try:
                 wait_for_metadata(
-                    self.bootstrap, min(2.0, max(0.5, deadline - time.monotonic())), len(self.nodes)
+                    self.bootstrap,
+                    min(2.0, max(0.5, deadline - time.monotonic())),
+                    len(self.nodes),
+                    client=self.client_config(),
                 )
                 break
             except BrokerError:
@@ -471,7 +514,7 @@ class LocalKafka:
 
         deadline = time.monotonic() + timeout
         topic = "__fleet2ban_probe"
-        base: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap, "log_level": 0}
+        base: dict[str, str | int | float | bool] = {**self.client_config(), "log_level": 0}
         admin = AdminClient(base)
         while True:
             try:
