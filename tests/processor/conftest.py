@@ -16,10 +16,9 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from fleet2ban import waiting
-from fleet2ban.kafka.local import free_port
 from fleet2ban.contract import (
     Decision,
     EventBatch,
@@ -29,6 +28,7 @@ from fleet2ban.contract import (
     utcnow,
 )
 from fleet2ban.kafka import Cluster, consumer_config, ensure_topics, producer_config, resolve
+from fleet2ban.kafka.local import free_port
 from fleet2ban.settings import KafkaSettings
 
 T = TypeVar("T")
@@ -68,7 +68,8 @@ class Follower:
             for msg in self._consumer.consume(500, 0.05):
                 err = msg.error()
                 if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
+                    # a topic just created may be unknown to one broker for a moment: librdkafka retries
+                    if err.fatal():
                         raise RuntimeError(str(err))
                     continue
                 with self._lock:
