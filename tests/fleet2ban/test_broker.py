@@ -40,10 +40,17 @@ def _java_children(pid: int) -> list[int]:
 
 
 def test_session_cluster_has_three_brokers_and_topics_replicate_three_times(cluster: Cluster) -> None:
-    meta = AdminClient({"bootstrap.servers": cluster.bootstrap}).list_topics(timeout=10)
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    meta = admin.list_topics(timeout=10)
     assert len(meta.brokers) == 3
     events = meta.topics[cluster.topics.events]
-    assert all(len(p.replicas) == 3 and len(p.isrs) == 3 for p in events.partitions.values())
+    assert all(len(p.replicas) == 3 for p in events.partitions.values())
+
+    def all_in_sync() -> bool:  # followers join the ISR a moment after the topic is created
+        parts = admin.list_topics(cluster.topics.events, timeout=10).topics[cluster.topics.events].partitions
+        return all(len(p.isrs) == 3 for p in parts.values())
+
+    wait_for(all_in_sync, 20, "every replica of events in sync", every=0.2)
 
 
 def test_confluent_produce_and_read_back(cluster: Cluster) -> None:
