@@ -1,6 +1,6 @@
 """Audit queries: `bans history` (one hour of 1,000,000 decisions) and `bans list` (100,000 active bans).
 
-Against a fresh embedded broker. `history`: decisions spread evenly over 30 days (record timestamps =
+Against a fresh local 3-node Apache Kafka. `history`: decisions spread evenly over 30 days (record timestamps =
 decision time); the query seeks by time (offsets_for_times) and folds one hour, for the last hour and for
 an hour in the middle; the reference is a full scan of the same topic in the same run. `list`: 100,000
 bans in force on `bans` plus, per enforcer, an `applied` report for every ban (five minutes old) and

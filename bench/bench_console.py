@@ -1,6 +1,6 @@
 """Web console: first render of the bans page with 100,000 bans in force, and decision-to-screen delay.
 
-Against a fresh embedded broker and Debian's headless Chromium (Selenium, /usr/bin/chromedriver).
+Against a fresh local 3-node Apache Kafka and Debian's headless Chromium (Selenium, /usr/bin/chromedriver).
 `render`: 100,000 bans in force on `bans` (and three enforcers' heartbeats) are read by the console, then
 the browser loads /bans (page 1 of 1,000, 100 rows) cold and warm, a deep page and an IP sort; the
 figure is the browser's navigation time (request start to load event), and the reference is the same

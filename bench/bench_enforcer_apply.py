@@ -7,7 +7,7 @@ committed with N in force (nftables: a transaction in process; ipset: netlink in
 per ban, which is what the ipset backend paid before (``ipset add``; ``nft add element`` for nftables).
 Target (issue 17): under 0.5 s each for 10,000.
 
-End to end (``--e2e``) runs the real pipeline: an embedded broker, a test fleet host (network namespace) running
+End to end (``--e2e``) runs the real pipeline: a local 3-node Kafka, a test fleet host (network namespace) running
 ``fleet2ban enforcer`` as its own process, reached through the fleet's loopback forwarder. Once the
 enforcer has read the (empty) topic and sent a heartbeat, N ban records are produced; the clock stops when
 the system tools (``ipset list -t`` / ``iptables-legacy -S``) show N entries. Then N tombstones, until 0.

@@ -1,4 +1,4 @@
-"""Processor worker: one/two Faust workers on the embedded broker, lines/s and records/s, decision delay.
+"""Processor worker: one/two Faust workers on a local 3-node Kafka, lines/s and records/s, decision delay.
 
 Scenarios (a fresh set of topics each, 6 partitions, the backlog produced before the workers start):
 - flood: 100 attacker IPs over 3 hosts, records of ``--lines-per-record`` lines (a shipper batches a
@@ -8,7 +8,6 @@ Scenarios (a fresh set of topics each, 6 partitions, the backlog produced before
   ``--trials`` trials.
 References measured in the same run: the same logic (decode + jail core + produce decisions) in a plain
 confluent-kafka loop over the same backlog, and a bare produce -> consume round trip for the delay.
-Workers run with the embedded-broker workarounds (fetch wait 10 ms, one record per changelog batch).
 
 Usage: python -m bench processor_worker [--flood-lines N] [--ips N] [--trials N] [--quick]
 """

@@ -1,4 +1,4 @@
-"""Ship rate: lines/s from the log file to acknowledged by the embedded broker, on one core.
+"""Ship rate: lines/s from the log file to acknowledged by a local 3-node Kafka (acks=all), on one core.
 
 Each case runs in a child process pinned to one CPU (the broker is pinned to the other): the shipper
 reads a generated log from its start, parses, batches per IP and ships; the clock stops when the broker

@@ -16,7 +16,7 @@ class ConfigError(Fleet2banError):
 
 
 class BrokerError(Fleet2banError):
-    """Kafka cannot be reached, or the embedded broker cannot start."""
+    """Kafka cannot be reached, or the local Apache Kafka cannot start."""
 
     exit_code = 2
 

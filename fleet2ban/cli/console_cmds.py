@@ -54,7 +54,7 @@ def console(
     )
     with contextlib.ExitStack() as stack:
         kafka = settings.kafka
-        if not kafka.bootstrap_servers:  # a local demo: the embedded broker, empty
+        if not kafka.bootstrap_servers:  # a local demo: a local Apache Kafka, empty
             cluster = stack.enter_context(cluster_for(settings))
             kafka = kafka.model_copy(update={"bootstrap_servers": cluster.bootstrap})
         app, live = build(
@@ -73,7 +73,7 @@ def console(
             kafka.bootstrap_servers,
         )
         # uvicorn handles SIGINT/SIGTERM while serving, then re-raises the signal: ours turns it into
-        # KeyboardInterrupt here, so the follower (and an embedded broker) stop in order, exit code 0.
+        # KeyboardInterrupt here, so the follower (and a local Kafka) stop in order, exit code 0.
         sigterm_as_interrupt()
         with contextlib.suppress(KeyboardInterrupt):
             serve(app, host, port, settings.log.level, tls)

@@ -188,7 +188,7 @@ def dev(
         True, "--netns/--no-netns", help="network namespaces with real firewalls (needs root)"
     ),
 ) -> None:
-    """Run the whole pipeline on this machine: embedded broker, processor, and simulated AMPS hosts.
+    """Run the whole pipeline on this machine: a local Apache Kafka, the processor, and simulated AMPS hosts.
 
     As root each host is a network namespace with a real firewall (ipset); otherwise the enforcers run
     in dry-run. Every component is its own process. Ctrl-C stops everything and removes every
