@@ -141,3 +141,54 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "netns" in item.keywords:
             item.add_marker(skip)
+
+
+FAST_COMPACTION = {
+    "segment.ms": "200",  # the next record after 200 ms rolls the segment: the cleaner only takes rolled ones
+    "min.cleanable.dirty.ratio": "0.01",
+    "min.compaction.lag.ms": "0",
+    "delete.retention.ms": "200",  # tombstones go in the cleaning pass after next
+}
+"""Per-topic settings that make a local broker compact a topic within seconds (log.cleaner.backoff.ms is
+100 ms on the local cluster)."""
+
+
+def alter_topic(cluster: Cluster, topic: str, configs: dict[str, str]) -> None:
+    """Set some configs of ``topic`` (incremental: the others keep their values)."""
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+    )
+
+    from fleet2ban.kafka import admin_config
+
+    admin = AdminClient({**admin_config(cluster), "log_level": 0})
+    res = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()
+        ],
+    )
+    for fut in admin.incremental_alter_configs([res]).values():
+        fut.result(15)
+
+
+@pytest.fixture
+def topic_configs() -> Any:
+    """``topic_configs(cluster, topic, {name: value})``: per-topic settings set by a test (compaction,
+    retention), so a test makes the broker compact or delete within seconds."""
+    return alter_topic
+
+
+@pytest.fixture
+def compact_fast() -> Any:
+    """``compact_fast(cluster, topic)``: make the broker compact ``topic`` within seconds
+    (:data:`FAST_COMPACTION`); records written after it roll segments the cleaner then takes."""
+
+    def apply(cluster: Cluster, topic: str) -> None:
+        alter_topic(cluster, topic, FAST_COMPACTION)
+
+    return apply
