@@ -13,6 +13,7 @@ import signal
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
@@ -44,7 +45,7 @@ def _probe_in_partition_of(ip: str) -> str:
 
 
 def test_restarted_worker_recovers_bans_counts_and_floors_from_a_compacted_changelog(
-    fleet,  # type: ignore[no-untyped-def]
+    fleet: Any,
     compact_fast: Callable[[Cluster, str], None],
 ) -> None:
     p, q, r = "198.51.103.1", "198.51.103.2", "198.51.103.3"
