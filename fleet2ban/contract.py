@@ -5,7 +5,13 @@ Everything that reads or writes a topic imports this module; nothing else define
 - Values are JSON objects with a ``"v"`` schema version. Unknown fields are ignored on decode, so an old
   reader survives a newer writer. Times are RFC 3339 strings in UTC on the wire (``datetime`` here).
 - Keys are UTF-8: ``events`` and ``decisions`` by client IP (or network for prefix bans), ``bans`` by
-  ``JAIL|IP``, ``reports`` by host.
+  ``JAIL|IP``, ``reports`` by host. Every producer puts a key in the partition :func:`partition_for`
+  gives it (Kafka's murmur2, as librdkafka's ``murmur2_random`` and aiokafka/Faust do), so the records
+  of one address and the processor's table entries for it share a partition number.
+- ``events`` (``"v": 2``, :class:`EventsRecord`): the lines one host read in one round of the addresses
+  of one partition, keyed by the first line's address (so the key alone places the record where its
+  lines' addresses hash). The earlier shape (``"v": 1``, :class:`EventBatch`: one address per record)
+  is still read (:func:`decode_events` takes both) while shippers are upgraded.
 - Decoding is strict: a record that is not JSON, lacks a required field or has a field of the wrong type
   raises :class:`ContractError`, one clear error type that callers log, count and skip.
 """
@@ -23,6 +29,12 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 import msgspec
 
 SCHEMA_VERSION: Final = 1
+EVENTS_VERSION: Final = 2
+"""The ``events`` record's version: 2 is :class:`EventsRecord` (lines of many addresses of one partition);
+1 is :class:`EventBatch` (one address), still read during an upgrade."""
+EVENTS_RECORD_MAX_BYTES: Final = 256 * 1024
+"""Bound on an ``events`` record a shipper writes (its JSON size, estimated as it fills): well under
+Kafka's default ``max.message.bytes`` (1 MiB) and the processor's 4 MiB refusal bound."""
 DEFAULT_TOPIC_PREFIX: Final = "fleet2ban."
 RAW_LINE_MAX: Final = 512
 """Bound on the ``raw`` copy of a log line carried in events and evidence (characters)."""
@@ -80,7 +92,9 @@ class Event(msgspec.Struct, frozen=True):
 
 
 class EventBatch(msgspec.Struct, frozen=True):
-    """The ``events`` record: the lines of one IP that one host read within one flush interval."""
+    """The ``events`` record of schema version 1: the lines of one IP that one host read in one round.
+
+    Written by shippers before :class:`EventsRecord` (v2); still read (:func:`decode_events`)."""
 
     host: str
     ip: str
@@ -103,6 +117,46 @@ class EventBatch(msgspec.Struct, frozen=True):
             )
             for ln in self.lines
         ]
+
+
+class AddressLine(msgspec.Struct, frozen=True):
+    """One ``07-0013`` line inside an :class:`EventsRecord`: a :class:`Line` with its client address."""
+
+    ip: str
+    id: str
+    ts: Time
+    port: int
+    client: str
+    reason: str
+    raw: str = ""
+
+
+class EventsRecord(msgspec.Struct, frozen=True):
+    """The ``events`` record (``"v": 2``): the lines that one host read in one round, of every address
+    whose partition (:func:`partition_for`) is the record's, in the order read.
+
+    Key: the first line's address, so the record is in the partition of every address it holds (a
+    reader or a re-producer that goes by the key finds the same partition). Bounded by the shipper at
+    ``shipper.max_lines_per_record`` lines and :data:`EVENTS_RECORD_MAX_BYTES`."""
+
+    host: str
+    lines: list[AddressLine]
+    instance: str = ""
+    v: int = EVENTS_VERSION
+
+    def key(self) -> bytes:
+        return self.lines[0].ip.encode()
+
+    def events(self) -> list[Event]:
+        host, instance = self.host, self.instance
+        return [
+            Event(host, ln.ip, ln.id, ln.ts, ln.port, ln.client, ln.reason, ln.raw, instance)
+            for ln in self.lines
+        ]
+
+
+def address_line(ip: str, line: Line) -> AddressLine:
+    return AddressLine(ip, line.id, line.ts, line.port, line.client, line.reason, line.raw)
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -220,6 +274,29 @@ _reports_decoder: msgspec.json.Decoder[ReportsRecord] = msgspec.json.Decoder(Rep
 _event_decoder = msgspec.json.Decoder(Event)
 
 
+class _AnyLine(msgspec.Struct, frozen=True):
+    id: str
+    ts: Time
+    port: int
+    client: str
+    reason: str
+    raw: str = ""
+    ip: str = ""
+
+
+class _AnyEvents(msgspec.Struct, frozen=True):
+    """Either ``events`` shape: v1 names the address once, v2 on every line."""
+
+    host: str
+    lines: list[_AnyLine]
+    ip: str = ""
+    instance: str = ""
+    v: int = SCHEMA_VERSION
+
+
+_any_events_decoder = msgspec.json.Decoder(_AnyEvents)
+
+
 def encode(record: msgspec.Struct) -> bytes:
     """Serialise any record of this module to its JSON wire form."""
     return _encoder.encode(record)
@@ -253,6 +330,46 @@ def decode_batch(data: bytes | str | None) -> EventBatch:
     for ln in rec.lines:
         _check_port(ln.port, "events record", unknown_ok=True)
     return rec
+
+
+def decode_events_record(data: bytes | str | None) -> EventsRecord:
+    """An ``events`` record of either shape as an :class:`EventsRecord` (a v1 one's address on each line)."""
+    if data is None:
+        raise ContractError("events record: empty value")
+    try:
+        rec = _any_events_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ContractError(f"events record: {exc}") from None
+    if not rec.lines:
+        raise ContractError("events record: no lines")
+    v = rec.v
+    if v == EVENTS_VERSION:
+        lines = []
+        seen: str | None = None
+        for ln in rec.lines:
+            ip = ln.ip
+            if ip != seen:  # runs of one address are common: check each run once
+                _check_canonical(ip, normalize_ip, "events record")
+                seen = ip
+            _check_port(ln.port, "events record", unknown_ok=True)
+            lines.append(AddressLine(ip, ln.id, ln.ts, ln.port, ln.client, ln.reason, ln.raw))
+    elif v == 1:
+        ip = rec.ip
+        _check_canonical(ip, normalize_ip, "events record")
+        for ln in rec.lines:
+            _check_port(ln.port, "events record", unknown_ok=True)
+        lines = [AddressLine(ip, ln.id, ln.ts, ln.port, ln.client, ln.reason, ln.raw) for ln in rec.lines]
+    elif v > EVENTS_VERSION:
+        raise ContractError(f"events record: schema version {v} is newer than {EVENTS_VERSION}")
+    else:
+        raise ContractError(f"events record: unknown schema version {v}")
+    return EventsRecord(rec.host, lines, rec.instance)
+
+
+def decode_events(data: bytes | str | None) -> list[Event]:
+    """Every line of an ``events`` record of either shape (v2 :class:`EventsRecord`, v1 :class:`EventBatch`),
+    as events in the record's order. ContractError for anything else (no lines, a bad address or port)."""
+    return decode_events_record(data).events()
 
 
 def decode_event(data: bytes | str | None) -> Event:
@@ -474,6 +591,47 @@ def split_ban_key(key: bytes | str) -> tuple[str, str]:
     if not sep or not jail:
         raise ContractError(f"bans key is not JAIL|IP: {text[:80]!r}")
     return jail, normalize_target(ip)
+
+
+# ---------------------------------------------------------------------------------------- partitions
+
+_M: Final = 0x5BD1E995
+_MASK: Final = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (seed 0x9747b28c) as a signed 32-bit int, like the Java client's ``Utils.murmur2``
+    (librdkafka's ``murmur2_random`` and aiokafka's default partitioner compute the same)."""
+    length = len(data)
+    h = (0x9747B28C ^ length) & _MASK
+    n4 = length // 4
+    for i in range(n4):
+        k = int.from_bytes(data[4 * i : 4 * i + 4], "little")
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = (h * _M) & _MASK
+        h ^= k
+    rest = length & 3
+    tail = 4 * n4
+    if rest == 3:
+        h ^= data[tail + 2] << 16
+    if rest >= 2:
+        h ^= data[tail + 1] << 8
+    if rest >= 1:
+        h ^= data[tail]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_for(key: str | bytes, partitions: int) -> int:
+    """The partition of ``key`` among ``partitions`` (``toPositive(murmur2(key)) % partitions``): where
+    every fleet2ban producer puts a key, where the processor's table keeps it, where readers look."""
+    data = key.encode() if isinstance(key, str) else key
+    return (murmur2(data) & 0x7FFFFFFF) % partitions
 
 
 # -------------------------------------------------------------------------------------------- ids

@@ -21,11 +21,17 @@ of DESIGN §3 needs the individual failure times across a bucket boundary, and b
 window. Memory follows the addresses active within findtime + lateness, plus bans in force and ban counts
 within their retention (``Policy.tick``, driven by the timer).
 
-Partitioning: the table uses ``use_partitioner=True`` (the timer writes outside stream iteration) with
-the key bytes equal to the ``events`` record key, so aiokafka's murmur2 puts each key's changelog in the
-same partition number as its events (the shippers produce with ``murmur2_random``). A worker therefore
-recovers exactly the state of the partitions it is assigned. ``table_standby_replicas`` is 0, and the
-timer only touches keys of partitions this worker actively owns.
+Partitioning: the table uses ``use_partitioner=True`` (the timer writes outside stream iteration), keyed
+by the target's text, so aiokafka's murmur2 puts each key's changelog in the partition
+``fleet2ban.contract.partition_for`` gives the address. An ``events`` record (v2,
+``fleet2ban.contract.EventsRecord``) holds the lines of one host's round for the addresses of one
+partition, keyed by its first line's address and produced to that partition (the shippers compute it
+with the same function; librdkafka's ``murmur2_random`` agrees): every address a record holds has its
+table entry in the partition number the record is in. A line whose address hashes elsewhere (a writer
+that broke the contract) is refused and counted (``bad_records{reason="partition"}``), never counted into
+state this worker may not own. A worker therefore recovers exactly the state of the partitions it is
+assigned. ``table_standby_replicas`` is 0, and the timer only touches keys of partitions this worker
+actively owns. Records of the old shape (v1, ``EventBatch``: one address, keyed by it) are still read.
 
 Faust settings and traps handled here:
 - the group timings (session, heartbeat, rebalance timeouts; records per poll) come from the
@@ -55,10 +61,11 @@ from fleet2ban.contract import (
     ContractError,
     Decision,
     ban_key,
-    decode_batch,
     decode_decision,
+    decode_events,
     encode,
     normalize_target,
+    partition_for,
 )
 from fleet2ban.kafka import Cluster, faust_broker_settings
 from fleet2ban.logs import RateLimitedLog
@@ -95,11 +102,11 @@ def stalled(highwater: int | None, next_offset: int | None, idle_s: float, bound
     return highwater > next_offset and idle_s >= bound_s
 
 
-def murmur2_partition(key: bytes, partitions: int) -> int:
-    """The partition aiokafka's default partitioner (and librdkafka's murmur2) picks for a key."""
-    from aiokafka.partitioner import murmur2
+murmur2_partition = partition_for
+"""The wire contract's partition function (``fleet2ban.contract.partition_for``) under its older name."""
 
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+PARTITION_CACHE_MAX = 200_000
+"""Addresses whose partition a worker remembers (cleared when full)."""
 
 
 # ------------------------------------------------------------------------------------- the processor
@@ -130,7 +137,20 @@ class Processor:
     live: dict[str, TargetState] = field(default_factory=dict)
     """The whole state of each target this worker is counting (windows included), in memory only:
     windows are rebuilt from the events topic after an assignment (``processor.rebuild``)."""
+    stored: dict[str, bytes] = field(default_factory=dict)
+    """For targets in ``live``: the table's value for them (absent: no entry), so that a record that
+    changes no durable state costs no table lookup."""
+    _parts: dict[str, int] = field(default_factory=dict, repr=False)
     _next_sweep: float = 0.0
+
+    def partition_of(self, ip: str) -> int:
+        """The events partition of an address (cached ``partition_for``)."""
+        p = self._parts.get(ip)
+        if p is None:
+            if len(self._parts) >= PARTITION_CACHE_MAX:
+                self._parts.clear()
+            p = self._parts[ip] = partition_for(ip, self.partitions)
+        return p
 
     def _get(self, target: str) -> TargetState | None:
         state = self.live.get(target)
@@ -138,30 +158,36 @@ class Processor:
             raw = self.table.get(target.encode())
             if raw is not None:  # recovered from the changelog: bans, ban counts, floors
                 state = self.live[target] = decode_state(raw)
+                self.stored[target] = raw
         return state
 
     def _put(self, target: str, state: TargetState | None) -> None:
-        key = target.encode()
+        stored = self.stored
         if state is None:
-            self.live.pop(target, None)
-            if key in self.table:
-                del self.table[key]
+            if self.live.pop(target, None) is None:
+                # never loaded through _get (a caller's own state): the table is the truth
+                if target.encode() in self.table:
+                    del self.table[target.encode()]
+            elif stored.pop(target, None) is not None:
+                del self.table[target.encode()]
             return
         self.live[target] = state
         durable = durable_part(state)
         if durable is None:
-            if key in self.table:
-                del self.table[key]
+            if stored.pop(target, None) is not None:
+                del self.table[target.encode()]
             return
         raw = encode_state(durable)
-        if self.table.get(key) != raw:  # only changes reach the changelog
-            self.table[key] = raw
+        if stored.get(target) != raw:  # only changes reach the changelog
+            self.table[target.encode()] = raw
+            stored[target] = raw
 
     def forget_partitions(self, partitions: set[int]) -> int:
         """Drop the in-memory state of targets in ``partitions`` (revoked: another worker rebuilds it)."""
-        gone = [t for t in self.live if murmur2_partition(t.encode(), self.partitions) in partitions]
+        gone = [t for t in self.live if self.partition_of(t) in partitions]
         for t in gone:
             del self.live[t]
+            self.stored.pop(t, None)
         for p in partitions:
             self.watermarks.pop(p, None)
         return len(gone)
@@ -171,11 +197,19 @@ class Processor:
             heapq.heappush(self.expiries, (expires, target.encode()))
 
     def on_events_record(
-        self, key: bytes | None, value: bytes | None, out: list[Output], replay: bool = False
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        out: list[Output],
+        replay: bool = False,
+        partition: int | None = None,
     ) -> None:
-        """One ``events`` record (bad input is counted, logged at a bounded rate and skipped).
+        """One ``events`` record of either shape (bad input is counted, logged at a bounded rate and
+        skipped): the core over its lines in order (``Policy.process_events``).
 
-        ``replay``: a record read back to rebuild windows (counted apart from the records consumed)."""
+        ``partition``: the events partition the record was read from; lines of addresses that hash to
+        another one are refused (their state lives in another partition of the table). ``replay``: a
+        record read back to rebuild windows (counted apart from the records consumed)."""
         if replay:
             m.REPLAYED.inc()
         else:
@@ -187,15 +221,7 @@ class Processor:
             return
         n = len(out)
         try:
-            batch = decode_batch(value)
-            events = batch.events()
-            if not replay:
-                m.LINES.inc(len(events))
-            part = murmur2_partition(batch.ip.encode(), self.partitions)
-            newest = max(ln.ts for ln in batch.lines).timestamp()
-            if newest > self.watermarks.get(part, NEG_INF):
-                self.watermarks[part] = newest
-            self.policy.process(self._get, self._put, batch.ip, events, out)
+            events = decode_events(value)
         except ContractError as exc:
             if not replay:
                 m.BAD_RECORDS.labels("events", "contract").inc()
@@ -206,6 +232,43 @@ class Processor:
                 key,
                 exc,
             )
+            return
+        if not replay:
+            m.LINES.inc(len(events))
+        watermarks = self.watermarks
+        part_of = self.partition_of
+        if partition is None:  # no partition given (tests, tools): each line's own
+            for ev in events:
+                p = part_of(ev.ip)
+                t = ev.ts.timestamp()
+                if t > watermarks.get(p, NEG_INF):
+                    watermarks[p] = t
+        else:
+            ip = None
+            misrouted = 0
+            for ev in events:
+                if ev.ip != ip:
+                    ip = ev.ip
+                    ok = part_of(ip) == partition
+                misrouted += not ok
+            if misrouted:
+                if not replay:
+                    m.BAD_RECORDS.labels("events", "partition").inc()
+                rlog.warning(
+                    "events-partition",
+                    "refused %d lines of an events record in partition %d (key %r): their addresses"
+                    " belong to other partitions",
+                    misrouted,
+                    partition,
+                    key,
+                )
+                events = [ev for ev in events if part_of(ev.ip) == partition]
+                if not events:
+                    return
+            newest = max(ev.ts for ev in events).timestamp()
+            if newest > watermarks.get(partition, NEG_INF):
+                watermarks[partition] = newest
+        self.policy.process_events(self._get, self._put, events, out)
         if len(out) > n:
             self._note(out, n)
 
@@ -232,7 +295,7 @@ class Processor:
     def _tick_key(self, key: bytes, now: float, out: list[Output]) -> None:
         target = key.decode()
         n = len(out)
-        read_up_to = self.watermarks.get(murmur2_partition(key, self.partitions), NEG_INF)
+        read_up_to = self.watermarks.get(self.partition_of(target), NEG_INF)
         self._put(target, self.policy.tick(self._get(target), target, now, out, forget_now=read_up_to))
         self._note(out, n)
 
@@ -427,7 +490,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         unprocessed = 0
         for at, key, value in got.records:
             unprocessed += at >= live_from
-            proc.on_events_record(key, value, out, replay=at < live_from)
+            proc.on_events_record(key, value, out, replay=at < live_from, partition=got.partition)
         if out:
             await publish(out)
         return unprocessed
@@ -509,7 +572,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
                 await fill_gap(msg.partition, expected, msg.offset)
             next_offset[msg.partition] = msg.offset + 1
             progress_at[msg.partition] = time.monotonic()
-            proc.on_events_record(msg.key, msg.value, out)
+            proc.on_events_record(msg.key, msg.value, out, partition=msg.partition)
             if out:
                 await publish(out)
                 out.clear()
@@ -525,7 +588,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     def owner() -> Callable[[bytes], bool]:
         """Whether a key's partition is actively assigned to this worker (now)."""
         actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.events}
-        return lambda key: murmur2_partition(key, n_parts) in actives
+        return lambda key: proc.partition_of(key.decode()) in actives
 
     async def expire() -> None:
         if app.rebalancing or getattr(app, "in_recovery", False):

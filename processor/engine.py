@@ -134,9 +134,17 @@ class Engine:
         return out
 
     def feed_batch(self, ip: str, events: list[Event], out: list[Output]) -> None:
-        """Apply the events of one ``events`` record (one address), without moving the clock."""
+        """Apply the events of one address, without moving the clock."""
         n = len(out)
         self.policy.process(self._get, self._put, ip, events, out)
+        if len(out) > n:
+            self._note(out, n)
+
+    def feed_record(self, events: list[Event], out: list[Output]) -> None:
+        """Apply the events of one ``events`` record (any mix of addresses, in order; what the worker
+        does with a record: ``Policy.process_events``), without moving the clock."""
+        n = len(out)
+        self.policy.process_events(self._get, self._put, events, out)
         if len(out) > n:
             self._note(out, n)
 

@@ -357,16 +357,65 @@ class Policy:
     ) -> None:
         """Route the events of one address to their targets' states (read with ``get``, written back
         with ``put``, which receives None when a state is to be forgotten)."""
+        events = self._bounded(events)
+        if events:
+            self._routed(get, put, ip, events, out)
+
+    def process_events(
+        self,
+        get: Callable[[str], TargetState | None],
+        put: Callable[[str, TargetState | None], None],
+        events: Sequence[Event],
+        out: list[Output],
+    ) -> None:
+        """:meth:`process` over the events of one ``events`` record, any mix of addresses, in order.
+
+        Each run of consecutive events of one address goes through the same routing and jail core as
+        :meth:`process`; events of different addresses meet no common state unless they share a target
+        (an IPv6 prefix), and then they reach it in the record's order."""
+        events = self._bounded(events)
+        n = len(events)
+        if not n:
+            return
+        routed = self._routed
+        start = 0
+        ip = events[0].ip
+        for i in range(1, n):
+            nxt = events[i].ip
+            if nxt != ip:
+                routed(get, put, ip, events[start:i], out)
+                start, ip = i, nxt
+        routed(get, put, ip, events[start:] if start else events, out)
+
+    def _bounded(self, events: Sequence[Event]) -> Sequence[Event]:
+        """``events`` without those dated beyond ``max_future_s`` ahead of the clock (counted apart)."""
+        if self.max_future_s == math.inf:
+            return events
+        limit = self.future_limit()
+        for ev in events:
+            if ev.ts.timestamp() > limit:
+                break
+        else:
+            return events
+        c = self.counters
+        kept = []
+        for ev in events:
+            if ev.ts.timestamp() > limit:
+                c.note_future(ev.host)
+            else:
+                kept.append(ev)
+        return kept
+
+    def _routed(
+        self,
+        get: Callable[[str], TargetState | None],
+        put: Callable[[str, TargetState | None], None],
+        ip: str,
+        events: Sequence[Event],
+        out: list[Output],
+    ) -> None:
         r = self._routes.get(ip) or self.route(ip)
         c = self.counters
-        if self.max_future_s != math.inf:
-            limit = self.future_limit()
-            if any(ev.ts.timestamp() > limit for ev in events):
-                kept = [ev for ev in events if ev.ts.timestamp() <= limit]
-                for ev in events:
-                    if ev.ts.timestamp() > limit:
-                        c.note_future(ev.host)
-                events = kept
         c.events += len(events)
         if r.ignored:
             c.ignored += (r.ignored - r.refused) * len(events)

@@ -3,7 +3,9 @@
 The processor keeps failure windows in memory only: a worker that is assigned an events partition (at
 start, after a restart, after a rebalance) re-reads that partition's records from ``span`` seconds
 before the first record it is about to process, up to that record, and feeds them through the same core.
-Only what the events cannot give back (bans in force, ban counts, floors) is in the changelogged table
+Records of either ``events`` shape are fed as they are (``Processor.on_events_record``: v2 records hold
+the lines of many addresses of the partition, v1 ones of one address). Only what the events cannot give
+back (bans in force, ban counts, floors) is in the changelogged table
 (``processor.policy.durable_part``). This saves a changelog write per events record, which is most of a
 Faust worker's cost with many distinct addresses (issue #5; figures in bench/bench_processor_worker.py).
 
@@ -49,6 +51,8 @@ class Span:
     """(offset, key, value)"""
     first_offset: int
     end_offset: int
+    partition: int | None = None
+    """The partition read (the processor refuses lines whose addresses hash to another one)."""
 
 
 def read_span(
@@ -68,7 +72,7 @@ def read_span(
     ``start_offset``: read from there instead of looking ``since_ms`` up (``offsets_for_times``).
     Raises RebuildError when the records cannot be read within ``timeout_s``."""
     if end_offset <= 0:
-        return Span((), end_offset, end_offset)
+        return Span((), end_offset, end_offset, partition)
     try:
         if start_offset is None:
             since = datetime.fromtimestamp(since_ms / 1000.0, UTC)
@@ -78,7 +82,7 @@ def read_span(
         if keep_from is not None and 0 <= keep_from < end_offset and (start < 0 or keep_from < start):
             start = keep_from
         if start < 0 or start >= end_offset:
-            return Span((), end_offset, end_offset)
+            return Span((), end_offset, end_offset, partition)
         out: list[tuple[int, bytes | None, bytes | None]] = []
         keep = end_offset if keep_from is None else keep_from
         reader: TopicReader
@@ -97,4 +101,4 @@ def read_span(
         raise RebuildError(
             f"could not read {topic}[{partition}] offsets {start_offset}..{end_offset}: {exc}"
         ) from exc
-    return Span(out, start, end_offset)
+    return Span(out, start, end_offset, partition)

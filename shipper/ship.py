@@ -1,20 +1,25 @@
-"""The producer loop: tail the log, parse, batch per IP, ship to ``events``, checkpoint what was acked.
+"""The producer loop: tail the log, parse, batch per partition, ship to ``events``, checkpoint what was acked.
 
 One thread, one loop (:meth:`Shipper.step`):
 
 1. read the complete lines available (unless ``max_pending_lines`` events are unacknowledged: then reading
    pauses, which bounds memory during a broker outage);
-2. parse each; an event joins the open batch of its IP (:class:`Batcher`): each batch goes out as one
-   ``events`` record, in a round with every other open batch when the oldest is ``flush_interval_ms``
-   old (longer under load, up to ``max_flush_interval_ms``), or at once when ``max_lines_per_record``
-   long;
+2. parse each; an event joins the open batch of its address's ``events`` partition (:class:`Batcher`,
+   ``fleet2ban.contract.partition_for``, the processor's own): each batch goes out as one ``events``
+   record (:class:`~fleet2ban.contract.EventsRecord`, lines of every address of that partition), in a
+   round with every other open batch. When the shipper is idle (nothing in flight, no round within the
+   flush interval) a round goes at once: a lone failure waits for nothing. Otherwise the round goes when
+   the oldest open batch is ``flush_interval_ms`` old (longer under load, up to
+   ``max_flush_interval_ms``); a batch goes at once on its own when ``max_lines_per_record`` long or
+   about :data:`~fleet2ban.contract.EVENTS_RECORD_MAX_BYTES` big;
 3. serve delivery reports: an acknowledged record releases its lines; a failed one is sent again after a
    backoff (its lines keep their ids, so a copy that did arrive is a recognised duplicate); a fatal
    producer error replaces the producer and re-sends everything unacknowledged;
 4. move the checkpoint (:class:`AckTracker`) to the first line whose event is not acknowledged yet.
 
-confluent-kafka with key = IP, ``partitioner=murmur2_random``, acks=all, idempotence, lz4 and linger
-(fleet2ban.kafka.producer_config). A heartbeat goes to ``reports`` every ``metrics.heartbeat_interval_s``.
+confluent-kafka with key = the record's first address, ``partitioner=murmur2_random`` (so the record goes
+to the partition of its key, which is the partition of each of its addresses), acks=all, idempotence,
+lz4 and linger (fleet2ban.kafka.producer_config). A heartbeat goes to ``reports`` every ``metrics.heartbeat_interval_s``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import functools
 import heapq
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -33,10 +39,12 @@ from typing import Any
 
 from fleet2ban import __version__
 from fleet2ban.contract import (
-    EventBatch,
+    EVENTS_RECORD_MAX_BYTES,
+    AddressLine,
+    EventsRecord,
     Heartbeat,
-    Line,
     encode,
+    partition_for,
     utcnow,
 )
 from fleet2ban.kafka import Cluster, producer_config
@@ -96,14 +104,30 @@ INFLIGHT_WAIT_S = 0.005
 class Pending:
     """One ``events`` record: open (collecting lines), in flight, or waiting to be sent again."""
 
-    __slots__ = ("attempts", "deadline", "first", "ip", "lines", "queued", "retry_at", "rid", "value")
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "first",
+        "key",
+        "lines",
+        "partition",
+        "queued",
+        "retry_at",
+        "rid",
+        "size",
+        "value",
+    )
 
-    def __init__(self, rid: int, ip: str, first: Pos, deadline: float) -> None:
+    def __init__(self, rid: int, partition: int, key: bytes, first: Pos, deadline: float) -> None:
         self.rid = rid
-        self.ip = ip
+        self.partition = partition
+        self.key = key
+        """The record's key: its first line's address (which hashes to ``partition``)."""
         self.first = first
         self.deadline = deadline
-        self.lines: list[Line] = []
+        self.lines: list[AddressLine] = []
+        self.size = RECORD_OVERHEAD
+        """The record's JSON size, estimated as lines join (:data:`LINE_OVERHEAD` + client + raw)."""
         self.value = b""
         self.attempts = 0
         self.retry_at = 0.0
@@ -117,52 +141,90 @@ rounds'), so a millisecond packs them into one request; more would only delay ev
 ROUND_RECORDS_AT_BASE = 8
 """A round of more records than this stretches the next flush interval in proportion (see Batcher)."""
 
+RECORD_OVERHEAD = 96
+LINE_OVERHEAD = 192
+"""JSON bytes of one line beyond its client name and raw text (keys, address, id, time, port, reason),
+generously: the estimate of a record's size stays above its real size for ASCII text."""
+
+PARTITION_CACHE_MAX = 100_000
+"""Addresses whose partition the shipper remembers (cleared when full)."""
+
 
 class Batcher:
-    """Open batches per IP, sent in rounds.
+    """Open batches per ``events`` partition, sent in rounds.
 
-    A round goes when the oldest open batch is ``interval_s`` old and takes every open batch, so that the
-    records handed to the producer together leave as one Kafka record batch (a batch that fills up to
-    ``max_lines`` goes at once, on its own). While rounds are small the interval is the base one (a lone
-    failure waits ``base_interval_s``); a round of more than ``ROUND_RECORDS_AT_BASE`` records stretches
-    the next interval in proportion, up to ``max_interval_s``. Under a flood from many addresses the
-    shipper then sends fewer, larger batches: fewer requests for any broker, and the embedded one's
-    fetch cost grows with the number of batches it stores (shared/notes/embedded-broker.md).
+    An address's lines join the open batch of its partition (``partition_for``: the processor's tables
+    use the same hash, so state stays co-partitioned), so that a distributed attack from thousands of
+    addresses costs the processor one record per (host, partition, round), not one per address. A batch
+    that reaches ``max_lines`` or ``max_bytes`` goes at once, on its own.
+
+    A round takes every open batch, so that the records handed to the producer together leave as one
+    Kafka request. It goes (:meth:`due`):
+
+    - at once when the shipper is idle: nothing in flight (the caller says) and no round went out
+      within the current interval. A lone failure waits for nothing;
+    - otherwise when the oldest open batch is ``interval_s`` old: while records are in flight or rounds
+      follow each other (load), lines gather. A round of more than ``ROUND_RECORDS_AT_BASE`` records
+      stretches the next interval in proportion, up to ``max_interval_s``: under a flood the shipper
+      sends fewer, larger records.
     """
 
-    def __init__(self, interval_s: float, max_lines: int, max_interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        interval_s: float,
+        max_lines: int,
+        max_interval_s: float | None = None,
+        *,
+        partitions: int = 1,
+        max_bytes: int = EVENTS_RECORD_MAX_BYTES,
+    ) -> None:
         self.base_interval_s = interval_s
         self.max_interval_s = max(interval_s, max_interval_s or interval_s)
         self.interval_s = interval_s
         """The interval for batches opened now: the base one, or longer after a large round."""
         self.max_lines = max_lines
-        self.open_batches: dict[str, Pending] = {}
+        self.max_bytes = max_bytes
+        self.partitions = partitions
+        self.parts: dict[str, int] = {}
+        """Cache: address -> its events partition."""
+        self.open_batches: dict[int, Pending] = {}
         # Opening order. A batch that went out full stays here until it reaches the front and is
-        # skipped: popping from the front of a deque stays O(1), where taking the first key of a dict
-        # whose front entries were deleted costs a scan over the deleted slots.
+        # skipped: popping from the front of a deque stays O(1).
         self._order: deque[Pending] = deque()
         self.last_ts: datetime | None = None  # event time of the last line added
+        self.last_round = -math.inf
+        """When the last round went (monotonic seconds)."""
         self.rounds = 0
         self._next_rid = 0
 
-    def open(self, ip: str, pos: Pos, now: float) -> Pending:
-        """A new open batch for ``ip`` (which has none), its first line at ``pos``."""
+    def partition_of(self, ip: str) -> int:
+        p = self.parts.get(ip)
+        if p is None:
+            if len(self.parts) >= PARTITION_CACHE_MAX:
+                self.parts.clear()
+            p = self.parts[ip] = partition_for(ip, self.partitions)
+        return p
+
+    def open(self, partition: int, key: bytes, pos: Pos, now: float) -> Pending:
+        """A new open batch for ``partition`` (which has none), its first line (address ``key``) at ``pos``."""
         self._next_rid += 1
-        b = Pending(self._next_rid, ip, pos, now + self.interval_s)
-        self.open_batches[ip] = b
+        b = Pending(self._next_rid, partition, key, pos, now + self.interval_s)
+        self.open_batches[partition] = b
         self._order.append(b)
         return b
 
-    def add(self, ip: str, line: Line, pos: Pos, now: float) -> tuple[Pending, bool, bool]:
+    def add(self, line: AddressLine, pos: Pos, now: float) -> tuple[Pending, bool, bool]:
         """Add one line; returns (its batch, whether the batch is new, whether it is full and removed)."""
         self.last_ts = line.ts
-        b = self.open_batches.get(ip)
+        part = self.partition_of(line.ip)
+        b = self.open_batches.get(part)
         new = b is None
         if b is None:
-            b = self.open(ip, pos, now)
+            b = self.open(part, line.ip.encode(), pos, now)
         b.lines.append(line)
-        if len(b.lines) >= self.max_lines:
-            del self.open_batches[ip]
+        b.size += LINE_OVERHEAD + len(line.client) + len(line.raw)
+        if len(b.lines) >= self.max_lines or b.size >= self.max_bytes:
+            del self.open_batches[part]
             return b, new, True
         return b, new, False
 
@@ -170,18 +232,28 @@ class Batcher:
         order, opened = self._order, self.open_batches
         while order:
             b = order[0]
-            if opened.get(b.ip) is b:
+            if opened.get(b.partition) is b:
                 return b
             order.popleft()  # went out full
         return None
 
-    def due(self, now: float) -> list[Pending]:
-        """The round, when the oldest open batch is due: every open batch, in opening order."""
-        front = self._front()
-        if front is None or front.deadline > now:
+    def ready_at(self, idle: bool) -> float | None:
+        """When the next round may go (None: nothing open); ``idle``: nothing is in flight."""
+        b = self._front()
+        if b is None:
+            return None
+        if idle:
+            return min(b.deadline, self.last_round + self.interval_s)
+        return b.deadline
+
+    def due(self, now: float, idle: bool = False) -> list[Pending]:
+        """The round, when it may go (:meth:`ready_at`): every open batch, in opening order."""
+        at = self.ready_at(idle)
+        if at is None or at > now:
             return []
         out = self.drain()
         self.rounds += 1
+        self.last_round = now
         stretched = self.base_interval_s * len(out) / ROUND_RECORDS_AT_BASE
         self.interval_s = min(self.max_interval_s, max(self.base_interval_s, stretched))
         return out
@@ -192,9 +264,8 @@ class Batcher:
         self._order.clear()
         return out
 
-    def next_deadline(self) -> float | None:
-        b = self._front()
-        return None if b is None else b.deadline
+    def next_deadline(self, idle: bool = False) -> float | None:
+        return self.ready_at(idle)
 
     def __len__(self) -> int:
         return len(self.open_batches)
@@ -297,7 +368,10 @@ class Shipper:
         self.topics = cluster.topics
         self.stats = ShipperStats()
         self.batcher = Batcher(
-            s.flush_interval_ms / 1000.0, s.max_lines_per_record, s.max_flush_interval_ms / 1000.0
+            s.flush_interval_ms / 1000.0,
+            s.max_lines_per_record,
+            s.max_flush_interval_ms / 1000.0,
+            partitions=cluster.settings.partitions,
         )
         self.tracker = AckTracker()
         self.inflight: dict[int, Pending] = {}
@@ -318,6 +392,7 @@ class Shipper:
         self._last_hb = 0.0
         self._last_gauges = 0.0
         self._synced: dict[Any, int] = {}
+        self._partitions_checked = False
         self._rl = RateLimitedLog(log, 30.0)
         self._rl_parse = RateLimitedLog(log, 10.0)
         self.tailer = Tailer(
@@ -432,7 +507,7 @@ class Shipper:
                 " takes them",
                 self.pending_lines,
             )
-        for b in self.batcher.due(now):
+        for b in self.batcher.due(now, idle=not self.inflight):
             self._send(b)
         if self._fatal:
             self._replace_producer()
@@ -445,7 +520,7 @@ class Shipper:
         if got or (self.pending_lines < self.max_pending and not self.tailer.caught_up):
             return  # more to read now
         timeout = self.settings.shipper.poll_interval_s
-        nd = self.batcher.next_deadline()
+        nd = self.batcher.next_deadline(idle=not self.inflight)
         if nd is not None:
             timeout = min(timeout, nd - now)
         if self.retry:
@@ -472,6 +547,7 @@ class Shipper:
         counts = [0, 0]  # lines, events
         host, batcher, tracker, file_ids = self.host, self.batcher, self.tracker, self._file_ids
         opened, max_lines, send = batcher.open_batches, batcher.max_lines, self._send
+        max_bytes, parts = batcher.max_bytes, batcher.parts
         last_ts = batcher.last_ts
         for item in items:
             seq, fid = item.seq, item.file_id
@@ -493,14 +569,18 @@ class Shipper:
                 # Batcher.add, inlined: this runs once per line
                 nonlocal last_ts
                 last_ts = ts
-                b = opened.get(ip)
+                part = parts.get(ip)
+                if part is None:
+                    part = batcher.partition_of(ip)
+                b = opened.get(part)
                 if b is None:
-                    b = batcher.open(ip, (seq, off), now)
+                    b = batcher.open(part, ip.encode(), (seq, off), now)
                     tracker.open(b.rid, b.first)
                 lines = b.lines
-                lines.append(Line(f"{id_prefix}{off}", ts, port, client, reason, raw))
-                if len(lines) >= max_lines:
-                    del opened[ip]
+                lines.append(AddressLine(ip, f"{id_prefix}{off}", ts, port, client, reason, raw))
+                b.size += LINE_OVERHEAD + len(client) + len(raw)
+                if len(lines) >= max_lines or b.size >= max_bytes:
+                    del opened[part]
                     send(b)
 
             def on_other(off: int, text: str, too_long: bool) -> None:
@@ -556,7 +636,7 @@ class Shipper:
                 file_ids[cur] = cur_fid
 
     def _send(self, b: Pending) -> None:
-        b.value = encode(EventBatch(host=self.host, ip=b.ip, lines=b.lines, instance=self.instance))
+        b.value = encode(EventsRecord(host=self.host, lines=b.lines, instance=self.instance))
         self.inflight[b.rid] = b
         self._produce(b)
 
@@ -565,7 +645,7 @@ class Shipper:
             self.producer.produce(
                 self.topics.events,
                 b.value,
-                b.ip.encode(),
+                b.key,
                 on_delivery=functools.partial(self._delivered, b.rid),
             )
         except BufferError:
@@ -705,6 +785,8 @@ class Shipper:
         if not force and now - self._last_gauges < 1.0:
             return
         self._last_gauges = now
+        if not self._partitions_checked and self.stats.records_shipped:
+            self._check_partitions()
         # Per-record counters are synced here (a Prometheus inc per record costs more than the record).
         st, synced = self.stats, self._synced
         for counter, value in (
@@ -720,6 +802,32 @@ class Shipper:
         m.ROTATIONS.set(self.tailer.rotations)
         m.TRUNCATIONS.set(self.tailer.truncations)
         m.FLUSH_INTERVAL.set(self.batcher.interval_s)
+
+    def _check_partitions(self) -> None:
+        """Once the producer knows the events topic: group by its real partition count, should the
+        settings (``kafka.partitions``) say otherwise (the processor refuses lines grouped wrongly)."""
+        if self._producer is None:
+            return
+        self._partitions_checked = True
+        try:
+            meta = self._producer.list_topics(self.topics.events, timeout=1.0).topics[self.topics.events]
+            n = len(meta.partitions)
+        except Exception as exc:  # best effort: checked once
+            log.debug("partitions of %s: %s", self.topics.events, exc)
+            return
+        if n and n != self.batcher.partitions:
+            log.error(
+                "%s has %d partitions, kafka.partitions says %d: grouping lines by %d from now on (set"
+                " kafka.partitions to the topic's count)",
+                self.topics.events,
+                n,
+                self.batcher.partitions,
+                n,
+            )
+            for b in self.batcher.drain():  # grouped by the old count: sent as they are
+                self._send(b)
+            self.batcher.partitions = n
+            self.batcher.parts.clear()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         stuck = self._outage_since is not None and time.monotonic() - self._outage_since > 60

@@ -1,8 +1,9 @@
 """One address's failures as the shippers saw them: its ``events`` records, read from its one partition.
 
-Added for the web console's per-IP timeline (failures per host). ``events`` is keyed by the client IP and
-hashed with murmur2 (like every fleet2ban producer), so one address's records live in one partition;
-the read seeks there by time and keeps only records naming the address.
+Added for the web console's per-IP timeline (failures per host). Every line of an address is in the
+``events`` partition :func:`~fleet2ban.contract.partition_for` gives it (a v2 record holds the lines of
+many addresses of one partition, a v1 record those of one address, keyed by it); the read seeks there by
+time, skips records that do not mention the address, and keeps only the lines of the address.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from fleet2ban.audit.partition import partition_for
 from fleet2ban.audit.reader import Source, TopicReader, partition_count
-from fleet2ban.contract import ContractError, Event, decode_batch, normalize_ip
+from fleet2ban.contract import ContractError, Event, decode_events, normalize_ip, partition_for
 from fleet2ban.kafka import Cluster
 from fleet2ban.logs import RateLimitedLog
 
@@ -44,12 +44,11 @@ def read_failures(
         if len(out) >= max_events:
             return
         try:
-            batch = decode_batch(value)
+            events = decode_events(value)
         except ContractError as exc:
             rlog.warning("bad-event", "skipped an events record that breaks the contract: %s", exc)
             return
-        if normalize_ip(batch.ip) == target:
-            out.extend(batch.events()[: max_events - len(out)])
+        out.extend([e for e in events if e.ip == target][: max_events - len(out)])
 
     # The reader's kinds name the audit topics; the kind is only passed back to ``feed``, which ignores it.
     src = Source("decisions", topic, since=since, until=until, partitions=(partition_for(target, n),))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet2ban import waiting
-from fleet2ban.contract import EventBatch, decode_batch
+from fleet2ban.contract import EventsRecord, decode_events_record
 from fleet2ban.kafka import Cluster, read_to_end
 from fleet2ban.settings import KafkaSettings, Settings, ShipperSettings
 from shipper.ship import Shipper
@@ -65,13 +65,13 @@ def running(ship: Shipper) -> Iterator[Shipper]:
             raise errors[0]
 
 
-def read_batches(cluster: Cluster, topic: str | None = None) -> list[tuple[int, int, bytes, EventBatch]]:
+def read_batches(cluster: Cluster, topic: str | None = None) -> list[tuple[int, int, bytes, EventsRecord]]:
     """(partition, offset, key, record) of every events record."""
     out = []
     for msg in read_to_end(cluster, topic or cluster.topics.events, timeout=30):
-        out.append((msg.partition, msg.offset, msg.key, decode_batch(msg.value)))
+        out.append((msg.partition, msg.offset, msg.key, decode_events_record(msg.value)))
     return out
 
 
-def line_ids(batches: list[tuple[int, int, bytes, EventBatch]]) -> list[str]:
+def line_ids(batches: list[tuple[int, int, bytes, EventsRecord]]) -> list[str]:
     return [ln.id for *_, b in batches for ln in b.lines]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from ship_helpers import amps_line, append, make_settings, read_batches, running, wait_until
 
-from fleet2ban.contract import EventBatch
+from fleet2ban.contract import EventsRecord
 from fleet2ban.kafka import Cluster, ensure_topics, resolve
 from fleet2ban.kafka.local import LocalKafka
 from fleet2ban.settings import KafkaSettings
@@ -24,7 +24,7 @@ from shipper.tail import load_checkpoint
 FLEET2BAN = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "fleet2ban")
 
 
-def clients(batches: list[tuple[int, int, bytes, EventBatch]]) -> Counter[str]:
+def clients(batches: list[tuple[int, int, bytes, EventsRecord]]) -> Counter[str]:
     return Counter(ln.client for *_, b in batches for ln in b.lines)
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from ship_helpers import amps_line, append, line_ids, make_settings, read_batches, running, wait_until
 
-from fleet2ban.contract import Line, decode_report
+from fleet2ban.contract import (
+    AddressLine,
+    EventsRecord,
+    decode_events_record,
+    decode_report,
+    encode,
+    partition_for,
+)
 from fleet2ban.kafka import Cluster, read_to_end
 from fleet2ban.settings import KafkaSettings
 from shipper.parse import iter_file_events
@@ -19,60 +26,112 @@ from shipper.tail import load_checkpoint
 # ------------------------------------------------------------------------------------------- pure
 
 
-def _line(i: int) -> Line:
+def _line(i: int, ip: str = "10.0.0.1", raw: str = "") -> AddressLine:
     from datetime import UTC, datetime
 
-    return Line(id=str(i), ts=datetime(2026, 1, 1, tzinfo=UTC), port=1, client="c", reason="auth")
+    return AddressLine(
+        ip=ip, id=str(i), ts=datetime(2026, 1, 1, tzinfo=UTC), port=1, client="c", reason="auth", raw=raw
+    )
 
 
-def test_batcher_groups_per_ip_and_sends_every_open_batch_in_one_round_when_the_oldest_is_due() -> None:
-    b = Batcher(0.010, max_lines=3)
-    _first, new, full = b.add("10.0.0.1", _line(1), (1, 0), now=100.0)
-    assert new and not full
-    b.add("10.0.0.2", _line(2), (1, 10), now=100.001)
-    b.add("10.0.0.1", _line(3), (1, 20), now=100.002)
-    assert b.due(100.009) == []
+def _ips_of(partitions: int, part: int, n: int) -> list[str]:
+    """``n`` addresses whose events partition is ``part``."""
+    out = [ip for i in range(5000) if partition_for(ip := f"10.0.{i // 250}.{i % 250}", partitions) == part]
+    return out[:n]
+
+
+def test_batcher_groups_per_partition_and_sends_every_open_batch_in_one_round_when_the_oldest_is_due() -> (
+    None
+):
+    b = Batcher(0.010, max_lines=3, partitions=4)
+    a1, a2 = _ips_of(4, 1, 2)
+    (c1,) = _ips_of(4, 2, 1)
+    b.add(_line(0, c1), (1, 0), now=100.0)
+    assert [d.partition for d in b.due(100.0, idle=True)] == [2]  # idle: at once
+    first, new, full = b.add(_line(1, a1), (1, 0), now=100.0)
+    assert new and not full and first.key == a1.encode() and first.partition == 1
+    b.add(_line(2, c1), (1, 10), now=100.001)
+    _, new, _ = b.add(_line(3, a2), (1, 20), now=100.002)
+    assert not new  # another address of the same partition joins the same record
+    assert b.due(100.009) == [] and b.due(100.009, idle=True) == []  # a round went less than 10 ms ago
     assert b.next_deadline() == pytest.approx(100.010)
     due = b.due(100.0105)
-    assert [(d.ip, [ln.id for ln in d.lines]) for d in due] == [("10.0.0.1", ["1", "3"]), ("10.0.0.2", ["2"])]
+    assert [(d.partition, [(ln.ip, ln.id) for ln in d.lines]) for d in due] == [
+        (1, [(a1, "1"), (a2, "3")]),
+        (2, [(c1, "2")]),
+    ]
     assert b.next_deadline() is None and len(b) == 0
     for i in range(3):
-        got, _, full = b.add("10.0.0.3", _line(10 + i), (1, 30 + i), now=100.02)
+        got, _, full = b.add(_line(10 + i, (a1, a2)[i % 2]), (1, 30 + i), now=100.02)
     assert full and [ln.id for ln in got.lines] == ["10", "11", "12"]
-    b.add("10.0.0.4", _line(20), (1, 40), now=100.02)
-    assert [d.ip for d in b.drain()] == ["10.0.0.4"]
+    b.add(_line(20, c1), (1, 40), now=100.02)
+    assert [d.partition for d in b.drain()] == [2]
+
+
+def test_batcher_bounds_a_record_by_its_size_too() -> None:
+    b = Batcher(0.010, max_lines=10_000, partitions=1, max_bytes=8 * 1024)
+    n = 0
+    while True:
+        got, _, full = b.add(_line(n, f"10.1.0.{n % 200}", raw="x" * 400), (1, n), now=1.0)
+        n += 1
+        if full:
+            break
+    value = encode(EventsRecord(host="h", lines=got.lines))
+    assert got.size >= 8 * 1024 * 0.8 and len(value) <= got.size <= 8 * 1024 + 1024
+    assert len(got.lines) == n < 30
+
+
+def test_batcher_while_busy_waits_for_the_deadline_and_idle_sends_at_once() -> None:
+    b = Batcher(5.0, max_lines=100, partitions=2)
+    b.add(_line(1), (1, 0), now=10.0)
+    # records in flight (not idle): the round waits for the oldest batch's deadline
+    assert b.due(10.0, idle=False) == [] and b.next_deadline(idle=False) == pytest.approx(15.0)
+    assert len(b.due(10.0, idle=True)) == 1  # nothing in flight, no round for long: at once
+    b.add(_line(2), (1, 1), now=10.5)
+    # a round went 0.5 s ago: under load lines gather even with nothing in flight
+    assert b.due(10.5, idle=True) == [] and b.next_deadline(idle=True) == pytest.approx(15.0)
+    assert len(b.due(15.0, idle=True)) == 1
 
 
 def test_batcher_skips_batches_that_went_out_full_and_keeps_opening_order() -> None:
-    b = Batcher(0.010, max_lines=2)
-    b.add("a", _line(1), (1, 0), now=1.000)
-    b.add("b", _line(2), (1, 1), now=1.001)
-    _, _, full = b.add("a", _line(3), (1, 2), now=1.002)  # a's first batch goes out full
+    b = Batcher(0.010, max_lines=2, partitions=3)
+    pa, pb = _ips_of(3, 0, 1)[0], _ips_of(3, 1, 1)[0]
+    b.add(_line(1, pa), (1, 0), now=1.000)
+    b.add(_line(2, pb), (1, 1), now=1.001)
+    _, _, full = b.add(_line(3, pa), (1, 2), now=1.002)  # pa's first batch goes out full
     assert full
-    b.add("a", _line(4), (1, 3), now=1.003)  # a's next batch, opened after b's
-    assert b.next_deadline() == pytest.approx(1.011)  # b is now the oldest open batch
-    assert [(d.ip, [ln.id for ln in d.lines]) for d in b.due(1.012)] == [("b", ["2"]), ("a", ["4"])]
+    b.add(_line(4, pa), (1, 3), now=1.003)  # pa's partition's next batch, opened after pb's
+    assert b.next_deadline() == pytest.approx(1.011)  # pb's is now the oldest open batch
+    assert [(d.key, [ln.id for ln in d.lines]) for d in b.due(1.012)] == [
+        (pb.encode(), ["2"]),
+        (pa.encode(), ["4"]),
+    ]
     assert b.next_deadline() is None and len(b) == 0 and b.due(9.0) == []
-    # many IPs opened and sent: due() costs what is due, not what went before
+    # many batches opened and sent: due() costs what is due, not what went before
     for i in range(20_000):
-        b.add(f"ip{i}", _line(i), (1, 10 + i), now=2.0)
-        b.add(f"ip{i}", _line(i), (1, 10 + i), now=2.0)  # full at once
-    b.add("last", _line(0), (1, 99_999), now=2.0)
-    assert [d.ip for d in b.due(2.5)] == ["last"]
+        b.add(_line(i, pa), (1, 10 + i), now=2.0)
+        b.add(_line(i, pa), (1, 10 + i), now=2.0)  # full at once
+    b.add(_line(0, pb), (1, 99_999), now=2.0)
+    assert [d.key for d in b.due(2.5)] == [pb.encode()]
 
 
 def test_batcher_stretches_its_interval_after_large_rounds_and_returns_to_the_base_one() -> None:
-    b = Batcher(0.010, max_lines=500, max_interval_s=0.050)
+    b = Batcher(0.010, max_lines=500, max_interval_s=0.050, partitions=1000)
     now = 10.0
+    ips = [f"10.1.{i // 250}.{i % 250}" for i in range(5000)]
+    by_part: dict[int, str] = {}
+    for ip in ips:
+        by_part.setdefault(partition_for(ip, 1000), ip)
+    distinct = list(by_part.values())  # one address per partition: one record each
 
-    def round_of(n: int) -> list[str]:
+    def round_of(n: int) -> list[int]:
         nonlocal now
         for i in range(n):
-            b.add(f"10.1.{i // 250}.{i % 250}", _line(i), (1, i), now=now)
+            b.add(_line(i, distinct[i]), (1, i), now=now)
         deadline = b.next_deadline()
         assert deadline is not None
         now = deadline
-        return [d.ip for d in b.due(now)]
+        return [d.partition for d in b.due(now)]
 
     waited = []
     for n in (2, ROUND_RECORDS_AT_BASE, 3 * ROUND_RECORDS_AT_BASE, 100, 100, 1):
@@ -84,9 +143,9 @@ def test_batcher_stretches_its_interval_after_large_rounds_and_returns_to_the_ba
     assert waited == [0.010, 0.010, 0.010, 0.030, 0.050, 0.050]
     assert b.interval_s == pytest.approx(0.010) and b.rounds == 6
     # without a maximum above the base, the interval never stretches
-    fixed = Batcher(0.010, max_lines=500)
+    fixed = Batcher(0.010, max_lines=500, partitions=1000)
     for i in range(100):
-        fixed.add(f"ip{i}", _line(i), (1, i), now=1.0)
+        fixed.add(_line(i, distinct[i]), (1, i), now=1.0)
     assert len(fixed.due(1.010)) == 100 and fixed.interval_s == pytest.approx(0.010)
 
 
@@ -136,10 +195,14 @@ def check_shipped(cluster: Cluster, path: Path, max_lines: int) -> list:
     assert sorted(ids) == sorted(want), "every line exactly once"
     order = {i: n for n, i in enumerate(want)}
     per_ip: dict[str, list[int]] = defaultdict(list)
-    for _part, _off, key, b in sorted(batches, key=lambda x: (x[0], x[1])):
-        assert key == b.ip.encode() and b.host == "h1" and b.instance == "amps"
+    n = cluster.settings.partitions
+    for part, _off, key, b in sorted(batches, key=lambda x: (x[0], x[1])):
+        # keyed by its first address; every address it holds is of the partition it is in
+        assert key == b.lines[0].ip.encode() and b.host == "h1" and b.instance == "amps"
+        assert {partition_for(ln.ip, n) for ln in b.lines} == {part}
         assert 1 <= len(b.lines) <= max_lines
-        per_ip[b.ip] += [order[ln.id] for ln in b.lines]
+        for ln in b.lines:
+            per_ip[ln.ip].append(order[ln.id])
     for ip, seq in per_ip.items():
         assert seq == sorted(seq), f"{ip}: lines out of file order"
     return batches
@@ -164,9 +227,11 @@ def test_ship_a_file_and_read_it_back_line_by_line(
     with running(ship):
         wait_until(lambda: ship.stats.events_shipped == 3001, what="3001 events acknowledged")
     batches = check_shipped(cluster, log, 100)
-    flood = [b for *_, b in batches if b.ip == "10.9.0.1"]
-    assert sum(len(b.lines) for b in flood) == 2000
+    flood = [b for *_, b in batches if any(ln.ip == "10.9.0.1" for ln in b.lines)]
+    assert sum(ln.ip == "10.9.0.1" for *_, b in batches for ln in b.lines) == 2000
     assert len(flood) < 2000 / 5, "a flood from one IP is batched"
+    # the background addresses share records with others of their partition
+    assert len(batches) < 3001 / 5
     assert ship.stats.rejected["malformed"] == 1 and ship.stats.liveness == 30
     cp = load_checkpoint(settings.resolved_state_dir() / "shipper-h1.checkpoint")
     assert cp is not None and cp.offset == log.stat().st_size
@@ -215,9 +280,11 @@ class FakeProducer:
         self.pending: list = []
         self.release = False
         self.delivered: list[bytes] = []
+        self.produced: list[bytes] = []
 
     def produce(self, topic: str, value: bytes, key: bytes, on_delivery=None) -> None:  # type: ignore[no-untyped-def]
         self.pending.append((topic, value, on_delivery))
+        self.produced.append(value)
 
     def poll(self, timeout: float = 0) -> int:
         if not self.release:
@@ -263,14 +330,11 @@ def test_reading_pauses_while_the_queue_is_full_then_resumes(tmp_path: Path) -> 
         fakes[-1].release = True
         wait_until(lambda: ship.stats.events_shipped == 2000, what="all shipped after release")
         assert not ship.paused
-    from fleet2ban.contract import decode_batch
-
-    shipped = [ln.id for v in fakes[-1].delivered if b'"lines"' in v for ln in decode_batch(v).lines]
+    shipped = [ln.id for v in fakes[-1].delivered if b'"lines"' in v for ln in decode_events_record(v).lines]
     assert sorted(shipped) == sorted(expected(log))
 
 
 def test_shipper_with_an_operators_fail2ban_filter(tmp_path: Path) -> None:
-    from fleet2ban.contract import decode_batch
     from shipper.f2bfilter import load_filter
 
     log = tmp_path / "ban.log"
@@ -286,11 +350,63 @@ def test_shipper_with_an_operators_fail2ban_filter(tmp_path: Path) -> None:
         return fakes[-1]
 
     flt = load_filter(Path(__file__).parent.parent / "data" / "seed-amps.conf", warn=False)
-    ship = Shipper(
-        settings, Cluster(settings.kafka, "127.0.0.1:1"), parser=flt, producer_factory=factory
-    )
+    ship = Shipper(settings, Cluster(settings.kafka, "127.0.0.1:1"), parser=flt, producer_factory=factory)
     with running(ship):
         wait_until(lambda: ship.stats.events_shipped == 1, what="the auth line shipped")
-    batches = [decode_batch(v) for v in fakes[-1].delivered if b'"lines"' in v]
-    assert [(b.ip, b.lines[0].reason) for b in batches] == [("10.4.0.1", "auth")]
+    batches = [decode_events_record(v) for v in fakes[-1].delivered if b'"lines"' in v]
+    assert [(ln.ip, ln.reason) for b in batches for ln in b.lines] == [("10.4.0.1", "auth")]
     assert ship.stats.rejected["no-match"] == 1
+
+
+def test_a_lone_line_is_handed_to_the_producer_at_once_and_lines_gather_while_one_is_in_flight(
+    tmp_path: Path,
+) -> None:
+    """Issue 17: no fixed flush delay when idle. With a 10 s flush interval, a line read while nothing
+    is in flight reaches the producer in the very step that read it; lines read while that record is
+    unacknowledged wait for the round (and go together)."""
+    log = tmp_path / "ban.log"
+    log.write_bytes(b"")
+    settings = make_settings(
+        KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="x."),
+        tmp_path,
+        flush_interval_ms=10_000,
+        max_flush_interval_ms=10_000,
+        poll_interval_s=0.01,
+    )
+    fakes: list[FakeProducer] = []
+
+    def factory(conf: dict) -> FakeProducer:
+        fakes.append(FakeProducer(conf))
+        return fakes[-1]
+
+    ship = Shipper(
+        settings, Cluster(settings.kafka, "127.0.0.1:1"), producer_factory=factory, use_inotify=False
+    )
+    try:
+        ship.step()  # opens the (empty) file
+        append(log, amps_line(1, "10.5.0.1"))
+        ship.step()
+
+        def produced() -> list[bytes]:
+            return [v for v in fakes[-1].produced if b'"lines"' in v]  # not the heartbeats
+
+        (first,) = produced()
+        assert [ln.ip for ln in decode_events_record(first).lines] == ["10.5.0.1"]
+        # in flight (the fake broker does not answer): the next lines wait for the round
+        append(log, amps_line(2, "10.5.0.2") + amps_line(3, "10.5.0.3"))
+        for _ in range(3):
+            ship.step()
+        assert len(produced()) == 1 and ship.stats.events == 3
+        # acknowledged, but a round went less than the interval ago: still gathering (load)
+        fakes[-1].release = True
+        ship.step()
+        assert ship.stats.events_shipped == 1 and len(produced()) == 1
+        # the round goes when due: both waiting lines, one record per partition
+        ship.batcher.last_round -= 10.0
+        for b in ship.batcher.open_batches.values():
+            b.deadline -= 10.0
+        ship.step()
+        later = [ln.ip for v in produced()[1:] for ln in decode_events_record(v).lines]
+        assert sorted(later) == ["10.5.0.2", "10.5.0.3"]
+    finally:
+        ship.shutdown(timeout=1.0)
