@@ -385,6 +385,7 @@ def decode_decision(data: bytes | str | None) -> Decision:
     check_jail_name(rec.jail)
     for p in rec.ports:
         _check_port(p, "decision")
+    _check_duration(rec.at, rec.expires_at, "decision")
     return rec
 
 
@@ -394,7 +395,18 @@ def decode_ban(data: bytes | str | None) -> BanState:
     check_jail_name(rec.jail)
     for p in rec.ports:
         _check_port(p, "ban state")
+    _check_duration(rec.at, rec.expires_at, "ban state")
     return rec
+
+
+_LONGEST_BAN: Final = timedelta(seconds=MAX_BAN_SECONDS, days=1)
+
+
+def _check_duration(at: datetime, expires_at: datetime | None, what: str) -> None:
+    """A ban lasts at most ten years (a day of slack): longer is what ``expires_at: null`` (permanent) is
+    for, and an expiry near year 9999 would overflow when the ban is lifted."""
+    if expires_at is not None and expires_at - at > _LONGEST_BAN:
+        raise ContractError(f"{what}: expires_at {rfc3339(expires_at)} is more than ten years after at")
 
 
 def _check_canonical(text: str, normalize: Callable[[str], str], what: str) -> None:

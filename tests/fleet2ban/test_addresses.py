@@ -148,3 +148,17 @@ def test_an_events_line_may_have_an_unknown_port_but_not_a_bad_one() -> None:
     bad["lines"][0]["port"] = 70000
     with pytest.raises(c.ContractError):
         c.decode_batch(msgspec.json.encode(bad))
+
+
+def test_a_ban_expiring_near_year_9999_is_refused_on_decode() -> None:
+    """Its expiry would overflow a datetime when the processor lifts it (``year 10000 is out of range``)."""
+    far = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    d = c.Decision(
+        id="mb-1", action="ban", ip="203.0.113.9", jail="amps", at=TS, expires_at=far, origin="manual"
+    )
+    with pytest.raises(c.ContractError):
+        c.decode_decision(c.encode(d))
+    with pytest.raises(c.ContractError):
+        c.decode_ban(c.encode(c.BanState.from_decision(d)))
+    ok = msgspec.structs.replace(d, expires_at=None)
+    assert c.decode_decision(c.encode(ok)).expires_at is None  # permanent is how to say "forever"
