@@ -3,6 +3,7 @@ every decision it would mirror, bans whose expiry always fits a datetime."""
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -166,3 +167,15 @@ def test_replay_clock_bound_uses_timedelta_not_wall_time_in_tests() -> None:
     p = policy()
     assert p.future_limit() == NOW + 5.0
     assert timedelta(seconds=p.max_future_s) == timedelta(seconds=5)
+
+
+def test_the_sending_host_of_future_events_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    from processor import metrics as m
+
+    p = policy()
+    Engine(p).feed([ev(1000, host="amps-clock-ahead\x1b[2J", n=i) for i in range(3)])
+    with caplog.at_level(logging.WARNING, logger="processor.metrics"):
+        m.export_counters(p.counters)
+    (rec,) = [r for r in caplog.records if "max_future_s" in r.getMessage()]
+    assert "amps-clock-ahead\\x1b[2J" in rec.getMessage() and "3 record(s)" in rec.getMessage()
+    assert m.FUTURE.labels("amps-clock-ahead\x1b[2J")._value.get() >= 3
