@@ -546,7 +546,11 @@ class Topics:
         return f"{self.prefix}deadletter"
 
     def specs(
-        self, partitions: int, decisions_retention_days: float = 30.0, events_retention_hours: float = 24.0
+        self,
+        partitions: int,
+        decisions_retention_days: float = 30.0,
+        events_retention_hours: float = 24.0,
+        reports_retention_days: float = 7.0,
     ) -> list[TopicSpec]:
         """The topics with partitions, retention and cleanup policy (DESIGN §2)."""
         day_ms = 24 * 3600 * 1000
@@ -563,7 +567,9 @@ class Topics:
             ),
             TopicSpec(self.bans, partitions, {"cleanup.policy": "compact"}),
             TopicSpec(
-                self.reports, partitions, {"cleanup.policy": "delete", "retention.ms": str(7 * day_ms)}
+                self.reports,
+                partitions,
+                {"cleanup.policy": "delete", "retention.ms": str(int(reports_retention_days * day_ms))},
             ),
             TopicSpec(self.deadletter, 1, {"cleanup.policy": "delete", "retention.ms": str(7 * day_ms)}),
         ]

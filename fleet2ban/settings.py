@@ -60,8 +60,12 @@ class KafkaSettings(_Section):
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     partitions: int = Field(6, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1, le=16)
+    min_insync_replicas: int | None = Field(
+        None, ge=1, le=16, description="of the fleet's topics (unset: 2 with replication 3+, else 1)"
+    )
     decisions_retention_days: float = Field(30.0, gt=0)
     events_retention_hours: float = Field(24.0, gt=0)
+    reports_retention_days: float = Field(7.0, gt=0, description="enforcers' reports and heartbeats")
     client_id: str | None = None
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -72,7 +76,9 @@ class KafkaSettings(_Section):
     ssl_key_location: Path | None = None
     ssl_key_password: SecretStr | None = None
     extra: dict[str, str] = Field(
-        default_factory=dict, description="extra librdkafka properties for confluent-kafka clients"
+        default_factory=dict,
+        description="extra librdkafka properties for confluent-kafka clients; those with an aiokafka"
+        " equivalent (TLS verification, timeouts) reach the processor too",
     )
 
     @field_validator("bootstrap_servers")

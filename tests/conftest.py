@@ -81,6 +81,12 @@ def kafka_settings(kafka_bootstrap: str, test_replication: int) -> KafkaSettings
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         partitions=3,
         replication_factor=test_replication,
+        # records written with fixed timestamps in the past (T0 of the audit and enforcer tests) must not
+        # be deleted by time retention (the local broker checks it every 5 s) while a test reads them;
+        # tests of retention set it per topic
+        decisions_retention_days=3650.0,
+        events_retention_hours=3650.0 * 24,
+        reports_retention_days=3650.0,
     )
 
 

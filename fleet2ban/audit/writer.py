@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from fleet2ban.contract import BanState, ContractError, Decision, ban_key, decode_ban, encode, split_ban_key
 from fleet2ban.exceptions import BrokerError
-from fleet2ban.kafka import Cluster, Source, TopicReader, producer_config
+from fleet2ban.kafka import Cluster, KafkaAuthorizationError, Source, TopicReader, producer_config
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,11 @@ def publish_decision(cluster: Cluster, decision: Decision, timeout: float = 10.0
     if remaining or "msg" not in result:
         raise BrokerError(f"the broker did not acknowledge the decision within {timeout:g}s")
     if result["err"] is not None:
+        if "AUTHORIZATION_FAILED" in str(result["err"]):
+            raise KafkaAuthorizationError(
+                f"{cluster.principal} may not write to topic {cluster.topics.decisions}: it needs an ACL"
+                " allowing Write on it (the operator role's settings); nothing was written"
+            )
         raise BrokerError(f"writing the decision failed: {result['err']}")
     msg = result["msg"]
     return Written(msg.partition(), msg.offset())  # type: ignore[attr-defined]
@@ -76,3 +81,37 @@ def wait_for_mirror(cluster: Cluster, decision: Decision, timeout: float, since:
                 )
             reader.poll(0.2)
     return found["state"]
+
+
+def publish_decisions(cluster: Cluster, decisions: list[Decision], timeout: float = 60.0) -> int:
+    """Produce many decisions in batches (``bans import``) and wait until the broker acknowledged every
+    one; returns how many. Raises :class:`BrokerError` naming the first failure."""
+    from confluent_kafka import KafkaException, Producer
+
+    failures: list[str] = []
+
+    def delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    producer = Producer(
+        {**producer_config(cluster, linger_ms=20), "log_level": 0, "batch.num.messages": 10_000}
+    )
+    topic = cluster.topics.decisions
+    try:
+        for d in decisions:
+            while True:
+                try:
+                    producer.produce(topic, key=d.ip.encode(), value=encode(d), on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+            producer.poll(0)
+        remaining = producer.flush(timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"writing decisions failed: {exc}") from None
+    if remaining:
+        raise BrokerError(f"the broker did not acknowledge {remaining} decisions within {timeout:g}s")
+    if failures:
+        raise BrokerError(f"{len(failures)} of {len(decisions)} decisions were not written: {failures[0]}")
+    return len(decisions)

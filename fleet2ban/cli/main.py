@@ -16,6 +16,7 @@ from fleet2ban.cli import (
     console_cmds,
     dev_cmds,
     enforcer_cmds,
+    import_cmds,
     processor_cmds,
     setup_cmds,
     shipper_cmds,
@@ -101,7 +102,16 @@ def main(
     )
 
 
-for _group in (setup_cmds, shipper_cmds, processor_cmds, enforcer_cmds, audit_cmds, dev_cmds, console_cmds):
+for _group in (
+    setup_cmds,
+    shipper_cmds,
+    processor_cmds,
+    enforcer_cmds,
+    audit_cmds,
+    import_cmds,
+    dev_cmds,
+    console_cmds,
+):
     _group.register(app)
 
 
