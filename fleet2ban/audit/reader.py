@@ -11,6 +11,7 @@ through :class:`fleet2ban.kafka.TopicReader` (every partition assigned, no group
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from fleet2ban.contract import (
     split_ban_key,
 )
 from fleet2ban.exceptions import BrokerError
-from fleet2ban.kafka import Cluster, admin_config, resolve
+from fleet2ban.kafka import Cluster, admin_config, check_connection, resolve
 from fleet2ban.kafka.reader import (
     Progress,
     Record,
@@ -94,6 +95,8 @@ def connect(settings: KafkaSettings, timeout: float = 5.0) -> Cluster:
     try:
         admin.list_topics(timeout=timeout)
     except Exception as exc:
+        with contextlib.suppress(BrokerError):  # wrong credentials, TLS: one line naming the setting
+            check_connection(probe, min(timeout, 3.0))
         raise BrokerError(
             f"Kafka at {settings.bootstrap_servers} is unreachable (no answer within {timeout:g}s): "
             f"{_short(exc)}"

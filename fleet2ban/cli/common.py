@@ -16,10 +16,11 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 
 from fleet2ban.exceptions import BrokerError, Fleet2banError
-from fleet2ban.kafka import Cluster, ensure_topics_quietly, resolve
+from fleet2ban.kafka import Cluster, check_connection, ensure_topics_quietly, resolve
 from fleet2ban.kafka.local import LocalKafka
 from fleet2ban.kafka.security import SecureSpec
 from fleet2ban.logs import setup_logging
+from fleet2ban.metrics import MetricsServer
 from fleet2ban.settings import Settings, load_settings
 
 log = logging.getLogger("fleet2ban.cli")
@@ -84,11 +85,21 @@ def sigterm_as_interrupt() -> None:
 
 
 @contextlib.contextmanager
-def cluster_for(settings: Settings, *, create_topics: bool = True, wait: bool = False) -> Iterator[Cluster]:
+def cluster_for(
+    settings: Settings,
+    *,
+    create_topics: bool = True,
+    wait: bool = False,
+    uses: tuple[str, ...] | None = None,
+) -> Iterator[Cluster]:
     """The configured Kafka, or a local Apache Kafka started for this process when none is configured.
 
-    ``wait``: a long-running component started while Kafka is unreachable keeps trying (with backoff,
-    one warning line every 30 s) instead of exiting; Ctrl-C/SIGTERM stops it.
+    ``uses``: the topics (suffixes: ``events``, ``bans``...) the command uses: only those are checked
+    (and created when missing, where the principal may), so a role with only its own ACLs starts.
+    ``wait``: a long-running component started while Kafka is unreachable, or while its principal lacks
+    an ACL, keeps trying (with backoff, one warning line every 30 s naming what is missing; /healthz
+    says healthy, waiting) instead of exiting; Ctrl-C/SIGTERM stops it. Wrong credentials and TLS
+    failures are configuration errors: one line naming the setting, exit 2.
     """
     broker: LocalKafka | None = None
     bootstrap = settings.kafka.bootstrap_servers
@@ -103,9 +114,9 @@ def cluster_for(settings: Settings, *, create_topics: bool = True, wait: bool = 
         )
     try:
         cluster = (
-            _connect(settings, bootstrap, create_topics)
+            _connect(settings, bootstrap, create_topics, uses)
             if not wait
-            else _connect_waiting(settings, bootstrap, create_topics)
+            else _connect_waiting(settings, bootstrap, create_topics, uses)
         )
         yield cluster
     finally:
@@ -128,28 +139,47 @@ def local_kafka_for(settings: Settings, security: SecureSpec | None = None) -> L
     )
 
 
-def _connect(settings: Settings, bootstrap: str, create_topics: bool) -> Cluster:
+def _connect(
+    settings: Settings, bootstrap: str, create_topics: bool, uses: tuple[str, ...] | None = None
+) -> Cluster:
     cluster = resolve(settings.kafka, bootstrap)
     if create_topics:
-        ensure_topics_quietly(cluster)
+        ensure_topics_quietly(cluster, uses=uses)
+    else:
+        check_connection(cluster)
     return cluster
 
 
-def _connect_waiting(settings: Settings, bootstrap: str, create_topics: bool) -> Cluster:
+def _connect_waiting(
+    settings: Settings, bootstrap: str, create_topics: bool, uses: tuple[str, ...] | None = None
+) -> Cluster:
     delay, last_warned, attempts = 0.5, 0.0, 0
-    while True:
-        try:
-            return _connect(settings, bootstrap, create_topics)
-        except BrokerError as exc:
-            attempts += 1
-            now = time.monotonic()
-            if now - last_warned >= 30.0:
-                log.warning(
-                    "waiting for Kafka (attempt %d, retrying every %.0fs at most): %s", attempts, 10, exc
-                )
-                last_warned = now
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    waiting: dict[str, str] = {}
+    server: MetricsServer | None = None
+    try:
+        while True:
+            try:
+                return _connect(settings, bootstrap, create_topics, uses)
+            except BrokerError as exc:
+                attempts += 1
+                waiting["waiting"] = str(exc)
+                if server is None and settings.metrics.port:
+                    # healthy (the process is fine, a restart would not help) but waiting: /healthz says why
+                    with contextlib.suppress(OSError):
+                        server = MetricsServer(
+                            settings.metrics.port, settings.metrics.bind, lambda: (True, dict(waiting))
+                        ).start()
+                now = time.monotonic()
+                if now - last_warned >= 30.0:
+                    log.warning(
+                        "waiting for Kafka (attempt %d, retrying every %.0fs at most): %s", attempts, 10, exc
+                    )
+                    last_warned = now
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def echo_json_line(data: bytes | str) -> None:

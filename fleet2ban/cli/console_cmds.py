@@ -55,7 +55,9 @@ def console(
     with contextlib.ExitStack() as stack:
         kafka = settings.kafka
         if not kafka.bootstrap_servers:  # a local demo: a local Apache Kafka, empty
-            cluster = stack.enter_context(cluster_for(settings))
+            cluster = stack.enter_context(
+                cluster_for(settings, uses=("events", "decisions", "bans", "reports"))
+            )
             kafka = kafka.model_copy(update={"bootstrap_servers": cluster.bootstrap})
         app, live = build(
             settings, kafka, host=host, token=token, allow_write=allow_write, windows=windows, tls=tls

@@ -179,7 +179,7 @@ def processor(
         },
     )
     sigterm_as_interrupt()
-    with cluster_for(settings, wait=True) as cluster:
+    with cluster_for(settings, wait=True, uses=("events", "decisions", "bans")) as cluster:
         run_worker(settings, cluster)
 
 

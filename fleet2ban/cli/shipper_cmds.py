@@ -72,7 +72,7 @@ def shipper(
     parser = _parser(settings.shipper.filter_path)
     sigterm_as_interrupt()
     stop = threading.Event()
-    with cluster_for(settings, wait=True) as cluster:
+    with cluster_for(settings, wait=True, uses=("events", "reports")) as cluster:
         ship = Shipper(settings, cluster, parser=parser, use_inotify=not poll)
         server = serve_metrics(settings.metrics.port, settings.metrics.bind, ship.health)
         try:

@@ -9,8 +9,11 @@
 
 from fleet2ban.kafka.config import (
     Cluster,
+    KafkaAuthorizationError,
+    KafkaSecurityError,
     admin_config,
     aiokafka_kwargs,
+    check_connection,
     consumer_config,
     faust_broker_settings,
     producer_config,
@@ -29,12 +32,15 @@ from fleet2ban.kafka.topics import TopicCheck, ensure_topics, ensure_topics_quie
 
 __all__ = [
     "Cluster",
+    "KafkaAuthorizationError",
+    "KafkaSecurityError",
     "Record",
     "Source",
     "TopicCheck",
     "TopicReader",
     "admin_config",
     "aiokafka_kwargs",
+    "check_connection",
     "consumer_config",
     "end_offsets",
     "ensure_topics",

@@ -13,12 +13,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet2ban.contract import Topics
-from fleet2ban.exceptions import BrokerError
+from fleet2ban.exceptions import BrokerError, ConfigError
 from fleet2ban.settings import KafkaSettings, ProcessorSettings
 
 log = logging.getLogger(__name__)
 
 librdkafka_log = logging.getLogger("fleet2ban.librdkafka")
+
+
+class KafkaAuthorizationError(BrokerError):
+    """The principal lacks an ACL: the message names it. A command exits 1; a long-running component
+    keeps retrying with backoff (healthy, waiting) until an operator grants it."""
+
+    exit_code = 1
+
+
+class KafkaSecurityError(ConfigError):
+    """Wrong credentials or a TLS failure (unknown CA, host name mismatch, expired certificate): a
+    configuration error, one line naming the setting; exit 2 at start."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,16 @@ class Cluster:
     @property
     def topics(self) -> Topics:
         return Topics(self.settings.topic_prefix)
+
+    @property
+    def principal(self) -> str:
+        """Who the brokers see (for messages): ``User:<sasl_username>``, or what TLS/PLAINTEXT give."""
+        s = self.settings
+        if s.sasl_mechanism and s.sasl_username:
+            return f"User:{s.sasl_username}"
+        if s.ssl_certificate_location:
+            return f"the principal of the certificate {s.ssl_certificate_location}"
+        return "User:ANONYMOUS"
 
 
 def resolve(settings: KafkaSettings, bootstrap: str | None = None) -> Cluster:
@@ -127,10 +149,63 @@ def consumer_config(cluster: Cluster, group_id: str | None = None, **overrides: 
     return conf
 
 
+_AIOKAFKA_EXTRA: dict[str, tuple[str, Any]] = {
+    # librdkafka property -> (aiokafka keyword, conversion)
+    "request.timeout.ms": ("request_timeout_ms", int),
+    "metadata.max.age.ms": ("metadata_max_age_ms", int),
+    "connections.max.idle.ms": ("connections_max_idle_ms", int),
+    "reconnect.backoff.ms": ("retry_backoff_ms", int),
+    "retry.backoff.ms": ("retry_backoff_ms", int),
+    "sasl.kerberos.service.name": ("sasl_kerberos_service_name", str),
+}
+_TLS_EXTRA = ("ssl.endpoint.identification.algorithm", "enable.ssl.certificate.verification")
+_CONFLUENT_ONLY = ("log_level", "debug", "statistics.interval.ms", "socket.keepalive.enable")
+_warned_extra: set[str] = set()
+
+
+def _aiokafka_extra(extra: dict[str, str]) -> dict[str, Any]:
+    """The ``kafka.extra`` properties that aiokafka (the processor) has an equivalent for; the others
+    are named once in a warning, so a TLS or timeout fix is never silently lost for the processor."""
+    out: dict[str, Any] = {}
+    for key, value in extra.items():
+        if key in _AIOKAFKA_EXTRA:
+            name, conv = _AIOKAFKA_EXTRA[key]
+            out[name] = conv(value)
+        elif key not in _TLS_EXTRA and key not in _CONFLUENT_ONLY and key not in _warned_extra:
+            _warned_extra.add(key)
+            log.warning("kafka.extra %s has no aiokafka equivalent: the processor ignores it", key)
+    return out
+
+
+def _ssl_context(s: KafkaSettings) -> Any:
+    import ssl
+
+    from aiokafka.helpers import create_ssl_context
+
+    ctx = create_ssl_context(
+        cafile=str(s.ssl_ca_location) if s.ssl_ca_location else None,
+        certfile=str(s.ssl_certificate_location) if s.ssl_certificate_location else None,
+        keyfile=str(s.ssl_key_location) if s.ssl_key_location else None,
+        password=s.ssl_key_password.get_secret_value() if s.ssl_key_password else None,
+    )
+    if s.extra.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
+        ctx.check_hostname = False
+    if s.extra.get("enable.ssl.certificate.verification", "true").lower() == "false":
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def aiokafka_kwargs(cluster: Cluster) -> dict[str, Any]:
-    """Keyword arguments for aiokafka clients (security settings mirrored from the confluent ones)."""
+    """Keyword arguments for aiokafka clients: security settings, ``client_id`` and the ``kafka.extra``
+    properties that have an aiokafka equivalent, mirrored from the confluent ones."""
     s = cluster.settings
-    kw: dict[str, Any] = {"bootstrap_servers": cluster.bootstrap, "security_protocol": s.security_protocol}
+    kw: dict[str, Any] = {
+        "bootstrap_servers": cluster.bootstrap,
+        "security_protocol": s.security_protocol,
+        "client_id": s.client_id or f"fleet2ban-{socket.gethostname()}",
+        **_aiokafka_extra(s.extra),
+    }
     if s.sasl_mechanism:
         kw.update(
             sasl_mechanism=s.sasl_mechanism,
@@ -138,14 +213,7 @@ def aiokafka_kwargs(cluster: Cluster) -> dict[str, Any]:
             sasl_plain_password=s.sasl_password.get_secret_value() if s.sasl_password else None,
         )
     if s.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        kw["ssl_context"] = create_ssl_context(
-            cafile=str(s.ssl_ca_location) if s.ssl_ca_location else None,
-            certfile=str(s.ssl_certificate_location) if s.ssl_certificate_location else None,
-            keyfile=str(s.ssl_key_location) if s.ssl_key_location else None,
-            password=s.ssl_key_password.get_secret_value() if s.ssl_key_password else None,
-        )
+        kw["ssl_context"] = _ssl_context(s)
     return kw
 
 
@@ -169,6 +237,11 @@ def faust_broker_settings(cluster: Cluster, processor: ProcessorSettings | None 
         "broker_rebalance_timeout": p.rebalance_timeout_s,
         "broker_max_poll_records": p.max_poll_records,
     }
+    extra = _aiokafka_extra(s.extra)
+    if "request_timeout_ms" in extra:
+        conf["broker_request_timeout"] = extra["request_timeout_ms"] / 1000.0
+    if "metadata_max_age_ms" in extra:
+        conf["consumer_metadata_max_age_ms"] = extra["metadata_max_age_ms"]
     if s.security_protocol != "PLAINTEXT":
         import faust
 
@@ -183,3 +256,89 @@ def faust_broker_settings(cluster: Cluster, processor: ProcessorSettings | None 
         else:
             conf["broker_credentials"] = faust.SSLCredentials(kw["ssl_context"])
     return conf
+
+
+def diagnose_tls(settings: KafkaSettings, host: str, port: int, timeout: float = 5.0) -> str | None:
+    """Why a TLS connection to ``host:port`` fails, as one line naming the setting (None when it
+    works or the reason is not about certificates). librdkafka reports every verification failure the
+    same way ("broker certificate could not be verified"); Python's ssl module says which it is."""
+    import ssl
+
+    ctx = ssl.create_default_context(
+        cafile=str(settings.ssl_ca_location) if settings.ssl_ca_location else None
+    )
+    if settings.extra.get("ssl.endpoint.identification.algorithm", "https").lower() == "none":
+        ctx.check_hostname = False
+    ca = f"kafka.ssl_ca_location={settings.ssl_ca_location}" if settings.ssl_ca_location else "the system CAs"
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host),
+        ):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        code, text = exc.verify_code, exc.verify_message
+        if code in (9, 10):  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
+            return (
+                f"TLS: the certificate of the broker {host}:{port} has expired or is not valid yet ({text});"
+                " renew the brokers' certificates, or check this host's clock"
+            )
+        if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+            return (
+                f"TLS: the certificate of the broker {host}:{port} is not valid for the name {host}"
+                " (kafka.bootstrap_servers): use a name or address the certificate holds"
+            )
+        if code in (2, 18, 19, 20, 21):  # unknown issuer / self-signed
+            return f"TLS: the certificate of the broker {host}:{port} is not signed by a CA in {ca} ({text})"
+        return f"TLS: the certificate of the broker {host}:{port} was refused: {text} ({ca})"
+    except ssl.SSLError as exc:
+        return f"TLS handshake with {host}:{port} failed: {exc.reason or exc} (kafka.security_protocol)"
+    except OSError:
+        return None
+
+
+def check_connection(cluster: Cluster, timeout: float = 10.0) -> None:
+    """One metadata request as this principal. Raises :class:`KafkaSecurityError` (one line naming the
+    setting) for refused credentials and TLS failures, :class:`BrokerError` when nobody answers."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    s = cluster.settings
+    errors: list[tuple[str, str]] = []
+    conf = {
+        **admin_config(cluster),
+        "error_cb": lambda e: errors.append((e.name(), e.str())),
+        "log_level": 0,
+        "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000)),
+    }
+    conf.pop("logger", None)
+    admin = AdminClient(conf)
+    deadline = time.monotonic() + timeout
+    failure: BaseException | None = None
+    while time.monotonic() < deadline:
+        # short slices: a refused login or a failed handshake is known within one, no need to wait out
+        # the whole timeout (librdkafka keeps retrying them)
+        try:
+            admin.list_topics(timeout=min(0.5, max(0.1, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            failure = exc
+        admin.poll(0)
+        if any(n in ("_AUTHENTICATION", "_SSL") or "SSL handshake" in t for n, t in errors):
+            break
+    admin.poll(0.1)
+    text = " ".join(t for _n, t in errors)
+    if any(n == "_AUTHENTICATION" for n, _t in errors) and "SASL" in text:
+        raise KafkaSecurityError(
+            f"Kafka at {cluster.bootstrap} refused the SASL login of kafka.sasl_username={s.sasl_username}"
+            f" ({s.sasl_mechanism}): wrong kafka.sasl_password, or no such user"
+        )
+    if s.security_protocol in ("SSL", "SASL_SSL") and ("SSL" in text or not errors):
+        host, _, port = cluster.bootstrap.split(",")[0].rpartition(":")
+        why = diagnose_tls(s, host.strip("[]"), int(port), timeout=min(timeout, 5.0))
+        if why is not None:
+            raise KafkaSecurityError(why)
+    if any(n == "_AUTHENTICATION" for n, _t in errors):
+        raise KafkaSecurityError(f"Kafka at {cluster.bootstrap}: {_short(Exception(errors[0][1]))}")
+    detail = errors[0][1] if errors else str(failure)
+    raise BrokerError(f"Kafka at {cluster.bootstrap} is unreachable: {_short(Exception(detail))}")

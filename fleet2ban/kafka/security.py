@@ -319,4 +319,29 @@ def provision(
     if create_topics:
         ensure_topics(admin)
     apply_acls(admin_config(admin), fleet_grants(admin.settings.topic_prefix, processor_app_id))
+    _wait_for_acls(spec, bootstrap, admin.topics.events)
     return settings_files(spec, bootstrap, kafka)
+
+
+def _wait_for_acls(spec: SecureSpec, bootstrap: str, topic: str, timeout: float = 30.0) -> None:
+    """Return once the brokers enforce the ACLs just created (the controller commits them; each broker
+    applies them when it replays the metadata log): the shipper can see ``topic``."""
+    import time
+
+    from confluent_kafka.admin import AdminClient
+
+    from fleet2ban.exceptions import BrokerError
+
+    user = role_user("shipper")
+    if user not in spec.passwords:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap, **spec.client_config(user), "log_level": 0})
+    deadline = time.monotonic() + timeout
+    while True:
+        meta = admin.list_topics(topic=topic, timeout=10)
+        tmeta = meta.topics.get(topic)
+        if tmeta is not None and tmeta.error is None:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"the ACLs just created were not in force within {timeout:.0f}s")
+        time.sleep(0.05)
