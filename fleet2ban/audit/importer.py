@@ -36,7 +36,7 @@ from typing import Literal
 
 from fleet2ban.contract import BanState, ContractError, Decision, normalize_target, rfc3339
 from fleet2ban.exceptions import ConfigError
-from fleet2ban.rails import check_target
+from fleet2ban.rails import Rails
 from fleet2ban.safetext import printable
 from fleet2ban.settings import JailSettings, Settings
 
@@ -236,6 +236,7 @@ def plan(
     (else their jail's bantime). One (jail, target) appears once: the entry that ends last wins.
     """
     out = Plan()
+    rails = Rails.build(settings.enforcer, settings.jails)
     chosen: dict[tuple[str, str], tuple[Decision, str]] = {}
     for item in items:
         try:
@@ -252,15 +253,9 @@ def plan(
                 Refused(item.where, target, f"no jail named {item.jail!r} here (map it with --jail NAME)")
             )
             continue
-        problems = check_target(
-            target,
-            protect=[*j.ignoreip, *settings.enforcer.protect],
-            min_prefix_v4=settings.enforcer.min_prefix_v4,
-            min_prefix_v6=settings.enforcer.min_prefix_v6,
-            allow_loopback=settings.enforcer.allow_loopback,
-        )
-        if problems:
-            out.refused.append(Refused(item.where, target, "; ".join(map(str, problems))))
+        refusal = rails.refusal(j.name, target)  # the rails of the processor and every enforcer
+        if refusal is not None:
+            out.refused.append(Refused(item.where, target, refusal))
             continue
         expires = _expiry(item, j, now, ttl)
         if expires is not None and expires <= now:
