@@ -401,12 +401,21 @@ def test_wrong_password_unknown_ca_and_host_name_mismatch_are_one_clear_line(sec
     body = yaml.safe_load(secure.files["operator"].read_text())
     body["kafka"]["sasl_password"] = "wrong"
     bad.write_text(yaml.safe_dump(body))
-    res = _fleet2ban(bad, "bans", "list")
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines() == [
+    line = (
         f"fleet2ban: error: Kafka at {secure.kafka.bootstrap} refused the SASL login of "
         "kafka.sasl_username=fleet2ban-operator (SCRAM-SHA-512): wrong kafka.sasl_password, or no such user"
-    ]
+    )
+    res = _fleet2ban(bad, "bans", "list")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [line]
+    # a long-running component stops at start too (it keeps waiting only for Kafka and for ACLs)
+    log = secure.tmp / "amps-bad.log"
+    log.write_text("")
+    args = ["shipper", "--log", str(log), "--checkpoint", str(secure.tmp / "bad.ckpt"), "--metrics-port", "0"]
+    res = _fleet2ban(bad, *args)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == line
+    assert "Traceback" not in res.stderr
 
 
 def test_an_expired_broker_certificate_is_named(secure: Secure) -> None:
