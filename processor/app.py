@@ -28,7 +28,7 @@ by the target's text, so aiokafka's murmur2 puts each key's changelog in the par
 partition, keyed by its first line's address and produced to that partition (the shippers compute it
 with the same function; librdkafka's ``murmur2_random`` agrees): every address a record holds has its
 table entry in the partition number the record is in. A line whose address hashes elsewhere (a writer
-that broke the contract) is refused and counted (``bad_records{reason="partition"}``), never counted into
+that broke the contract) is refused and counted (``bad_records_total{why="partition"}``), never counted into
 state this worker may not own. A worker therefore recovers exactly the state of the partitions it is
 assigned. ``table_standby_replicas`` is 0, and the timer only touches keys of partitions this worker
 actively owns. Records of the old shape (v1, ``EventBatch``: one address, keyed by it) are still read.
@@ -81,7 +81,7 @@ from processor.policy import (
     durable_part,
     encode_state,
 )
-from processor.rebuild import RebuildError, Span, read_span, span_s
+from processor.rebuild import RebuildError, Span, deleted_unprocessed, read_span, span_s
 
 log = logging.getLogger("fleet2ban.processor")
 rlog = RateLimitedLog(log)
@@ -495,11 +495,37 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             await publish(out)
         return unprocessed
 
+    async def skipped_by_retention(partition: int) -> None:
+        """Say (log line, metric) which records of an events partition the broker deleted (retention)
+        before this group processed them: a worker stopped for longer than the retention resumes at the
+        partition's start, past them."""
+        loop = asyncio.get_running_loop()
+        find = partial(deleted_unprocessed, cluster, topics.events, partition, app.conf.id)
+        try:
+            gap = await loop.run_in_executor(None, find)
+        except RebuildError as exc:
+            log.warning(
+                "events partition %d: could not check for records lost to retention: %s", partition, exc
+            )
+            return
+        if gap is not None:
+            committed, start = gap
+            m.SKIPPED.labels("retention").inc(start - committed)
+            log.warning(
+                "events partition %d: offsets %d..%d were deleted (retention) before they were processed:"
+                " %d records skipped",
+                partition,
+                committed,
+                start - 1,
+                start - committed,
+            )
+
     async def rebuild(partition: int, offset: int, timestamp: float | None) -> None:
         """Replay the partition's last ``span`` seconds before ``offset`` (see processor.rebuild), and
         process any record from the committed offset on that the stream skipped before ``offset``."""
         started = time.monotonic()
         since_ms = int(((timestamp or time.time()) - span) * 1000)
+        await skipped_by_retention(partition)
         committed = committed_offset(partition)
         keep_from = committed if committed is not None and committed < offset else None
         try:
