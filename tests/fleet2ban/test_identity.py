@@ -1,0 +1,112 @@
+"""Host identity (fleet2ban.identity): Ed25519 signatures on events/reports records, verified against the
+fleet's public keys; a host can only ever speak for itself; two keys per host for rotation; rejected
+records counted, one log line per topic and host per minute."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from fleet2ban.exceptions import ConfigError
+from fleet2ban.identity import (
+    HOST_HEADER,
+    SIG_HEADER,
+    IdentitySettings,
+    Signer,
+    Verifier,
+    generate_key,
+    load_private_key,
+)
+
+
+def _host(tmp: Path, name: str) -> tuple[Signer, str]:
+    pem, public = generate_key()
+    path = tmp / f"{name}.pem"
+    path.write_bytes(pem)
+    return Signer(name, load_private_key(path)), public
+
+
+VALUE = b'{"v":2,"host":"amps1","lines":[]}'
+
+
+def test_a_signed_record_verifies_and_names_its_host(tmp_path: Path) -> None:
+    amps1, pub1 = _host(tmp_path, "amps1")
+    v = Verifier({"amps1": [pub1]}, require=True)
+    headers = amps1.headers("events", b"203.0.113.9", VALUE)
+    assert v.check("events", b"203.0.113.9", VALUE, headers, claimed_host="amps1")
+    assert v.verify("events", b"203.0.113.9", VALUE, headers).host == "amps1"
+
+
+def test_a_host_cannot_speak_for_another_nor_move_a_signature(tmp_path: Path) -> None:
+    amps1, pub1 = _host(tmp_path, "amps1")
+    amps2, pub2 = _host(tmp_path, "amps2")
+    v = Verifier({"amps1": [pub1], "amps2": [pub2]}, require=True)
+    signed = amps2.headers("events", b"203.0.113.9", VALUE)
+    # amps2 signs (validly) a record whose payload says amps1
+    assert not v.check("events", b"203.0.113.9", VALUE, signed, claimed_host="amps1")
+    # amps2 puts amps1's name in the header: its signature does not verify with amps1's key
+    forged = [(HOST_HEADER, b"amps1"), (SIG_HEADER, dict(signed)[SIG_HEADER])]
+    assert not v.check("events", b"203.0.113.9", VALUE, forged, claimed_host="amps1")
+    # tampered value, key or topic kind
+    good = amps1.headers("events", b"203.0.113.9", VALUE)
+    assert not v.check("events", b"203.0.113.9", VALUE.replace(b"[]", b"[1]"), good, "amps1")
+    assert not v.check("events", b"203.0.113.10", VALUE, good, "amps1")
+    assert not v.check("reports", b"203.0.113.9", VALUE, good, "amps1")
+    # unknown host, unsigned
+    assert not v.check(
+        "events", b"k", VALUE, _host(tmp_path, "amps9")[0].headers("events", b"k", VALUE), "amps9"
+    )
+    assert not v.check("events", b"k", VALUE, [], "amps1")
+    assert {r for (_k, _h, r) in v.rejected} == {"host-mismatch", "bad-signature", "unknown-host", "unsigned"}
+
+
+def test_unsigned_records_pass_until_signatures_are_required_but_bad_ones_never(tmp_path: Path) -> None:
+    _amps1, pub1 = _host(tmp_path, "amps1")
+    lax = Verifier({"amps1": [pub1]}, require=False)
+    assert lax.check("events", b"k", VALUE, None, "amps1")
+    bad = [(HOST_HEADER, b"amps1"), (SIG_HEADER, b"\0" * 64)]
+    assert not lax.check("events", b"k", VALUE, bad, "amps1")
+
+
+def test_two_keys_per_host_rotate_without_a_gap(tmp_path: Path) -> None:
+    old, pub_old = _host(tmp_path, "amps1")
+    new, pub_new = _host(tmp_path, "amps1")
+    both = Verifier({"amps1": [pub_old, pub_new]}, require=True)
+    for signer in (old, new):
+        assert both.check("reports", b"amps1", VALUE, signer.headers("reports", b"amps1", VALUE), "amps1")
+    after = Verifier({"amps1": [pub_new]}, require=True)
+    assert not after.check("reports", b"amps1", VALUE, old.headers("reports", b"amps1", VALUE), "amps1")
+    with pytest.raises(ValidationError, match="1 or 2 public keys"):
+        IdentitySettings(public_keys={"amps1": [pub_old, pub_new, pub_old]})
+    with pytest.raises(ValidationError, match="32 bytes"):
+        IdentitySettings(public_keys={"amps1": ["AAAA"]})
+
+
+def test_rejections_are_counted_and_logged_once_a_minute_per_host(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _amps1, pub1 = _host(tmp_path, "amps1")
+    now = [1000.0]
+    v = Verifier({"amps1": [pub1]}, require=True, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="fleet2ban.identity"):
+        for _ in range(50):
+            v.check("events", b"k", VALUE, None, "amps1")
+        v.check("events", b"k", VALUE, None, "amps2")
+        now[0] += 61
+        v.check("events", b"k", VALUE, None, "amps1")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("dropped events records claiming host amps1: unsigned")
+    assert lines[2].endswith("51 so far")
+    assert v.rejected[("events", "amps1", "unsigned")] == 51
+
+
+def test_a_bad_key_file_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"identity\.key_path"):
+        load_private_key(tmp_path / "missing.pem")
+    (tmp_path / "junk.pem").write_text("junk")
+    with pytest.raises(ConfigError, match=r"identity.key_path .*junk.pem: not an unencrypted PEM"):
+        load_private_key(tmp_path / "junk.pem")
