@@ -51,8 +51,8 @@ from fleet2ban.contract import (
     ContractError,
     Report,
     decode_ban,
-    decode_batch,
     decode_decision,
+    decode_events,
     decode_report,
 )
 from fleet2ban.dev import netns
@@ -152,8 +152,7 @@ def _fill_from_topics(fleet: DevFleet, trials: list[Trial], maxretry: int) -> No
     for rec in read_topics(fleet.cluster, ["events", "decisions", "bans", "reports"]):
         try:
             if rec.kind == "events":
-                batch = decode_batch(rec.value)
-                for line in batch.lines:
+                for line in decode_events(rec.value):
                     t = last_client.get(line.client)
                     if t is not None and math.isnan(t.events_ts):
                         t.events_ts = rec.ts
