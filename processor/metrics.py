@@ -29,6 +29,11 @@ GAPS = Counter(
     "fleet2ban_processor_stream_gaps_total",
     "times the Faust stream skipped events records (read back and processed before going on)",
 )
+SKIPPED = Counter(
+    "fleet2ban_processor_skipped_records_total",
+    "events records never processed, by why (retention: deleted by the broker before this group read them)",
+    ["reason"],
+)
 LINES = Counter("fleet2ban_processor_lines_total", "07-0013 lines consumed (inside events records)")
 CORE = Counter(
     "fleet2ban_processor_core_total",

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from fleet2ban.exceptions import BrokerError
-from fleet2ban.kafka import Cluster, Source, TopicReader
+from fleet2ban.kafka import Cluster, Source, TopicReader, consumer_config
 from fleet2ban.kafka.reader import offsets_for_time
 from processor.exceptions import ProcessorError
 from processor.policy import Policy
@@ -102,3 +102,28 @@ def read_span(
             f"could not read {topic}[{partition}] offsets {start_offset}..{end_offset}: {exc}"
         ) from exc
     return Span(out, start, end_offset, partition)
+
+
+def deleted_unprocessed(
+    cluster: Cluster, topic: str, partition: int, group_id: str, timeout_s: float = 10.0
+) -> tuple[int, int] | None:
+    """(the group's committed offset, the partition's first offset) when the broker deleted records
+    (retention) that ``group_id`` had not processed yet: offsets ``committed..first - 1``; else None.
+
+    Asked of the broker, not of Faust's consumer (which has no committed offset to tell once its position
+    was reset to the partition's start)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    conf = consumer_config(cluster, group_id=group_id, **{"enable.auto.commit": False, "log_level": 0})
+    try:
+        c = Consumer(conf)  # never subscribes: it only asks, it does not join the group
+        try:
+            (tp,) = c.committed([TopicPartition(topic, partition)], timeout=timeout_s)
+            low, _high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+        finally:
+            c.close()
+    except KafkaException as exc:
+        raise RebuildError(f"the committed offset and start of {topic}[{partition}]: {exc}") from None
+    if tp.offset < 0 or low <= tp.offset:
+        return None
+    return int(tp.offset), int(low)

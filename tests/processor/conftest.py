@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from fleet2ban import waiting
 from fleet2ban.contract import (
@@ -59,19 +59,35 @@ class Follower:
         for t in topics:
             meta = self._consumer.list_topics(t, timeout=10).topics[t]
             parts += [TopicPartition(t, p, OFFSET_BEGINNING) for p in meta.partitions]
+        # a topic just created is unknown to some brokers for a moment: a consumer assigned then can
+        # fail its first offset query and never read the partition; start once every leader answers
+        wait_for("the topics' leaders to answer", lambda: all(self._answers(tp) for tp in parts), 30, 0.1)
         self._consumer.assign(parts)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _answers(self, tp: TopicPartition) -> bool:
+        try:
+            self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=2)
+            return True
+        except KafkaException:
+            return False
+
     def _run(self) -> None:
+        position: dict[tuple[str, int], int] = {}
         while not self._stop.is_set():
             for msg in self._consumer.consume(500, 0.05):
                 err = msg.error()
                 if err is not None:
-                    # a topic just created may be unknown to one broker for a moment: librdkafka retries
                     if err.fatal():
                         raise RuntimeError(str(err))
+                    topic, part = msg.topic(), msg.partition()
+                    if topic and part is not None and part >= 0:  # e.g. a failed offset query: again
+                        at = position.get((topic, part), OFFSET_BEGINNING)
+                        self._consumer.incremental_unassign([TopicPartition(topic, part)])
+                        self._consumer.incremental_assign([TopicPartition(topic, part, at)])
                     continue
+                position[(msg.topic() or "", msg.partition() or 0)] = (msg.offset() or 0) + 1
                 with self._lock:
                     self.records[msg.topic()].append((msg.key(), msg.value()))
 
