@@ -52,7 +52,7 @@ REJECTED = Counter(
 class IdentitySettings(BaseModel):
     """This host's signing key and the fleet's public keys."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     key_path: Path | None = Field(
         None, description="this host's Ed25519 private key (PEM), used by its shipper and enforcer to sign"

@@ -39,6 +39,7 @@ from fleet2ban.contract import (
     target_network,
 )
 from fleet2ban.exceptions import ConfigError
+from fleet2ban.identity import IdentitySettings
 
 ENV_PREFIX = "FLEET2BAN_"
 CONFIG_ENV = "FLEET2BAN_CONFIG"
@@ -326,6 +327,7 @@ class Settings(BaseSettings):
     shipper: ShipperSettings = Field(default_factory=ShipperSettings)
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     enforcer: EnforcerSettings = Field(default_factory=EnforcerSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     state_dir: Path = Field(Path("/var/lib/fleet2ban"), description="checkpoints and table stores")

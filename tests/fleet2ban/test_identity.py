@@ -110,3 +110,29 @@ def test_a_bad_key_file_is_one_line_naming_the_setting(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("junk")
     with pytest.raises(ConfigError, match=r"identity.key_path .*junk.pem: not an unencrypted PEM"):
         load_private_key(tmp_path / "junk.pem")
+
+
+def test_keys_come_from_the_settings(tmp_path: Path) -> None:
+    import yaml
+
+    from fleet2ban.settings import load_settings
+
+    amps1, pub1 = _host(tmp_path, "amps1")
+    conf = tmp_path / "fleet.yaml"
+    conf.write_text(
+        yaml.safe_dump(
+            {
+                "identity": {
+                    "key_path": str(tmp_path / "amps1.pem"),
+                    "public_keys": {"amps1": [pub1]},
+                    "require_signatures": True,
+                }
+            }
+        )
+    )
+    s = load_settings(conf, {})
+    signer = Signer.from_settings("amps1", s.identity)
+    assert signer is not None
+    v = Verifier.from_settings(s.identity)
+    assert v.check("events", b"k", VALUE, signer.headers("events", b"k", VALUE), "amps1")
+    assert not v.check("events", b"k", VALUE, amps1.headers("events", b"k", VALUE + b" "), "amps1")
