@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fleet2ban.cli import acl_cmds
+from fleet2ban.cli import acl_cmds, key_cmds
 from fleet2ban.cli.common import (
     EXIT_FINDINGS,
     handle_errors,
@@ -135,3 +135,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(topics_app, name="topics")
     app.add_typer(config_app, name="config")
     acl_cmds.register(app)
+    key_cmds.register(app)

@@ -136,3 +136,21 @@ def test_keys_come_from_the_settings(tmp_path: Path) -> None:
     v = Verifier.from_settings(s.identity)
     assert v.check("events", b"k", VALUE, signer.headers("events", b"k", VALUE), "amps1")
     assert not v.check("events", b"k", VALUE, amps1.headers("events", b"k", VALUE + b" "), "amps1")
+
+
+def test_keys_generate_writes_a_private_key_and_prints_its_settings(tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from fleet2ban.cli.main import app
+
+    out = tmp_path / "amps1.pem"
+    res = CliRunner().invoke(app, ["keys", "generate", "--host", "amps1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.stat().st_mode & 0o777 == 0o600
+    printed = IdentitySettings.model_validate(yaml.safe_load(res.stdout)["identity"])
+    signer = Signer("amps1", load_private_key(out))
+    v = Verifier(printed.public_keys, require=True)
+    assert v.check("reports", b"amps1", VALUE, signer.headers("reports", b"amps1", VALUE), "amps1")
+    again = CliRunner().invoke(app, ["keys", "generate", "--host", "amps1", "--out", str(out)])
+    assert again.exit_code == 2
