@@ -425,10 +425,15 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         partitions=cluster.settings.partitions,
         use_partitioner=True,
     )
+    n_parts = cluster.settings.partitions
+    # The changelog partition of a key is the contract's (murmur2, what aiokafka's partitioner would
+    # pick), computed here: Faust asks the producer's partitioner synchronously, from metadata aiokafka
+    # may not hold for the changelog topic (after a broker died, its refresh can leave the topic out),
+    # and the agent then crashed on ``partitions_for_topic(...) is None`` in the middle of a record.
+    table.partition_for_key = partial(partition_for, partitions=n_parts)
     policy = Policy.from_settings(
         settings.jails, p.lateness_s, enforcer=settings.enforcer, max_future_s=p.max_future_s
     )
-    n_parts = cluster.settings.partitions
     proc = Processor(policy, table, partitions=n_parts)
 
     async def publish(outs: list[Output]) -> None:
