@@ -51,7 +51,7 @@ Time = Annotated[datetime, msgspec.Meta(tz=True)]
 Action = Literal["ban", "unban"]
 Origin = Literal["auto", "manual"]
 ReportKind = Literal["applied", "removed", "failed", "skipped"]
-Role = Literal["shipper", "processor", "enforcer", "cli", "console"]
+Role = Literal["shipper", "processor", "enforcer", "cli", "console", "notifier"]
 
 
 class ContractError(ValueError):
@@ -332,8 +332,8 @@ def decode_batch(data: bytes | str | None) -> EventBatch:
     return rec
 
 
-def decode_events_record(data: bytes | str | None) -> EventsRecord:
-    """An ``events`` record of either shape as an :class:`EventsRecord` (a v1 one's address on each line)."""
+def _decode_events_any(data: bytes | str | None) -> _AnyEvents:
+    """An ``events`` record of either shape, checked (every line then has its address in ``ip``)."""
     if data is None:
         raise ContractError("events record: empty value")
     try:
@@ -344,7 +344,6 @@ def decode_events_record(data: bytes | str | None) -> EventsRecord:
         raise ContractError("events record: no lines")
     v = rec.v
     if v == EVENTS_VERSION:
-        lines = []
         seen: str | None = None
         for ln in rec.lines:
             ip = ln.ip
@@ -352,24 +351,34 @@ def decode_events_record(data: bytes | str | None) -> EventsRecord:
                 _check_canonical(ip, normalize_ip, "events record")
                 seen = ip
             _check_port(ln.port, "events record", unknown_ok=True)
-            lines.append(AddressLine(ip, ln.id, ln.ts, ln.port, ln.client, ln.reason, ln.raw))
     elif v == 1:
         ip = rec.ip
         _check_canonical(ip, normalize_ip, "events record")
         for ln in rec.lines:
             _check_port(ln.port, "events record", unknown_ok=True)
-        lines = [AddressLine(ip, ln.id, ln.ts, ln.port, ln.client, ln.reason, ln.raw) for ln in rec.lines]
+        rec.lines[:] = [msgspec.structs.replace(ln, ip=ip) for ln in rec.lines]
     elif v > EVENTS_VERSION:
         raise ContractError(f"events record: schema version {v} is newer than {EVENTS_VERSION}")
     else:
         raise ContractError(f"events record: unknown schema version {v}")
+    return rec
+
+
+def decode_events_record(data: bytes | str | None) -> EventsRecord:
+    """An ``events`` record of either shape as an :class:`EventsRecord` (a v1 one's address on each line)."""
+    rec = _decode_events_any(data)
+    lines = [AddressLine(ln.ip, ln.id, ln.ts, ln.port, ln.client, ln.reason, ln.raw) for ln in rec.lines]
     return EventsRecord(rec.host, lines, rec.instance)
 
 
 def decode_events(data: bytes | str | None) -> list[Event]:
     """Every line of an ``events`` record of either shape (v2 :class:`EventsRecord`, v1 :class:`EventBatch`),
     as events in the record's order. ContractError for anything else (no lines, a bad address or port)."""
-    return decode_events_record(data).events()
+    rec = _decode_events_any(data)
+    host, instance = rec.host, rec.instance
+    return [
+        Event(host, ln.ip, ln.id, ln.ts, ln.port, ln.client, ln.reason, ln.raw, instance) for ln in rec.lines
+    ]
 
 
 def decode_event(data: bytes | str | None) -> Event:
