@@ -299,6 +299,67 @@ class EnforcerSettings(_Section):
         return _networks(v, "protect")
 
 
+class DestinationSettings(_Section):
+    """Where the notifier sends decisions: a webhook (generic JSON), Slack (incoming webhook), or e-mail."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    kind: Literal["webhook", "slack", "email"] = "webhook"
+    url: str | None = Field(None, pattern=r"^https?://\S+$", description="webhook and slack: where to POST")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra HTTP headers (webhook, slack)")
+    secret: SecretStr | None = Field(
+        None, description="webhook: HMAC-SHA256 of the body, sent as X-Fleet2ban-Signature: sha256=HEX"
+    )
+    to: list[str] = Field(default_factory=list, description="email: recipients")
+    jails: list[str] = Field(default_factory=list, description="only these jails (empty: all)")
+    actions: list[Literal["ban", "unban"]] = Field(default_factory=list, description="empty: all")
+    origins: list[Literal["auto", "manual"]] = Field(default_factory=list, description="empty: all")
+    digest_interval_s: float = Field(
+        10.0, ge=0, le=86_400, description="at most one message per this interval; more become a digest"
+    )
+    max_per_message: int = Field(50, ge=1, le=10_000, description="decisions listed in one digest")
+    timeout_s: float = Field(5.0, gt=0, le=300)
+    max_pending: int = Field(10_000, ge=1, description="undelivered decisions kept; beyond, the oldest go")
+
+    @model_validator(mode="after")
+    def _target(self) -> DestinationSettings:
+        if self.kind in ("webhook", "slack") and not self.url:
+            raise ValueError(f"destination {self.name}: a {self.kind} needs a url")
+        if self.kind == "email" and not self.to:
+            raise ValueError(f"destination {self.name}: an email destination needs 'to'")
+        return self
+
+
+class SmtpSettings(_Section):
+    host: str = "localhost"
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = Field(True, description="upgrade with STARTTLS (refuse to send if the server cannot)")
+    username: str | None = None
+    password: SecretStr | None = None
+    from_addr: str = "fleet2ban@localhost"
+    timeout_s: float = Field(10.0, gt=0, le=300)
+
+
+class NotifierSettings(_Section):
+    """``fleet2ban notifier``: decisions to webhooks, Slack and e-mail, at least once."""
+
+    group_id: str = Field("fleet2ban-notifier", description="its consumer group (under kafka.topic_prefix)")
+    destinations: list[DestinationSettings] = Field(default_factory=list)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    retry_initial_s: float = Field(0.5, gt=0, le=60)
+    retry_max_s: float = Field(60.0, gt=0, le=3600)
+    from_start: bool = Field(
+        False, description="a new group starts at the oldest decision kept (default: the newest)"
+    )
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique(cls, v: list[DestinationSettings]) -> list[DestinationSettings]:
+        names = [d.name for d in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"destination names must be unique: {names}")
+        return v
+
+
 class MetricsSettings(_Section):
     port: int = Field(0, ge=0, le=65535, description="/metrics and /healthz port; 0 = off")
     bind: str = "0.0.0.0"
@@ -327,6 +388,7 @@ class Settings(BaseSettings):
     shipper: ShipperSettings = Field(default_factory=ShipperSettings)
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     enforcer: EnforcerSettings = Field(default_factory=EnforcerSettings)
+    notifier: NotifierSettings = Field(default_factory=NotifierSettings)
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)

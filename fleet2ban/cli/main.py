@@ -17,6 +17,7 @@ from fleet2ban.cli import (
     dev_cmds,
     enforcer_cmds,
     import_cmds,
+    notifier_cmds,
     processor_cmds,
     setup_cmds,
     shipper_cmds,
@@ -109,6 +110,7 @@ for _group in (
     enforcer_cmds,
     audit_cmds,
     import_cmds,
+    notifier_cmds,
     dev_cmds,
     console_cmds,
 ):
