@@ -50,22 +50,26 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from fleet2ban import __version__
 from fleet2ban.contract import (
     BanState,
     ContractError,
     Decision,
+    Heartbeat,
     ban_key,
     decode_decision,
     decode_events,
     encode,
     normalize_target,
     partition_for,
+    utcnow,
 )
 from fleet2ban.kafka import Cluster, faust_broker_settings
 from fleet2ban.logs import RateLimitedLog
@@ -417,6 +421,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     events_topic = app.topic(topics.events, **raw)
     decisions_topic = app.topic(topics.decisions, **raw)
     bans_topic = app.topic(topics.bans, **raw)
+    reports_topic = app.topic(topics.reports, **raw)
     table = app.Table(
         TABLE_NAME,
         default=None,
@@ -630,6 +635,47 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             await publish(out)
         m.export_counters(policy.counters)
 
+    lag_now: dict[str, float] = {"lag": 0.0}
+    started_at = utcnow()
+    hb_host = socket.gethostname()
+
+    async def heartbeat() -> None:
+        """A heartbeat on ``reports`` (role processor): partitions, lag, what it consumed and decided, so
+        ``fleet2ban status`` shows the component every ban depends on."""
+        from prometheus_client import REGISTRY
+
+        def total(name: str, labels: dict[str, str] | None = None) -> float:
+            return float(REGISTRY.get_sample_value(name, labels or {}) or 0.0)
+
+        decided = sum(
+            total("fleet2ban_processor_decisions_total", {"action": a, "origin": o})
+            for a in ("ban", "unban")
+            for o in ("auto", "manual")
+        )
+        counters = {
+            "partitions": float(len(assigned_now)),
+            "records": total("fleet2ban_processor_records_total"),
+            "lines": total("fleet2ban_processor_lines_total"),
+            "decisions": decided,
+            "rebuilds": total("fleet2ban_processor_rebuilds_total", {"outcome": "ok"}),
+            "active_bans": total("fleet2ban_processor_active_bans"),
+        }
+        hb = Heartbeat(
+            host=hb_host,
+            role="processor",
+            at=utcnow(),
+            instance=app.conf.id,
+            version=__version__,
+            started_at=started_at,
+            interval_s=settings.metrics.heartbeat_interval_s,
+            lag=lag_now["lag"],
+            counters=counters,
+        )
+        try:
+            await reports_topic.send(key=hb_host.encode(), value=encode(hb))
+        except Exception as exc:  # a heartbeat is best effort
+            rlog.warning("heartbeat", "processor heartbeat not sent: %s", exc)
+
     async def gauges() -> None:
         lag = 0
         try:
@@ -644,6 +690,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         except Exception as exc:  # metrics are best effort
             log.debug("lag: %s", exc)
         m.LAG.set(lag)
+        lag_now["lag"] = float(lag)
 
     async def watchdog() -> None:
         """Re-seek an events partition whose records wait behind its highwater but are not processed.
@@ -651,28 +698,37 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         Faust can drop records fetched while a freshly assigned partition is being resumed (seen after a
         kill -9 and restart: the records stay unprocessed until the next rebalance). Seeking back to the
         next unprocessed offset re-fetches them; at worst a record is seen twice, which the core counts
-        once (line ids) and never turns into a second decision."""
+        once (line ids) and never turns into a second decision.
+
+        The end offsets are asked of the broker: after a rebalance Faust can also leave a partition it
+        kept out of its active set (seen with two workers: records of a kept partition unprocessed until
+        the next rebalance), and the consumer's own highwater of a partition it no longer fetches never
+        moves. Such a partition is resumed before the seek."""
         if app.rebalancing or getattr(app, "in_recovery", False):
             return
         try:
             consumer: Any = app.consumer
+            tps = [tp for tp in app.assignor.assigned_actives() if tp.topic == topics.events]
+            ends = await consumer.highwaters(*tps) if tps else {}
             now = time.monotonic()
-            for tp in app.assignor.assigned_actives():
-                if tp.topic != topics.events:
-                    continue
+            for tp in tps:
                 nxt = next_offset.get(tp.partition, consumer._committed_offset.get(tp))
-                hw = consumer.highwater(tp)
+                hw = max(consumer.highwater(tp) or 0, ends.get(tp) or 0)
                 idle = now - progress_at.setdefault(tp.partition, now)
                 if stalled(hw, nxt, idle, STALL_S):
                     m.STALLS.inc()
+                    inactive = tp not in consumer._get_active_partitions()
                     log.warning(
-                        "events partition %d stalled at offset %d (highwater %d) for %.0fs: seeking back",
+                        "events partition %d stalled at offset %d (highwater %d) for %.0fs: %sseeking back",
                         tp.partition,
                         nxt,
                         hw,
                         idle,
+                        "not fetched: resuming it and " if inactive else "",
                     )
                     progress_at[tp.partition] = now
+                    if inactive:
+                        consumer.resume_partitions({tp})
                     await consumer.seek(tp, nxt)
         except Exception as exc:  # the watchdog must never take the worker down
             log.debug("watchdog: %s", exc)
@@ -712,6 +768,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     app.agent(decisions_topic, name="manual")(on_decisions)
     app.timer(p.expiry_interval_s, name="expire")(expire)
     app.timer(5.0, name="gauges")(gauges)
+    app.timer(settings.metrics.heartbeat_interval_s, name="heartbeat")(heartbeat)
     app.timer(STALL_S / 2, name="watchdog")(watchdog)
     app.task(fix_root_logger)
     return FaustProcessor(app, proc, settings, cluster)

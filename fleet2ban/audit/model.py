@@ -109,6 +109,8 @@ class HostStatus(msgspec.Struct, frozen=True):
     """For enforcers: how many bans it has applied (its heartbeat, updated by later reports)."""
     failed: int = 0
     """For enforcers: bans whose last report from this host is ``failed``."""
+    lag_growing: bool = False
+    """Its lag (records behind) is at least the alarm bound and grew since its heartbeat before."""
 
 
 TimelineKind = Literal["decision", "report"]

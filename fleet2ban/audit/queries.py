@@ -60,7 +60,15 @@ def bans_in_force(view: FleetView, now: datetime, flt: BanFilter | None = None) 
     return out
 
 
-def fleet_status(view: FleetView, now: datetime) -> list[HostStatus]:
+LAG_ALARM = 1000.0
+"""Records behind at which a growing lag makes ``status`` exit 1."""
+
+
+def _growing(lag: float | None, before: float | None, alarm: float) -> bool:
+    return lag is not None and before is not None and lag >= alarm and lag > before
+
+
+def fleet_status(view: FleetView, now: datetime, lag_alarm: float = LAG_ALARM) -> list[HostStatus]:
     """``status``: every component seen (heartbeats), and enforcers seen only through their reports."""
     out: list[HostStatus] = []
     seen_enforcers: set[str] = set()
@@ -90,6 +98,7 @@ def fleet_status(view: FleetView, now: datetime) -> list[HostStatus]:
                 counters=dict(hb.counters),
                 applied=applied,
                 failed=failed,
+                lag_growing=_growing(hb.lag, view.lag_before.get((role, host, instance)), lag_alarm),
             )
         )
     for host, enf in sorted(view.enforcers.items()):

@@ -86,6 +86,8 @@ class FleetView:
         """decision id -> key, for every ``bans`` value seen (the topic's history, as far as it is kept)."""
         self.enforcers: dict[str, EnforcerState] = {}
         self.components: dict[ComponentId, Heartbeat] = {}
+        self.lag_before: dict[ComponentId, float | None] = {}
+        """Per component: the lag its heartbeat before the latest reported (is the lag growing?)."""
         self.referenced: dict[str, Report] = {}
         """decision id -> the first ``applied`` report naming it."""
         self.unreferenced_applied: dict[tuple[str, str], Report] = {}
@@ -145,6 +147,8 @@ class FleetView:
         prev = self.components.get(cid)
         if prev is not None and prev.at > hb.at:
             return
+        if prev is not None:
+            self.lag_before[cid] = prev.lag
         self.components[cid] = hb
         if hb.role != "enforcer":
             return

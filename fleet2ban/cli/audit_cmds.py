@@ -418,9 +418,13 @@ def _write(settings: Settings, decision: Decision, wait: float, as_json: bool, n
 def status(
     ctx: typer.Context,
     window: str = typer.Option("1h", "--window", help="components seen within this long are listed"),
+    wide: bool = typer.Option(False, "--wide", help="more columns: instance, version, started, counters"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """The fleet: every shipper, processor and enforcer seen (heartbeats), and which went silent."""
+    """The fleet: one line per processor, shipper and enforcer seen (heartbeats), and which went silent.
+
+    Exit 1 when no processor is live, a component is silent, or a lag of 1,000 records or more grows.
+    """
     settings = settings_for(ctx)
     w = parse_duration(window)
     cluster = _connect(settings)
@@ -428,10 +432,92 @@ def status(
     with _progress(not as_json, "heartbeats") as progress:
         view = load_view(cluster, now, reports_window=w, progress=progress)
     hosts = queries.fleet_status(view, now)
+    problems = _status_problems(hosts)
     if as_json:
         echo_json_line(to_json(hosts))
-        return
-    _print_status(hosts, w)
+    else:
+        _print_status(hosts, w, wide, problems)
+    if problems:
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+def _status_problems(hosts: list[HostStatus]) -> list[str]:
+    out = []
+    if not any(h.role == "processor" and not h.silent for h in hosts):
+        out.append("no live processor: no failure is counted and no ban decided")
+    out += [f"{h.role} {printable(h.host)} is silent" for h in hosts if h.silent]
+    out += [f"{h.role} {printable(h.host)}: lag {h.lag:,.0f} and growing" for h in hosts if h.lag_growing]
+    return out
+
+
+_ROLE_ORDER = {"processor": 0, "shipper": 1, "enforcer": 2}
+
+
+def _state(h: HostStatus) -> str:
+    if h.silent:
+        return "Silent"
+    if h.lag_growing:
+        return "Lagging"
+    return "Ready"
+
+
+def _info(h: HostStatus) -> str:
+    """The one number that matters most for the role."""
+    c = h.counters
+    if h.role == "processor":
+        return f"parts={c.get('partitions', 0):g} decided={c.get('decisions', 0):,.0f}"
+    if h.role == "shipper":
+        return f"shipped={c.get('events_shipped', 0):,.0f}"
+    if h.role == "enforcer":
+        applied = "?" if h.applied is None else f"{h.applied:,}"
+        return f"applied={applied}" + (f" failed={h.failed}" if h.failed else "")
+    return ""
+
+
+def _short_age(age_s: float | None) -> str:
+    if age_s is None:
+        return "-"
+    s = max(0, round(age_s))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def _print_status(hosts: list[HostStatus], window: timedelta, wide: bool, problems: list[str]) -> None:
+    """One short line per component, in the manner of ``kubectl get`` (80 columns; ``--wide`` for more)."""
+    if not hosts:
+        typer.echo(
+            f"No components seen in the last {format_duration(window.total_seconds())} (no heartbeats)."
+        )
+    else:
+        cols = ["ROLE", "HOST", "STATE", "SEEN", "LAG", "INFO"]
+        if wide:
+            cols += ["INSTANCE", "VERSION", "UP", "COUNTERS"]
+        rows = []
+        for h in sorted(hosts, key=lambda h: (_ROLE_ORDER.get(h.role, 9), h.host, h.instance)):
+            row = [
+                h.role,
+                printable(h.host)[:24],
+                _state(h),
+                _short_age(h.age_s),
+                "-" if h.lag is None else f"{h.lag:,.0f}",
+                _info(h),
+            ]
+            if wide:
+                up = None if h.started_at is None or h.last_seen is None else (h.last_seen - h.started_at)
+                row += [
+                    printable(h.instance)[:32] or "-",
+                    printable(h.version) or "-",
+                    _short_age(up.total_seconds() if up is not None else None),
+                    _counter_text(h) or "-",
+                ]
+            rows.append(row)
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+        for r in [cols, *rows]:
+            typer.echo("   ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip())
+    for p in problems:
+        typer.echo(f"! {p}")
 
 
 _SHOWN = ("events_shipped", "active", "applied", "failed")
@@ -440,50 +526,6 @@ _SHOWN = ("events_shipped", "active", "applied", "failed")
 def _counter_text(h: HostStatus) -> str:
     keys = [k for k in sorted(h.counters) if k not in _SHOWN and "." not in k][:4]
     return ", ".join(f"{k}={h.counters[k]:g}" for k in keys)
-
-
-def _print_status(hosts: list[HostStatus], window: timedelta) -> None:
-    out = _out()
-    if not hosts:
-        out.print(
-            f"No components seen in the last {format_duration(window.total_seconds())} (no heartbeats)."
-        )
-        return
-    table = Table(
-        "role",
-        "host",
-        "instance",
-        "state",
-        "last heartbeat",
-        "lag",
-        "events shipped",
-        "bans applied",
-        "other",
-    )
-    for h in hosts:
-        state = Text("SILENT", style="bold red") if h.silent else Text("ok", style="green")
-        age = f"{format_duration(h.age_s)} ago" if h.age_s is not None else "-"
-        last = f"{_when(h.last_seen)} ({age})" if h.last_seen else f"no heartbeat (report {age})"
-        applied = "" if h.applied is None else str(h.applied) + (f" ({h.failed} failed)" if h.failed else "")
-        shipped = h.counters.get("events_shipped")
-        _add_row(
-            table,
-            h.role,
-            h.host,
-            h.instance,
-            state,
-            last,
-            "" if h.lag is None else f"{h.lag:g}",
-            "" if shipped is None else f"{shipped:,.0f}",
-            applied,
-            _counter_text(h),
-        )
-    out.print(table)
-    silent = [h for h in hosts if h.silent]
-    out.print(
-        f"{len(hosts)} component(s), {len(silent)} silent"
-        + (": " + ", ".join(f"{_s(h.role)} {_s(h.host)}" for h in silent) if silent else "")
-    )
 
 
 # --------------------------------------------------------------------------------------- audit verify

@@ -53,8 +53,9 @@ def test_empty_topics_every_command_both_formats(run: Run) -> None:
     assert js(run("bans", "show", "203.0.113.9", "--json"))["timeline"] == []
     assert "No decisions between" in run("bans", "history").stdout
     assert js(run("bans", "history", "--since", "2h", "--json")) == []
-    assert "No components seen" in run("status").stdout
-    assert js(run("status", "--json")) == []
+    empty = run("status", code=1).stdout  # no live processor: the fleet decides nothing
+    assert "No components seen" in empty and "! no live processor" in empty
+    assert js(run("status", "--json", code=1)) == []
     assert "no discrepancies" in run("audit", "verify").stdout
     assert js(run("audit", "verify", "--json"))["ok"] is True
 
@@ -146,9 +147,15 @@ def test_healthy_fleet_every_command_both_formats(run: Run, cluster: Cluster) ->
     assert status[("enforcer", "e1")]["applied"] == 3 and not any(h["silent"] for h in status.values())
     assert status[("shipper", "s1")]["counters"] == {"events_shipped": 7.0}
     out = run("status").stdout
-    assert "4 component(s), 0 silent" in out
-    cells = [c.strip() for c in next(ln for ln in out.splitlines() if " s1 " in ln).split("│")]
-    assert cells[1:3] == ["shipper", "s1"] and cells[7] == "7"  # events shipped
+    lines = out.splitlines()
+    assert lines[0].split() == ["ROLE", "HOST", "STATE", "SEEN", "LAG", "INFO"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["processor", "shipper", "enforcer", "enforcer"]
+    assert all(len(ln) <= 80 for ln in lines), "fits an 80-column terminal"
+    assert next(ln for ln in lines if " s1 " in ln).split()[2:3] == ["Ready"]
+    assert "shipped=7" in next(ln for ln in lines if " s1 " in ln)
+    assert "applied=3" in next(ln for ln in lines if " e1 " in ln)
+    wide = run("status", "--wide").stdout.splitlines()
+    assert wide[0].split()[6:] == ["INSTANCE", "VERSION", "UP", "COUNTERS"]
 
     res = js(run("audit", "verify", "--within", "5s", "--json"))
     assert res["ok"] is True and res["bans_checked"] == 3 and res["live"] == ["e1", "e2"]

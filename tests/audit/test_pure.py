@@ -280,3 +280,17 @@ def test_verify_restarted_enforcer_is_not_late() -> None:
     v.add_report(applied("e2", d2, T0 + 101 * S))
     v.add_report(heartbeat("e1", T0 + 101 * S, keys=[key(d1), key(d2)]))
     assert verify(v, [d1, d2, d3], T0 + 102 * S, timedelta(seconds=5)).ok
+
+
+def test_status_flags_a_processor_lag_that_grows_past_the_alarm_only() -> None:
+    view = FleetView()
+    for i, lag in enumerate([10.0, 5_000.0, 7_000.0]):
+        view.add_report(heartbeat("p1", T0 + timedelta(seconds=5 * i), role="processor", lag=lag))
+    view.add_report(heartbeat("p2", T0, role="processor", lag=9_000.0))
+    view.add_report(heartbeat("p2", T0 + timedelta(seconds=5), role="processor", lag=8_000.0))
+    view.add_report(heartbeat("p3", T0, role="processor", lag=10.0))
+    view.add_report(heartbeat("p3", T0 + timedelta(seconds=5), role="processor", lag=900.0))
+    st = {h.host: h for h in fleet_status(view, T0 + timedelta(seconds=11))}
+    assert st["p1"].lag_growing, "5,000 -> 7,000 records behind: growing past the alarm"
+    assert not st["p2"].lag_growing, "behind, but catching up"
+    assert not st["p3"].lag_growing, "growing, but below the alarm"

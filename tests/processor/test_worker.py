@@ -131,3 +131,25 @@ def test_bad_input_is_counted_and_skipped(fleet) -> None:  # type: ignore[no-unt
     )
     assert skipped >= len(bad)
     assert all(w.poll() is None for w in fleet.workers), fleet.logs()
+
+
+def test_the_worker_sends_heartbeats_with_its_partitions_lag_and_decisions(fleet) -> None:  # type: ignore[no-untyped-def]
+    from fleet2ban.contract import Heartbeat, decode_report
+    from fleet2ban.kafka import read_to_end
+
+    fleet.ready()  # at least one decision made
+
+    def latest() -> Heartbeat | None:
+        hbs = [
+            r
+            for rec in read_to_end(fleet.cluster, fleet.topics.reports, timeout=10)
+            if rec.value is not None
+            and isinstance(r := decode_report(rec.value), Heartbeat)
+            and r.role == "processor"
+            and r.counters.get("decisions", 0) >= 1
+        ]
+        return max(hbs, key=lambda h: h.at) if hbs else None
+
+    hb = fleet.wait_for("a processor heartbeat after a decision", latest, 30, every=0.5)
+    assert hb.counters["partitions"] == 3 and hb.counters["records"] >= 1
+    assert hb.lag is not None and hb.lag >= 0 and hb.started_at is not None
