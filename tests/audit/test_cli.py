@@ -16,10 +16,10 @@ import pytest
 from audit_helpers import Writer, applied, ban, heartbeat, key, unban
 from typer.testing import CliRunner
 
-from fleet2ban.kafka.local import free_port
 from fleet2ban.cli.main import app
 from fleet2ban.contract import utcnow
 from fleet2ban.kafka import Cluster
+from fleet2ban.kafka.local import free_port
 
 pytestmark = pytest.mark.kafka
 

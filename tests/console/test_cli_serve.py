@@ -12,8 +12,8 @@ import httpx
 import pytest
 from console_helpers import Writer, decision, wait_for
 
-from fleet2ban.kafka.local import free_port
 from fleet2ban.kafka import Cluster
+from fleet2ban.kafka.local import free_port
 from fleet2ban.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka

@@ -19,11 +19,11 @@ from console_helpers import HOSTILE, Writer, decision, failures, heartbeat, repo
 from selenium.webdriver.common.by import By
 
 from fleet2ban.audit.reader import read_decisions
-from fleet2ban.kafka.local import LocalKafka, free_port
 from fleet2ban.console.live import LiveFleet
 from fleet2ban.console.server import ServerThread, running
 from fleet2ban.contract import ban_key, utcnow
 from fleet2ban.kafka import Cluster, ensure_topics, resolve
+from fleet2ban.kafka.local import LocalKafka, free_port
 from fleet2ban.settings import KafkaSettings, Settings
 
 pytestmark = pytest.mark.kafka

@@ -14,9 +14,9 @@ from enforcer_helpers import BansWriter, ReportsReader, ban_record, wait_for
 from enforcer.agent import DELAY_SECONDS, Agent
 from enforcer.backends.dryrun import DryRunBackend
 from enforcer.plan import JailSpec, KernelEntry
-from fleet2ban.kafka.local import free_port
 from fleet2ban.contract import Heartbeat
 from fleet2ban.kafka import Cluster
+from fleet2ban.kafka.local import free_port
 from fleet2ban.metrics import MetricsServer
 from fleet2ban.settings import EnforcerSettings, JailSettings, MetricsSettings, Settings
 
