@@ -698,37 +698,28 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         Faust can drop records fetched while a freshly assigned partition is being resumed (seen after a
         kill -9 and restart: the records stay unprocessed until the next rebalance). Seeking back to the
         next unprocessed offset re-fetches them; at worst a record is seen twice, which the core counts
-        once (line ids) and never turns into a second decision.
-
-        The end offsets are asked of the broker: after a rebalance Faust can also leave a partition it
-        kept out of its active set (seen with two workers: records of a kept partition unprocessed until
-        the next rebalance), and the consumer's own highwater of a partition it no longer fetches never
-        moves. Such a partition is resumed before the seek."""
+        once (line ids) and never turns into a second decision."""
         if app.rebalancing or getattr(app, "in_recovery", False):
             return
         try:
             consumer: Any = app.consumer
-            tps = [tp for tp in app.assignor.assigned_actives() if tp.topic == topics.events]
-            ends = await consumer.highwaters(*tps) if tps else {}
             now = time.monotonic()
-            for tp in tps:
+            for tp in app.assignor.assigned_actives():
+                if tp.topic != topics.events:
+                    continue
                 nxt = next_offset.get(tp.partition, consumer._committed_offset.get(tp))
-                hw = max(consumer.highwater(tp) or 0, ends.get(tp) or 0)
+                hw = consumer.highwater(tp)
                 idle = now - progress_at.setdefault(tp.partition, now)
                 if stalled(hw, nxt, idle, STALL_S):
                     m.STALLS.inc()
-                    inactive = tp not in consumer._get_active_partitions()
                     log.warning(
-                        "events partition %d stalled at offset %d (highwater %d) for %.0fs: %sseeking back",
+                        "events partition %d stalled at offset %d (highwater %d) for %.0fs: seeking back",
                         tp.partition,
                         nxt,
                         hw,
                         idle,
-                        "not fetched: resuming it and " if inactive else "",
                     )
                     progress_at[tp.partition] = now
-                    if inactive:
-                        consumer.resume_partitions({tp})
                     await consumer.seek(tp, nxt)
         except Exception as exc:  # the watchdog must never take the worker down
             log.debug("watchdog: %s", exc)
