@@ -15,17 +15,21 @@ import subprocess
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
-from fleet2ban.kafka import consumer_config, end_offsets
 from processor.app import murmur2_partition
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 KILL_9_BOUND_S = 30.0
-"""Asserted generously (measured ~8-10 s: the 6 s session timeout, a rebalance, a rebuild); see the
-figures the tests print."""
+"""Asserted generously (measured 10.0-10.6 s on a loaded 2-core machine: the 6 s session timeout, the
+rebalance, ~3-4 s of Faust's table recovery before the first record, the rebuild); see the figures the
+tests print."""
 SIGTERM_BOUND_S = 20.0
+"""Measured 3.4-5.6 s (no session timeout: the stopped worker leaves the group)."""
+STALL_S = 90.0
+"""How long the victim may take to process its first records after the second worker joined: Faust has
+been seen to leave a partition the first worker kept through that rebalance unprocessed for ~45 s
+(about one run in three; nothing logged, the stall watchdog does not see it), then carry on."""
 
 
 def _assignments(fleet) -> dict[int, set[int]]:  # type: ignore[no-untyped-def]
@@ -57,18 +61,6 @@ def _ip_in(partitions: set[int], base: str, skip: set[str] = frozenset()) -> str
     raise AssertionError(f"no address of {base}.0/24 in partitions {partitions}")
 
 
-def _committed_to_end(fleet, partitions: set[int]) -> bool:  # type: ignore[no-untyped-def]
-    """The workers' group has committed the end of these events partitions (so they were processed)."""
-    group = f"{fleet.prefix}fleet2ban-processor"
-    c = Consumer(consumer_config(fleet.cluster, group_id=group, **{"enable.auto.commit": False}))
-    try:
-        ends = end_offsets(fleet.cluster, fleet.topics.events)
-        got = c.committed([TopicPartition(fleet.topics.events, p) for p in sorted(partitions)], timeout=10)
-        return all(tp.offset >= ends[tp.partition][1] for tp in got)
-    finally:
-        c.close()
-
-
 def _split(fleet) -> tuple[int, int, dict[int, set[int]]]:  # type: ignore[no-untyped-def]
     """Two live workers sharing the partitions: (index of the one to stop, the other, assignments)."""
     try:
@@ -88,9 +80,13 @@ def _failover(fleet, sig: signal.Signals, base: str) -> float:  # type: ignore[n
     victim, survivor, shared = _split(fleet)
     theirs = shared[victim]
     straddler = _ip_in(theirs, base)
-    just_banned = _ip_in(theirs, base, {straddler})
+    part = murmur2_partition(straddler.encode(), 3)
+    just_banned = _ip_in({part}, base, {straddler})
+    before = _ip_in({part}, base, {straddler, just_banned})
     fleet.fail(straddler, 10, host="h1")
-    fleet.wait_for("the first 10 failures processed", lambda: _committed_to_end(fleet, theirs), 30, every=0.2)
+    # banned after them in their partition: the victim has processed the straddler's first 10
+    fleet.fail(before, 20, host="h3")
+    fleet.wait_decision(before, timeout=STALL_S)
     # a ban the victim emits right before it goes: its offset is most likely not committed yet
     fleet.fail(just_banned, 20, host="h1")
     fleet.wait_decision(just_banned)
@@ -106,25 +102,30 @@ def _failover(fleet, sig: signal.Signals, base: str) -> float:  # type: ignore[n
     assert d.failures == 20 and d.hosts == ["h1", "h2"], d
     # the survivor now owns every partition; a probe there proves it has caught up, then no duplicates
     fleet.wait_for("the survivor owns all partitions", lambda: _assignments(fleet).get(survivor) == {0, 1, 2})
-    probe = _ip_in(theirs, base, {straddler, just_banned})
+    probe = _ip_in(theirs, base, {straddler, just_banned, before})
     fleet.fail(probe, 20, host="h3")
     fleet.wait_decision(probe)
-    for ip in (straddler, just_banned, probe):
+    for ip in (straddler, just_banned, before, probe):
         assert len(fleet.decisions(ip)) == 1, (ip, fleet.decisions(ip))
     log = (fleet.tmp / f"worker{survivor}.log").read_text()
     assert f"ban {straddler} " in log, "the survivor decided the straddling ban"
     return took
 
 
+def _two_live_workers(fleet) -> None:  # type: ignore[no-untyped-def]
+    while sum(w.poll() is None for w in fleet.workers) < 2:
+        fleet.start_worker(metrics=False)
+
+
 def test_kill_9_of_one_of_two_workers(fleet) -> None:  # type: ignore[no-untyped-def]
-    fleet.start_worker(metrics=False)
+    _two_live_workers(fleet)
     took = _failover(fleet, signal.SIGKILL, "198.51.101")
     print(f"kill -9: the dead worker's partitions processed again after {took:.1f}s")
     assert took < KILL_9_BOUND_S
 
 
 def test_sigterm_hands_over_without_waiting_for_the_session_timeout(fleet) -> None:  # type: ignore[no-untyped-def]
-    fleet.start_worker(metrics=False)
+    _two_live_workers(fleet)
     took = _failover(fleet, signal.SIGTERM, "198.51.102")
     print(f"SIGTERM: the stopped worker's partitions processed again after {took:.1f}s")
     assert took < SIGTERM_BOUND_S
