@@ -31,7 +31,7 @@ def acls_apply(
     Run it with the settings of the cluster's administrator (a super user, or Alter on the cluster).
     """
     settings = settings_for(ctx)
-    grants = fleet_grants(settings.kafka.topic_prefix, settings.processor.app_id)
+    grants = fleet_grants(settings.kafka.topic_prefix, settings.processor.app_id, settings.notifier.group_id)
     if roles:
         unknown = sorted(set(roles) - set(ROLE_DESCRIPTIONS))
         if unknown:

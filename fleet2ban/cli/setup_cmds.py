@@ -74,6 +74,7 @@ def broker(
                 k.bootstrap,
                 kafka.model_dump(include={"topic_prefix", "partitions", "replication_factor"}, mode="json"),
                 processor_app_id=settings.processor.app_id,
+                notifier_group_id=settings.notifier.group_id,
                 create_topics=create_topics,
             )
             typer.echo(

@@ -28,9 +28,10 @@ group); without this grant the brokers refuse it and librdkafka logs GROUP_AUTHO
 
 ROLE_DESCRIPTIONS = {
     "shipper": "one per AMPS host: writes events and its heartbeats",
-    "processor": "decides bans: reads events and decisions, writes decisions and bans",
+    "processor": "decides bans: reads events and decisions, writes decisions, bans and its heartbeats",
     "enforcer": "one per AMPS host: reads bans, writes reports",
     "operator": "people and the console: reads the audit trail, writes manual decisions",
+    "notifier": "sends decisions to webhooks, Slack, e-mail: reads decisions in its group, heartbeats",
     "admin": "the topics Job: creates and checks the topics",
 }
 
@@ -55,15 +56,18 @@ def principal_of(role: str, user_prefix: str = "fleet2ban-") -> str:
 
 
 def fleet_grants(
-    topic_prefix: str = "fleet2ban.", processor_app_id: str = "fleet2ban-processor"
+    topic_prefix: str = "fleet2ban.",
+    processor_app_id: str = "fleet2ban-processor",
+    notifier_group_id: str = "fleet2ban-notifier",
 ) -> list[Grant]:
     """Every grant of the fleet for topics under ``topic_prefix``, in the doc's order."""
     t = Topics(topic_prefix)
     app = f"{topic_prefix}{processor_app_id}"
+    notifier = f"{topic_prefix}{notifier_group_id}"
     rows: list[tuple[str, tuple[str, ...], str, list[str], bool]] = [
         ("shipper", ("Write", "Describe"), "topic", [t.events, t.reports], False),
         ("processor", ("Read", "Describe"), "topic", [t.events, t.decisions], False),
-        ("processor", ("Write",), "topic", [t.decisions, t.bans], False),
+        ("processor", ("Write",), "topic", [t.decisions, t.bans, t.reports], False),
         ("processor", ("Read", "Write", "Create", "Describe"), "topic", [app], True),
         ("processor", ("Read",), "group", [app], False),
         ("processor", ("Describe",), "group", [NOGROUP_PREFIX], True),
@@ -73,6 +77,9 @@ def fleet_grants(
         ("operator", ("Write",), "topic", [t.decisions], False),
         ("operator", ("Read", "Describe"), "topic", [t.decisions, t.bans, t.reports, t.events], False),
         ("operator", ("Describe",), "group", [NOGROUP_PREFIX], True),
+        ("notifier", ("Read", "Describe"), "topic", [t.decisions], False),
+        ("notifier", ("Write", "Describe"), "topic", [t.reports], False),
+        ("notifier", ("Read",), "group", [notifier], False),
         ("admin", ("Create", "Describe", "DescribeConfigs"), "topic", [topic_prefix], True),
     ]
     return [Grant(role, ops, res, name, pre) for role, ops, res, names, pre in rows for name in names]

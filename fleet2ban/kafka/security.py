@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("shipper", "processor", "enforcer", "operator", "admin")
+ROLES = ("shipper", "processor", "enforcer", "operator", "notifier", "admin")
 """The fleet's roles: one principal each (``User:fleet2ban-<role>``), one settings file each."""
 
 SUPERUSER = "kafka-superuser"
@@ -305,6 +305,7 @@ def provision(
     kafka: dict[str, Any],
     *,
     processor_app_id: str = "fleet2ban-processor",
+    notifier_group_id: str = "fleet2ban-notifier",
     create_topics: bool = True,
 ) -> dict[str, Path]:
     """What ``fleet2ban broker --secure`` does once the cluster is up, as its super user: create the
@@ -318,7 +319,8 @@ def provision(
     admin = resolve(KafkaSettings(**{**kafka, **spec.kafka_settings(SUPERUSER)}), bootstrap)
     if create_topics:
         ensure_topics(admin)
-    apply_acls(admin_config(admin), fleet_grants(admin.settings.topic_prefix, processor_app_id))
+    grants = fleet_grants(admin.settings.topic_prefix, processor_app_id, notifier_group_id)
+    apply_acls(admin_config(admin), grants)
     _wait_for_acls(spec, bootstrap, admin.topics.events)
     return settings_files(spec, bootstrap, kafka)
 

@@ -260,7 +260,12 @@ def test_each_role_writes_only_where_the_doc_says(secure: Secure) -> None:
     # nobody but the processor writes bans; the processor writes no events
     processor = secure.cluster("processor")
     assert secure.write(processor, t.bans) is None
+    assert secure.write(processor, t.reports) is None  # its heartbeats
     assert secure.write(processor, t.events) == denied
+    notifier = secure.cluster("notifier")
+    assert secure.write(notifier, t.reports) is None
+    for topic in (t.decisions, t.bans, t.events):
+        assert secure.write(notifier, topic) == denied
 
 
 def test_a_principal_without_acls_gets_nothing(secure: Secure) -> None:
@@ -284,6 +289,7 @@ def test_topic_checks_cover_only_the_role_topics_and_never_create(secure: Secure
         "processor": ("events", "decisions", "bans"),
         "enforcer": ("bans", "reports"),
         "operator": ("events", "decisions", "bans", "reports"),
+        "notifier": ("decisions", "reports"),
     }
     for role, topics in uses.items():
         checks = ensure_topics(secure.cluster(role), uses=topics)
