@@ -191,7 +191,7 @@ def test_dev_command_runs_and_cleans_up(tmp_path: Path) -> None:
             "fleet2ban.cli.main",
             "dev",
             "--duration",
-            "25",
+            "40",
             "--json",
             "--bantime",
             "10",
