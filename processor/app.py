@@ -641,7 +641,12 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
 
     async def heartbeat() -> None:
         """A heartbeat on ``reports`` (role processor): partitions, lag, what it consumed and decided, so
-        ``fleet2ban status`` shows the component every ban depends on."""
+        ``fleet2ban status`` shows the component every ban depends on.
+
+        Not during a rebalance or a recovery (as the expiry timer): a send awaited then held the worker's
+        partitions unprocessed for 45-90 s after a second worker joined (tests/processor/test_failover)."""
+        if app.rebalancing or getattr(app, "in_recovery", False):
+            return
         from prometheus_client import REGISTRY
 
         def total(name: str, labels: dict[str, str] | None = None) -> float:

@@ -95,7 +95,37 @@ def cluster(kafka_settings: KafkaSettings) -> Cluster:
     """A resolved cluster whose topics (under a fresh prefix) exist."""
     c = resolve(kafka_settings)
     ensure_topics(c)
+    wait_for_leaders(c)
     return c
+
+
+def wait_for_leaders(c: Cluster, timeout: float = 30.0) -> None:
+    """Return once the leader of every partition of the fleet's topics answers an offsets request.
+
+    A topic just created is unknown to its leader for a moment; a consumer assigned to it then can fail
+    its first offset query ("Unknown topic or partition") and never read that partition (seen as tests
+    whose readers see nothing)."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    from fleet2ban.kafka import consumer_config
+    from fleet2ban.waiting import wait_for
+
+    consumer = Consumer({**consumer_config(c), "log_level": 0})
+    names = [c.topics.events, c.topics.decisions, c.topics.bans, c.topics.reports]
+
+    def answers() -> bool:
+        try:
+            for name in names:
+                for p in range(c.settings.partitions):
+                    consumer.get_watermark_offsets(TopicPartition(name, p), timeout=2)
+        except KafkaException:
+            return False
+        return True
+
+    try:
+        wait_for(answers, timeout, "every partition's leader to answer", every=0.1)
+    finally:
+        consumer.close()
 
 
 @pytest.fixture
