@@ -343,8 +343,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument(
         "--attack-lines",
         type=int,
-        default=300_000,
-        help="lines of the distributed attack (over --ips addresses)",
+        default=None,
+        help="lines of the distributed attack (default: 19 per address, each just below maxretry: no bans)",
     )
     ap.add_argument(
         "--round-lines", type=int, default=300, help="lines one host reads per round (shipper batching)"
@@ -357,6 +357,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.flood_lines, args.ips, args.attack_lines, args.trials = 5_000, 500, 3_000, 3
+    if args.attack_lines is None:
+        args.attack_lines = 19 * args.ips
     rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as d, bench_cluster() as broker:
         tmp = Path(d)
