@@ -53,10 +53,13 @@ from fleet2ban.settings import Settings
 from shipper import metrics as m
 from shipper.exceptions import CheckpointError, ShipperError
 from shipper.parse import (
+    SUSPECT_MARK,
     TOO_LONG,
+    Continuation,
     Liveness,
     ParsedLine,
     Parser,
+    ParseResult,
     ParseStats,
     Rejected,
     decode_line,
@@ -386,6 +389,7 @@ class Shipper:
         self._outage_since: float | None = None
         self._last_ack = time.monotonic()
         self._file_ids: dict[int, str] = {}
+        self._carries: dict[str, Continuation] = {}
         self._checkpoint: Pos | None = None
         self._last_cp_write = 0.0
         self._last_cp_sync = 0.0
@@ -540,6 +544,16 @@ class Shipper:
             self._fatal = True
             self._rl.warning("poll", "kafka producer failed (%s): replacing it", exc)
 
+    def _carry(self, fid: str) -> Continuation:
+        """The file's :class:`Continuation` (which lines follow an unterminated 07-0013 record), kept across
+        reads; a few files at most (the current one and those rotated away that are still being read)."""
+        carry = self._carries.get(fid)
+        if carry is None:
+            if len(self._carries) >= 8:
+                self._carries.pop(next(iter(self._carries)))
+            carry = self._carries[fid] = Continuation()
+        return carry
+
     def _process(self, items: list[TailItem], now: float) -> None:
         """Parse what the tailer read; events join their IP's batch (full batches go out at once)."""
         stats = self.stats
@@ -554,6 +568,7 @@ class Shipper:
             if seq not in file_ids:
                 file_ids[seq] = fid
             id_prefix = f"{host}:{fid}:"
+            carry = self._carry(fid)
 
             def on_fast(
                 off: int,
@@ -585,9 +600,12 @@ class Shipper:
 
             def on_other(off: int, text: str, too_long: bool) -> None:
                 counts[0] += 1
-                result = (
-                    Rejected(TOO_LONG, f"line longer than {limit} bytes") if too_long else self.parser(text)
-                )
+                if too_long:
+                    result: ParseResult = Rejected(TOO_LONG, f"line longer than {limit} bytes")
+                elif text.startswith(SUSPECT_MARK):  # whatever the parser: a fail2ban filter would take it
+                    result = parse_line(text)
+                else:
+                    result = self.parser(text)
                 if type(result) is ParsedLine:
                     counts[1] += 1
                     on_fast(off, result.ts, result.ip, result.port, result.client, result.reason, result.raw)
@@ -610,14 +628,16 @@ class Shipper:
                     )
 
             if isinstance(item, TailLine):
-                on_other(item.offset, "" if item.too_long else decode_line(item.data), item.too_long)
+                text = "" if item.too_long else decode_line(item.data)
+                on_other(item.offset, _checked(carry, text, item.too_long), item.too_long)
             elif self.parser is parse_line:
-                fast = scan_block(item.data, item.offset, limit, on_fast, on_other)
+                fast = scan_block(item.data, item.offset, limit, on_fast, on_other, carry=carry)
                 counts[0] += fast
                 counts[1] += fast
             else:
                 for ln in chunk_lines(item, limit):
-                    on_other(ln.offset, "" if ln.too_long else decode_line(ln.data), ln.too_long)
+                    text = "" if ln.too_long else decode_line(ln.data)
+                    on_other(ln.offset, _checked(carry, text, ln.too_long), ln.too_long)
         batcher.last_ts = last_ts
         lines, events = counts
         stats.lines += lines
@@ -866,3 +886,8 @@ class Shipper:
 def default_checkpoint(settings: Settings, host: str) -> Path:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in host)
     return settings.resolved_state_dir() / f"shipper-{safe}.checkpoint"
+
+
+def _checked(carry: Continuation, text: str, too_long: bool) -> str:
+    """``text``, marked suspect when it follows an unterminated 07-0013 record of its file."""
+    return SUSPECT_MARK + text if carry.suspect(text, too_long) and not too_long else text

@@ -410,3 +410,25 @@ def test_a_lone_line_is_handed_to_the_producer_at_once_and_lines_gather_while_on
         assert sorted(later) == ["10.5.0.2", "10.5.0.3"]
     finally:
         ship.shutdown(timeout=1.0)
+
+
+@pytest.mark.kafka
+def test_a_line_after_an_unterminated_record_is_suspect_across_separate_reads(
+    cluster: Cluster, kafka_settings: KafkaSettings, tmp_path: Path
+) -> None:
+    """A client name with a newline (were AMPS not to escape it) cut over two writes, so two reads: the
+    forged line in the second is rejected as suspect, not shipped; the lines after it are shipped."""
+    log = tmp_path / "ban.log"
+    log.write_bytes(b"")
+    ship = Shipper(make_settings(kafka_settings, tmp_path, from_start=True), cluster)
+    head = amps_line(1, "10.9.0.1").split(b"client[")[0] + b"client[evil\n"
+    forged = amps_line(2, "203.0.113.66")
+    with running(ship):
+        append(log, amps_line(0, "10.9.0.0") + head)
+        wait_until(lambda: ship.stats.events_shipped == 1, what="the first line shipped")
+        append(log, forged)
+        append(log, amps_line(3, "10.9.0.3"))
+        wait_until(lambda: ship.stats.events_shipped == 2, what="the line after the forged one")
+    shipped = {ln.ip for *_, b in read_batches(cluster) for ln in b.lines}
+    assert shipped == {"10.9.0.0", "10.9.0.3"}, "the forged line is never an event"
+    assert ship.stats.rejected["suspect"] == 1
