@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+from fleet2ban.audit.manual import manual_ban_decision
 from fleet2ban.contract import BanState, ContractError, Decision, normalize_target, rfc3339
 from fleet2ban.exceptions import ConfigError
 from fleet2ban.rails import Rails
@@ -262,18 +263,8 @@ def plan(
             out.expired += 1
             continue
         why = (item.reason or reason).strip()
-        decision = Decision(
-            id=import_id(j.name, target, expires, why),
-            action="ban",
-            ip=target,
-            jail=j.name,
-            at=now,
-            ports=list(j.ports),
-            expires_at=expires,
-            ban_count=1,
-            origin="manual",
-            by=by,
-            reason=why,
+        decision = manual_ban_decision(
+            import_id(j.name, target, expires, why), j, target, expires, why, by, now
         )
         key = (j.name, target)
         prev = chosen.get(key)

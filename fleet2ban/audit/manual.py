@@ -64,8 +64,15 @@ def manual_ban(
         expires = now + duration
     else:
         expires = None if j.permanent else now + timedelta(seconds=j.bantime)
+    return manual_ban_decision(manual_decision_id("ban"), j, ip, expires, reason, by, now)
+
+
+def manual_ban_decision(
+    decision_id: str, j: JailSettings, ip: str, expires: datetime | None, reason: str, by: str, now: datetime
+) -> Decision:
+    """The ``ban`` decision an operator makes (``bans add``, ``bans import``), after the rails."""
     return Decision(
-        id=manual_decision_id("ban"),
+        id=decision_id,
         action="ban",
         ip=ip,
         jail=j.name,
