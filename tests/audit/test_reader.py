@@ -70,8 +70,11 @@ def test_reader_follows_live_records(cluster: Cluster) -> None:
         w.tombstone(key(d1))
         w.flush()
         deadline = time.monotonic() + 20
-        while not (
-            key(d2) in view.enforcers["e1"].applied and key(d1) not in view.bans and view.recent_decisions
+        while not (  # each topic (and partition) arrives in its own time: wait for all three records
+            key(d2) in view.enforcers["e1"].applied
+            and key(d2) in view.bans
+            and key(d1) not in view.bans
+            and view.recent_decisions
         ):
             assert time.monotonic() < deadline, "live records did not arrive"
             reader.poll(0.2)
