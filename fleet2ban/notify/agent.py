@@ -95,12 +95,12 @@ class Destination:
     def _run(self) -> None:
         cap = self.outbox.dest.max_per_message
         while not self._stop.is_set():
+            self.wake.clear()  # before looking: an offer made after the look wakes the wait below
             with self.lock:
                 now = time.monotonic()
                 batch = self.outbox.take(now)
                 due = self.outbox.due_at()
             if not batch:
-                self.wake.clear()
                 wait = None if due is None else max(0.0, due - time.monotonic())
                 self.wake.wait(wait if wait is not None else 1.0)
                 continue
