@@ -129,11 +129,12 @@ def write_flood(
     st.started = start = time.time()
     next_tick = start
     seq = 0
-    while not stop.is_set():
+    planned = min(max_lines, int(rate * duration))
+    while not stop.is_set() and st.lines < planned:
         now = time.time()
-        if now - start >= duration or st.lines >= max_lines:
-            break
-        due = min(max_lines, int(rate * (now - start + TICK_S))) - st.lines
+        # the last tick writes whatever the schedule still owes, so a run writes exactly rate x duration
+        last = now - start >= duration
+        due = (planned if last else min(planned, int(rate * (now - start + TICK_S)))) - st.lines
         if due > 0:
             stamp = amps_timestamp(datetime.fromtimestamp(now, UTC))
             bufs: list[list[str]] = [[] for _ in range(n_hosts)]

@@ -713,6 +713,8 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
                 if tp.topic != topics.events:
                     continue
                 nxt = next_offset.get(tp.partition, consumer._committed_offset.get(tp))
+                if nxt is None:  # nothing processed or committed yet: it starts at the earliest record
+                    nxt = (await consumer.earliest_offsets(tp)).get(tp)
                 hw = consumer.highwater(tp)
                 idle = now - progress_at.setdefault(tp.partition, now)
                 if stalled(hw, nxt, idle, STALL_S):
