@@ -63,6 +63,7 @@ from fleet2ban.contract import (
     ContractError,
     Decision,
     Heartbeat,
+    TopicSpec,
     ban_key,
     decode_decision,
     decode_events,
@@ -71,7 +72,7 @@ from fleet2ban.contract import (
     partition_for,
     utcnow,
 )
-from fleet2ban.kafka import Cluster, faust_broker_settings
+from fleet2ban.kafka import Cluster, ensure_topics_quietly, faust_broker_settings
 from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import Settings
 from processor import metrics as m
@@ -394,6 +395,17 @@ def app_id(settings: Settings) -> str:
     return f"{settings.kafka.topic_prefix}{settings.processor.app_id}"
 
 
+def changelog_spec(settings: Settings) -> TopicSpec:
+    """The table's changelog (Faust's name for it: ``<app id>-<table>-changelog``), compacted, one partition
+    per events partition. fleet2ban creates and checks it with the fleet's topics (``ensure_topics``)
+    rather than letting Faust declare it: Faust sends CreateTopics to the broker the metadata names as
+    controller, and a worker started within seconds of a broker's death crashed on that broker
+    (NodeNotReadyError) where Kafka's admin client goes to a live one."""
+    return TopicSpec(
+        f"{app_id(settings)}-{TABLE_NAME}-changelog", settings.kafka.partitions, {"cleanup.policy": "compact"}
+    )
+
+
 def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     p = settings.processor
     conf = faust_broker_settings(cluster, p)
@@ -409,6 +421,9 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         web_port=p.web_port or 6066,
         stream_wait_empty=False,
         broker_commit_interval=1.0,
+        # the changelog is made by ensure_topics (changelog_spec); no leader topic: nothing runs on_leader
+        topic_allow_declare=False,
+        topic_disable_leader=True,
         **conf,
     )
     topics = cluster.topics
@@ -791,6 +806,7 @@ def run_worker(settings: Settings, cluster: Cluster) -> None:
     from fleet2ban.metrics import serve_metrics
 
     use_event_loop(settings.processor.event_loop)
+    ensure_topics_quietly(cluster, uses=(), extra=[changelog_spec(settings)])
     fp = build_app(settings, cluster)
     server = serve_metrics(settings.metrics.port, settings.metrics.bind)
     worker = faust.Worker(

@@ -380,8 +380,12 @@ class PortForward:
                 log.debug("forward %s -> %s: %s", self.ns, self.target, exc)
                 conn.close()
                 continue
-            conn.settimeout(None)
-            up.settimeout(None)
+            for s in (conn, up):
+                s.settimeout(None)
+                # Kafka's clients and brokers write small requests and disable Nagle's algorithm; a relay
+                # that kept it on held each small write until the previous one was acknowledged, which
+                # delayed ACKs turn into ~40 ms per round trip (measured: time-to-ban p50 91 ms with it)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._conns += [conn, up]
             for a, b in ((conn, up), (up, conn)):
                 threading.Thread(target=_pump, args=(a, b), daemon=True).start()

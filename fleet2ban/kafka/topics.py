@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from fleet2ban.contract import TopicSpec
 from fleet2ban.exceptions import BrokerError
 from fleet2ban.kafka.config import Cluster, KafkaAuthorizationError, _short, admin_config, check_connection
 
@@ -58,9 +59,11 @@ def ensure_topics(
     uses: Iterable[str] | None = None,
     create: bool = True,
     configs: bool | None = None,
+    extra: Iterable[TopicSpec] = (),
 ) -> list[TopicCheck]:
     """Check the fleet's topics (or only those whose suffix is in ``uses``: ``events``, ``bans``...),
     creating missing ones when ``create``; report existing ones whose set-up differs. Idempotent.
+    ``extra`` adds topics of one component (the processor's changelog), checked the same way.
 
     Checked: the partition count and replication factor (metadata, which every role may see), and the
     topic configs :data:`CHECKED_CONFIGS` (``configs``: needs DescribeConfigs; None = checked where
@@ -78,7 +81,7 @@ def ensure_topics(
             s.partitions, s.decisions_retention_days, s.events_retention_hours, s.reports_retention_days
         )
         if wanted is None or sp.name.removeprefix(s.topic_prefix) in wanted
-    ]
+    ] + list(extra)
     isr = min_insync_replicas(cluster)
     check_connection(cluster, timeout=min(timeout, 10.0))
     admin = AdminClient({**admin_config(cluster), "log_level": 0})
@@ -182,10 +185,15 @@ def ensure_topics(
     return results
 
 
-def ensure_topics_quietly(cluster: Cluster, uses: Iterable[str] | None = None, create: bool = True) -> None:
+def ensure_topics_quietly(
+    cluster: Cluster,
+    uses: Iterable[str] | None = None,
+    create: bool = True,
+    extra: Iterable[TopicSpec] = (),
+) -> None:
     """Check (and create where allowed) the topics a long-running component uses before it starts;
     mismatches are warned about."""
-    for check in ensure_topics(cluster, uses=uses, create=create):
+    for check in ensure_topics(cluster, uses=uses, create=create, extra=extra):
         if check.status == "mismatch":
             log.warning("topic %s differs from the design: %s", check.name, check.detail)
         elif check.status == "created":
