@@ -176,7 +176,7 @@ class Processor:
                 del self.table[target.encode()]
             return
         self.live[target] = state
-        durable = durable_part(state)
+        durable = durable_part(state, self.policy.bans_jails)
         if durable is None:
             if stored.pop(target, None) is not None:
                 del self.table[target.encode()]
