@@ -41,6 +41,16 @@ Semantics, per (jail, target):
   count (the events and decisions topics are read concurrently: failures from before the unban that
   arrive after it must not resurrect the ban). A manual decision for an unknown jail, a ban the rails
   refuse, or one dated beyond ``max_future_s`` is not applied nor mirrored (``refused``/``future``).
+- Repeat offenders (``source: bans``, fail2ban's ``recidive``): such a jail's failures are the automatic
+  bans of the jails it counts (its ``jails``, default every jail with ``source: events``), fed to the
+  same window code (``_failure``) as they are decided, in the banned target's own state: event time the
+  ban's ``at``, line id the ban's id (a re-emitted ban counts once), hosts the ban's hosts, and a raw
+  line naming the ban (the evidence of its decision). Everything above applies to it unchanged (window,
+  lateness, ban while banned = evidence, expiry floor, ``bantime.increment``, ``overalljails``, manual
+  decisions). It never counts its own bans; the settings refuse a cycle of jails counting each other.
+  Manual bans do not count (an operator's ban already says how long; ``bans import`` writes manual bans).
+  Events never reach it (``event_jails``). Its window is kept in the durable part of the state
+  (``durable_part(keep_windows=...)``): it changes only when a ban does, which writes the state anyway.
 
 Decisions have deterministic ids: a ban's from (jail, target, triggering line id), an expiry unban's from
 the ban's id. Replaying the same events therefore gives the same decisions, and a re-emitted decision
