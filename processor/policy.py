@@ -307,8 +307,13 @@ class Route:
 
 _ts_key = itemgetter(0)
 
-HOSTS_SEP = "\x1f"
-"""Joins the hosts of a counted ban in the host field of a ``source: bans`` jail's failure."""
+_hosts_decoder = msgspec.json.Decoder(list[str])
+
+
+def _ban_hosts(hosts: list[str]) -> str:
+    """The hosts of a counted ban as the host field of a ``source: bans`` jail's failure (JSON: a host
+    name is whatever a shipper says, so no separator could be trusted)."""
+    return msgspec.json.encode(hosts).decode()
 
 
 def ban_line(ban: Decision) -> str:
@@ -612,7 +617,7 @@ class Policy:
             last_failure_at=from_epoch(end),
             hosts=sorted({f[2] for f in counted})
             if j.source == "events"
-            else sorted({h for f in counted for h in f[2].split(HOSTS_SEP) if h}),
+            else sorted({h for f in counted for h in _hosts_decoder.decode(f[2])}),
             ban_count=ban_count,
             origin="auto",
             evidence=[f[3] for f in counted[-EVIDENCE_MAX:]],
@@ -646,7 +651,7 @@ class Policy:
             js = state.jails[r.name] = JailState()
         self.counters.bans_counted += 1
         ev = Event(
-            host=HOSTS_SEP.join(ban.hosts),
+            host=_ban_hosts(ban.hosts),
             ip=target,
             id=ban.id,
             ts=ban.at,

@@ -335,3 +335,37 @@ def test_a_worker_rebuilt_mid_stream_decides_recidive_like_one_that_never_stoppe
         b.on_events_record(key, value, out_b)
     assert [o.decision for o in out_b] == [o.decision for o in out_a]
     assert any(o.decision.jail == "recidive" and o.decision.action == "ban" for o in out_a)
+
+
+def test_hosts_of_the_counted_bans_whatever_their_names() -> None:
+    """Host names are whatever shippers say: no name can split into others in the recidive decision."""
+    odd = ["h1\x1fh2", 'h3","h4', "h,5"]
+    p = policy(AMPS, RECIDIVE)
+    out = Engine(p).feed(
+        [
+            *burst(0, 3, 0, hosts=(odd[0],)),
+            *burst(20, 3, 10, hosts=(odd[1],)),
+            *burst(40, 3, 20, hosts=(odd[2],)),
+        ]
+    )
+    (r,) = bans(out, "recidive")
+    assert r.hosts == sorted(odd)
+
+
+def test_a_manual_unban_of_the_recidive_ban_lifts_it_and_forgives_the_bans_before() -> None:
+    p = policy(AMPS, RECIDIVE)
+    engine = Engine(p)
+    out = engine.feed([*burst(0, 3, 0), *burst(20, 3, 10), *burst(40, 3, 20)])
+    assert len(bans(out, "recidive")) == 1
+    unban = Decision(
+        id="m-u", action="unban", ip=IP, jail="recidive", at=from_epoch(BASE + 50), origin="manual", by="op"
+    )
+    (mirror,) = engine.manual(unban)
+    assert mirror.decision.action == "unban" and not mirror.publish
+    assert engine.states[IP].jails["recidive"].ban is None
+    # counting starts afresh after the operator's unban: the three bans before it never count again
+    out = engine.feed([*burst(60, 3, 30), *burst(80, 3, 40)])
+    assert bans(out, "recidive") == []
+    out = engine.feed(burst(100, 3, 50))
+    (r2,) = bans(out, "recidive")
+    assert r2.first_failure_at == from_epoch(BASE + 60.2) and r2.ban_count == 2
