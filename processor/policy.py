@@ -27,8 +27,10 @@ Semantics, per (jail, target):
   and forgets state that can no longer matter.
 - ``bantime.increment``: the n-th ban of a target lasts ``increment(bantime, n - 1)`` (fail2ban's formula,
   see ``processor.increment``). Ban counts (reported in every decision, used by the increment) are kept
-  ``ban_count_retention_s`` after the last ban (as fail2ban's ``dbpurgeage``, default one day), then
-  forgotten; every other piece of state is forgotten once it can no longer change a decision.
+  ``ban_count_retention_s`` after the last ban (as fail2ban's ``dbpurgeage``, default one day) plus three
+  times its length (fail2ban keeps a ban's count that long: its ``bips`` purge, so a week-long recidive
+  ban still counts when the address comes back after it), then forgotten; every other piece of state is
+  forgotten once it can no longer change a decision.
 - Bounded input (issue 20): a failure dated more than ``max_future_s`` ahead of the processor's clock
   (``clock``, the wall clock; ``fleet2ban replay`` uses the same) is not counted: it would raise the
   watermark and make every real failure "late". It is counted (``future``, and per sending host in
@@ -90,6 +92,10 @@ EPSILON = 1e-6
 DEFAULT_BAN_COUNT_RETENTION_S = 86400.0
 """How long a target's ban count is kept for ``bantime.increment`` (fail2ban's dbpurgeage default)."""
 NEG_INF = -math.inf
+OUTDATED_FACTOR = 3.0
+"""A ban's count is kept this many times its length beyond ``ban_count_retention_s`` (fail2ban's
+``_outDatedFactor``: its database purges a ban from ``bips`` once ``timeofban + 3 * bantime`` is older than
+``dbpurgeage``)."""
 
 # --------------------------------------------------------------------------------------------- state
 
@@ -724,7 +730,8 @@ class Policy:
         keep = max(js.floor, js.window[-1][0] + findtime if js.window else NEG_INF)
         keep += self.lateness
         if js.last_ban_at is not None:
-            keep = max(keep, js.last_ban_at + self.ban_count_retention_s)
+            length = max(0.0, js.floor - js.last_ban_at)  # how long the last ban lasted (once it ended)
+            keep = max(keep, js.last_ban_at + OUTDATED_FACTOR * length + self.ban_count_retention_s)
         return keep
 
     def _forgettable(self, name: str, js: JailState, now: float) -> bool:

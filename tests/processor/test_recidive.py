@@ -16,7 +16,7 @@ from fleet2ban.contract import Decision, Event, EventBatch, Line, auto_decision_
 from fleet2ban.settings import JailSettings, Settings, counted_jails
 from processor.app import Processor
 from processor.engine import Engine
-from processor.policy import Output, Policy, durable_part
+from processor.policy import Output, Policy, TargetState, durable_part
 from processor.rebuild import span_s
 
 BASE = 1_764_000_000.0  # 2025-11-24T16:00:00Z
@@ -369,3 +369,28 @@ def test_a_manual_unban_of_the_recidive_ban_lifts_it_and_forgives_the_bans_befor
     out = engine.feed(burst(100, 3, 50))
     (r2,) = bans(out, "recidive")
     assert r2.first_failure_at == from_epoch(BASE + 60.2) and r2.ban_count == 2
+
+
+def test_the_recidive_ban_count_outlives_a_week_long_ban_as_in_fail2ban() -> None:
+    """fail2ban keeps a ban for the increment until ``timeofban + 3 * bantime`` is ``dbpurgeage`` old: a
+    repeat offender who comes back two days after a week-long recidive ban gets a longer one."""
+    week, day = 7 * 86400.0, 86400.0
+    rec = {**RECIDIVE, "findtime": day, "bantime": week, "bantime_increment": {"enabled": True}}
+    p = policy(AMPS, rec)
+    engine = Engine(p)
+    out = engine.feed([e for k in range(3) for e in burst(20 * k, 3, 10 * k)])
+    (r1,) = bans(out, "recidive")
+    assert r1.expires_at is not None
+    released = r1.expires_at.timestamp()
+    out = engine.advance(released + 2 * day)
+    assert unbans(out, "recidive") and engine.states[IP].jails["recidive"].ban_count == 1
+    t = released + 2 * day - BASE
+    out = engine.feed([e for k in range(3) for e in burst(t + 20 * k, 3, 100 + 10 * k)])
+    (r2,) = bans(out, "recidive")
+    assert r2.ban_count == 2 and r2.expires_at - r2.at == timedelta(seconds=2 * week)  # type: ignore[operator]
+    # forgotten once 3 x its length plus the retention have passed since it began
+    assert r2.expires_at is not None
+    engine.advance(r2.at.timestamp() + 3 * 2 * week + day - 1)
+    assert engine.states[IP].jails["recidive"].ban_count == 2
+    engine.advance(r2.at.timestamp() + 3 * 2 * week + day + 60)
+    assert "recidive" not in engine.states.get(IP, TargetState()).jails
