@@ -649,7 +649,7 @@ class Policy:
         """Feed an automatic ban to a ``source: bans`` jail as one of its failures, through the same
         window core (``_failure``): event time the ban's ``at``, line id the ban's decision id (so a
         re-emitted ban counts once), hosts the ban's hosts, and a raw line naming the ban (evidence)."""
-        if _ignored(r, target):
+        if r.ignore and _ignored(r, target):
             self.counters.ignored += 1
             return
         if self.rails is not None and self.rails.refusal(r.name, target) is not None:
