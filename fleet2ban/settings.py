@@ -185,6 +185,15 @@ class JailSettings(_Section):
     ignoreip: list[IPNetwork] = Field(default_factory=list)
     ban_prefix_v6: int = Field(128, ge=16, le=128, description="count and ban IPv6 clients by this prefix")
     bantime_increment: IncrementSettings = Field(default_factory=IncrementSettings)
+    source: Literal["events", "bans"] = Field(
+        "events",
+        description="what the jail counts: failures in events, or (as fail2ban's recidive) other jails' bans",
+    )
+    jails: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="source bans: whose bans count (empty: every jail whose source is events)",
+    )
 
     @field_validator("ports")
     @classmethod
@@ -209,6 +218,44 @@ class JailSettings(_Section):
     @property
     def permanent(self) -> bool:
         return self.bantime < 0
+
+    @model_validator(mode="after")
+    def _source(self) -> JailSettings:
+        if self.jails and self.source != "bans":
+            raise ValueError("jails (whose bans count) applies to a jail with source: bans only")
+        if self.name in self.jails:
+            raise ValueError(f"jail {self.name!r} cannot count its own bans")
+        return self
+
+
+def counted_jails(jails: list[JailSettings]) -> dict[str, tuple[str, ...]]:
+    """For each jail with ``source: bans``, the jails whose (automatic) bans it counts: its ``jails``, or
+    every jail whose source is ``events``. ValueError for an unknown name or a cycle (a jail's bans would
+    count towards themselves through others)."""
+    names = {j.name for j in jails}
+    counted: dict[str, tuple[str, ...]] = {}
+    for j in jails:
+        if j.source != "bans":
+            continue
+        unknown = [n for n in j.jails if n not in names]
+        if unknown:
+            raise ValueError(f"jail {j.name!r} counts the bans of unknown jails: {', '.join(unknown)}")
+        counted[j.name] = tuple(j.jails) or tuple(o.name for o in jails if o.source == "events")
+
+    def cycle(name: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        for n in counted.get(name, ()):
+            if n in path:
+                return (*path, n)
+            found = cycle(n, (*path, n))
+            if found:
+                return found
+        return None
+
+    for name in counted:
+        found = cycle(name, (name,))
+        if found:
+            raise ValueError(f"jails count each other's bans in a cycle: {' <- '.join(found)}")
+    return counted
 
 
 class ShipperSettings(_Section):
@@ -400,6 +447,7 @@ class Settings(BaseSettings):
         names = [j.name for j in v]
         if len(set(names)) != len(names):
             raise ValueError(f"jail names must be unique: {names}")
+        counted_jails(v)
         return v
 
     @classmethod

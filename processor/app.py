@@ -11,7 +11,8 @@ State, split by what can be rebuilt (issue #5's "window state rebuilt from the e
   worker that is assigned an events partition re-reads the partition's last findtime + lateness (+ a
   margin) of records before the first one it processes, through the same core (``processor.rebuild``);
 - what the events cannot give back -- a ban in force, ban counts for ``bantime.increment``, the floor
-  below which failures never count again (after an expiry or a manual unban) -- is kept in one
+  below which failures never count again (after an expiry or a manual unban), the windows of
+  ``source: bans`` jails (their failures are bans, whose findtime is typically a day) -- is kept in one
   changelogged Faust ``Table`` keyed by target (``processor.policy.durable_part``, msgpack), written only
   when it changes (a ban, an unban, a manual decision), not for every events record.
 A changelog write per record was most of a worker's cost with many distinct addresses (2.6k records/s
@@ -177,7 +178,7 @@ class Processor:
                 del self.table[target.encode()]
             return
         self.live[target] = state
-        durable = durable_part(state)
+        durable = durable_part(state, self.policy.bans_jails)
         if durable is None:
             if stored.pop(target, None) is not None:
                 del self.table[target.encode()]

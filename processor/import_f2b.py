@@ -7,6 +7,11 @@ CIDRs), ``bantime.increment`` / ``.factor`` / ``.formula`` / ``.multipliers`` / 
 filter becomes the built-in strict parser with its reasons; any other filter is kept as
 ``shipper.filter_path`` with the reasons its first group can produce. Everything else (actions, backend,
 usedns, hostnames in ignoreip...) is listed as not carried over.
+
+fail2ban's ``[recidive]`` jail (its filter ``recidive``, or any filter over fail2ban's own log that counts
+``NOTICE [JAIL] Ban <HOST>`` lines) becomes a jail with ``source: bans``: it counts the bans of the other
+jails, as fleet2ban decides them. What it leaves unset takes jail.conf's ``[recidive]`` values (findtime
+1d, bantime 1w, maxretry 5), not fleet2ban's defaults for a jail of events.
 """
 
 from __future__ import annotations
@@ -71,6 +76,10 @@ _HANDLED = {
     "bantime.overalljails",
 }
 _HARMLESS = {"backend", "usedns", "protocol", "chain", "banaction", "banaction_allports", "mode"}
+RECIDIVE_DEFAULTS = {"maxretry": 5, "findtime": 86400.0, "bantime": 604800.0}
+"""fail2ban's jail.conf ``[recidive]`` (and its [DEFAULT] maxretry)."""
+_BAN_LINE = re.compile(r"NOTICE.*\\\]\\s\+Ban\\s\+<HOST>")
+"""A failregex over fail2ban's own log that matches its ``NOTICE [JAIL] Ban <HOST>`` lines."""
 SEED_REGEX = re.compile(r"07-0013.*\\\(<HOST>:\[\\d\]\+\\\) disconnected: \(([^()]*)\)")
 
 
@@ -210,6 +219,34 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _recidive(values: dict[str, str], own: set[str], out: dict[str, Any], notes: list[str]) -> None:
+    """fail2ban's recidive (bans of other jails, read from fail2ban's own log) as ``source: bans``.
+
+    ``own``: the keys set in the jail's section itself. jail.conf's ``[recidive]`` sets findtime and
+    bantime in the section, so a [DEFAULT] value never reaches them in fail2ban; maxretry comes from
+    [DEFAULT] (5 in jail.conf)."""
+    out["source"] = "bans"
+    for key, value in RECIDIVE_DEFAULTS.items():
+        if key not in (values if key == "maxretry" else own):
+            out[key] = value
+            notes.append(
+                f"{key} not set in the section: fail2ban's [recidive] value {value:g} (jail.conf) taken"
+            )
+    notes.append(
+        "logpath and filter (Ban lines of fail2ban's own log): imported as source: bans, which counts the"
+        " automatic bans of the other jails (jails: [...] chooses them)"
+    )
+    if "_jailname" in values.get("filter", ""):
+        notes.append(
+            f"filter parameters {one_line(values['filter'], 60)!r}: a source: bans jail never counts its own"
+            " bans; list the jails it counts in jails: [...]"
+        )
+    notes.append(
+        "fail2ban's recidive bans every port (banaction_allports); fleet2ban bans the ports listed:"
+        f" {', '.join(str(p) for p in out.get('ports', [9007]))}; list those of every counted jail"
+    )
+
+
 def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | None = None) -> ImportResult:
     """Read one jail section (and its filter) and return fleet2ban settings plus what was left out."""
     cp = _read_ini(jail_file)
@@ -259,43 +296,50 @@ def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | Non
         out["bantime_increment"] = inc
 
     shipper: dict[str, Any] = {}
-    if values.get("logpath"):
-        paths = values["logpath"].split()
-        shipper["log_path"] = paths[0]
-        if len(paths) > 1:
-            notes.append(f"logpath lists {len(paths)} files: a shipper follows one; took {paths[0]}")
-    filter_name = values.get("filter", jail).split("[", 1)[0].strip()
-    if "[" in values.get("filter", ""):
-        notes.append(f"filter parameters {values['filter']!r} are not interpreted")
+    # jail.conf's [DEFAULT] says filter = %(__name__)s[mode=...]: the section's own name
+    filter_name = values.get("filter", jail).replace("%(__name__)s", jail).split("[", 1)[0].strip()
     fdir = filter_dir or (jail_file.parent / "filter.d")
     fpath = next(
         (p for p in (fdir / f"{filter_name}.local", fdir / f"{filter_name}.conf") if p.is_file()), None
     )
-    if fpath is None:
-        notes.append(f"filter {filter_name!r} not found in {fdir}: kept the built-in AMPS parser")
-    else:
+    fscope: dict[str, str] = {}
+    if fpath is not None and filter_name != "recidive":
         fcp = _read_ini(fpath)
         fscope = {**fcp.defaults(), **(dict(fcp.items("Init")) if fcp.has_section("Init") else {})}
         if fcp.has_section("Definition"):
             fscope.update(dict(fcp.items("Definition")))
-        failregex = interpolate(fscope.get("failregex", ""), fscope, what=f"{fpath} failregex")
-        regexes = [ln.strip() for ln in failregex.splitlines() if ln.strip()]
-        seed = [SEED_REGEX.search(rx) for rx in regexes]
-        if regexes and all(seed):
-            reasons = [r for m in seed if m for r in m.group(1).split("|")]
-            out["reasons"] = list(dict.fromkeys(reasons))
-            notes.append(
-                f"filter {fpath.name} is the seed's AMPS filter: using the built-in strict parser instead "
-                "(it cannot be fooled by hostile client names)"
-            )
+    if filter_name == "recidive" or _BAN_LINE.search(fscope.get("failregex", "")):
+        own = set(getattr(cp, "_sections", {}).get(jail, {}))  # the section's own keys, not [DEFAULT]'s
+        _recidive(values, own, out, notes)
+    else:
+        if values.get("logpath"):
+            paths = values["logpath"].split()
+            shipper["log_path"] = paths[0]
+            if len(paths) > 1:
+                notes.append(f"logpath lists {len(paths)} files: a shipper follows one; took {paths[0]}")
+        if "[" in values.get("filter", ""):
+            notes.append(f"filter parameters {values['filter']!r} are not interpreted")
+        if fpath is None:
+            notes.append(f"filter {filter_name!r} not found in {fdir}: kept the built-in AMPS parser")
         else:
-            shipper["filter_path"] = str(fpath)
-            reasons_opt = _reasons_from_regex(regexes)
-            out["reasons"] = reasons_opt or ["match"]
-            if reasons_opt is None:
-                notes.append("could not infer the filter's reasons: the jail counts every match")
-        if fscope.get("datepattern"):
-            notes.append("datepattern: the shipper reads AMPS's own leading timestamp")
+            failregex = interpolate(fscope.get("failregex", ""), fscope, what=f"{fpath} failregex")
+            regexes = [ln.strip() for ln in failregex.splitlines() if ln.strip()]
+            seed = [SEED_REGEX.search(rx) for rx in regexes]
+            if regexes and all(seed):
+                reasons = [r for m in seed if m for r in m.group(1).split("|")]
+                out["reasons"] = list(dict.fromkeys(reasons))
+                notes.append(
+                    f"filter {fpath.name} is the seed's AMPS filter: using the built-in strict parser instead "
+                    "(it cannot be fooled by hostile client names)"
+                )
+            else:
+                shipper["filter_path"] = str(fpath)
+                reasons_opt = _reasons_from_regex(regexes)
+                out["reasons"] = reasons_opt or ["match"]
+                if reasons_opt is None:
+                    notes.append("could not infer the filter's reasons: the jail counts every match")
+            if fscope.get("datepattern"):
+                notes.append("datepattern: the shipper reads AMPS's own leading timestamp")
     for key in sorted(values):
         if key in _HANDLED or (key in cp.defaults() and key not in dict(cp.items(jail, raw=True))):
             continue

@@ -27,8 +27,10 @@ Semantics, per (jail, target):
   and forgets state that can no longer matter.
 - ``bantime.increment``: the n-th ban of a target lasts ``increment(bantime, n - 1)`` (fail2ban's formula,
   see ``processor.increment``). Ban counts (reported in every decision, used by the increment) are kept
-  ``ban_count_retention_s`` after the last ban (as fail2ban's ``dbpurgeage``, default one day), then
-  forgotten; every other piece of state is forgotten once it can no longer change a decision.
+  ``ban_count_retention_s`` after the last ban (as fail2ban's ``dbpurgeage``, default one day) plus three
+  times its length (fail2ban keeps a ban's count that long: its ``bips`` purge, so a week-long recidive
+  ban still counts when the address comes back after it), then forgotten; every other piece of state is
+  forgotten once it can no longer change a decision.
 - Bounded input (issue 20): a failure dated more than ``max_future_s`` ahead of the processor's clock
   (``clock``, the wall clock; ``fleet2ban replay`` uses the same) is not counted: it would raise the
   watermark and make every real failure "late". It is counted (``future``, and per sending host in
@@ -41,6 +43,16 @@ Semantics, per (jail, target):
   count (the events and decisions topics are read concurrently: failures from before the unban that
   arrive after it must not resurrect the ban). A manual decision for an unknown jail, a ban the rails
   refuse, or one dated beyond ``max_future_s`` is not applied nor mirrored (``refused``/``future``).
+- Repeat offenders (``source: bans``, fail2ban's ``recidive``): such a jail's failures are the automatic
+  bans of the jails it counts (its ``jails``, default every jail with ``source: events``), fed to the
+  same window code (``_failure``) as they are decided, in the banned target's own state: event time the
+  ban's ``at``, line id the ban's id (a re-emitted ban counts once), hosts the ban's hosts, and a raw
+  line naming the ban (the evidence of its decision). Everything above applies to it unchanged (window,
+  lateness, ban while banned = evidence, expiry floor, ``bantime.increment``, ``overalljails``, manual
+  decisions). It never counts its own bans; the settings refuse a cycle of jails counting each other.
+  Manual bans do not count (an operator's ban already says how long; ``bans import`` writes manual bans).
+  Events never reach it (``event_jails``). Its window is kept in the durable part of the state
+  (``durable_part(keep_windows=...)``): it changes only when a ban does, which writes the state anyway.
 
 Decisions have deterministic ids: a ban's from (jail, target, triggering line id), an expiry unban's from
 the ban's id. Replaying the same events therefore gives the same decisions, and a re-emitted decision
@@ -53,7 +65,7 @@ import ipaddress
 import math
 import time
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from operator import itemgetter
 
@@ -69,9 +81,10 @@ from fleet2ban.contract import (
     from_epoch,
     normalize_ip,
     normalize_target,
+    rfc3339,
 )
 from fleet2ban.rails import Rails
-from fleet2ban.settings import EnforcerSettings, JailSettings
+from fleet2ban.settings import EnforcerSettings, JailSettings, counted_jails
 from processor.increment import BanTimeFn, compile_increment
 
 EPSILON = 1e-6
@@ -79,6 +92,10 @@ EPSILON = 1e-6
 DEFAULT_BAN_COUNT_RETENTION_S = 86400.0
 """How long a target's ban count is kept for ``bantime.increment`` (fail2ban's dbpurgeage default)."""
 NEG_INF = -math.inf
+OUTDATED_FACTOR = 3.0
+"""A ban's count is kept this many times its length beyond ``ban_count_retention_s`` (fail2ban's
+``_outDatedFactor``: its database purges a ban from ``bips`` once ``timeofban + 3 * bantime`` is older than
+``dbpurgeage``)."""
 
 # --------------------------------------------------------------------------------------------- state
 
@@ -134,16 +151,25 @@ def decode_state(data: bytes) -> TargetState:
     return _state_decoder.decode(data)
 
 
-def durable_part(state: TargetState) -> TargetState | None:
+def durable_part(state: TargetState, keep_windows: Collection[str] = ()) -> TargetState | None:
     """What of a state cannot be rebuilt by replaying the recent events (None when nothing).
 
     Windows and watermarks are rebuilt by re-reading the last findtime + lateness of events; a ban in
     force, ban counts, the last ban's time and the floor (failures before an expiry or a manual unban
     never count again) are not, since the events that caused them can be long gone. The watermark is
     left out on purpose: a stored newer watermark would make the replayed events look late. The ban's
-    running ``evidence`` count is left out too, so that failures while banned do not rewrite it."""
+    running ``evidence`` count is left out too, so that failures while banned do not rewrite it.
+
+    ``keep_windows``: jails whose window and watermark are kept whole (``source: bans`` jails, whose
+    failures are bans: no events replay gives them back, and they change only when a ban does, which
+    writes the state anyway)."""
     jails: dict[str, JailState] | None = None
     for name, js in state.jails.items():
+        if name in keep_windows:
+            if jails is None:
+                jails = {}
+            jails[name] = js
+            continue
         ban = js.ban
         if ban is None and not js.ban_count and js.floor == NEG_INF and js.last_manual is None:
             continue
@@ -192,6 +218,8 @@ class Counters:
     """Failures and manual decisions dated beyond ``max_future_s`` ahead of the clock: not applied."""
     refused: int = 0
     """Failures of targets, and manual decisions, that the rails refuse: never banned."""
+    bans_counted: int = 0
+    """Automatic bans fed to ``source: bans`` jails as their failures (also in ``failures`` etc.)."""
     future_hosts: dict[str, int] = field(default_factory=dict)
     """``future`` by sending host (bounded: beyond :data:`FUTURE_HOSTS_MAX` hosts, under ``"(other)"``)."""
 
@@ -227,9 +255,13 @@ class Jail:
     prefix_v6: int
     increment: BanTimeFn | None
     overalljails: bool
+    source: str = "events"
+    """``events``: failures are lines of the events topic; ``bans``: other jails' automatic bans."""
+    counts: tuple[str, ...] = ()
+    """For ``source: bans``: the jails whose bans count (resolved: never empty, never this jail)."""
 
     @classmethod
-    def from_settings(cls, s: JailSettings) -> Jail:
+    def from_settings(cls, s: JailSettings, counts: tuple[str, ...] = ()) -> Jail:
         return cls(
             name=s.name,
             reasons=frozenset(r.strip() for r in s.reasons),
@@ -241,6 +273,8 @@ class Jail:
             prefix_v6=s.ban_prefix_v6,
             increment=compile_increment(s.bantime_increment),
             overalljails=s.bantime_increment.overalljails,
+            source=s.source,
+            counts=counts,
         )
 
     @property
@@ -279,6 +313,29 @@ class Route:
 
 _ts_key = itemgetter(0)
 
+_hosts_decoder = msgspec.json.Decoder(list[str])
+
+
+def _ban_hosts(hosts: list[str]) -> str:
+    """The hosts of a counted ban as the host field of a ``source: bans`` jail's failure (JSON: a host
+    name is whatever a shipper says, so no separator could be trusted)."""
+    return msgspec.json.encode(hosts).decode()
+
+
+def ban_line(ban: Decision) -> str:
+    """The evidence line of a ban counted by a ``source: bans`` jail: names the ban and its jail."""
+    until = "permanent" if ban.expires_at is None else rfc3339(ban.expires_at)
+    return (
+        f"ban {ban.id} jail={ban.jail} at={rfc3339(ban.at)} until={until} failures={ban.failures}"
+        f" hosts={','.join(ban.hosts)}"
+    )[:RAW_LINE_MAX]
+
+
+def _ignored(j: Jail, target: str) -> bool:
+    """Whether ``j``'s ignoreip covers ``target`` (an address, or a network the size of a ban)."""
+    net = ipaddress.ip_network(target, strict=False)
+    return any(net.version == ig.version and net.subnet_of(ig) for ig in j.ignore)  # type: ignore[arg-type]
+
 
 # ---------------------------------------------------------------------------------------------- policy
 
@@ -297,6 +354,19 @@ class Policy:
     """Failures and manual decisions dated further than this ahead of ``clock()`` are not applied."""
     clock: Callable[[], float] = time.time
     _routes: dict[str, Route] = field(default_factory=dict, repr=False)
+    event_jails: tuple[Jail, ...] = field(default=(), init=False, repr=False)
+    """The jails that count failures in events (``source: events``)."""
+    recidive: dict[str, tuple[Jail, ...]] = field(default_factory=dict, init=False, repr=False)
+    """Jail name -> the ``source: bans`` jails that count its automatic bans."""
+    bans_jails: frozenset[str] = field(default=frozenset(), init=False, repr=False)
+    """Names of the ``source: bans`` jails (their windows are durable: ``durable_part``)."""
+
+    def __post_init__(self) -> None:
+        self.event_jails = tuple(j for j in self.jails if j.source == "events")
+        self.bans_jails = frozenset(j.name for j in self.jails if j.source == "bans")
+        for r in self.jails:
+            for name in r.counts if r.source == "bans" else ():
+                self.recidive[name] = (*self.recidive.get(name, ()), r)
 
     @classmethod
     def from_settings(
@@ -311,7 +381,8 @@ class Policy:
         """The policy of these jails, with the same rails as every enforcer (``enforcer``: the settings
         whose ``protect``/``min_prefix_v4/v6`` they use; the defaults when None)."""
         rails = Rails.build(enforcer if enforcer is not None else EnforcerSettings(host="-"), jails)
-        enabled = tuple(Jail.from_settings(j) for j in jails if j.enabled)
+        counts = counted_jails(list(jails))
+        enabled = tuple(Jail.from_settings(j, counts.get(j.name, ())) for j in jails if j.enabled)
         return cls(enabled, lateness, rails=rails, max_future_s=max_future_s, clock=clock)
 
     def future_limit(self) -> float:
@@ -334,13 +405,13 @@ class Policy:
             targets: dict[str, list[Jail]] = {}
             ignored = 0
             rails = self.rails
-            for j in self.jails:
+            for j in self.event_jails:
                 t = j.target(norm)
                 if t is None or (rails is not None and rails.refusal(j.name, t) is not None):
                     ignored += 1  # ignoreip, or a target no enforcer would ban (counted apart below)
                 else:
                     targets.setdefault(t, []).append(j)
-            refused = ignored - sum(1 for j in self.jails if j.target(norm) is None)
+            refused = ignored - sum(1 for j in self.event_jails if j.target(norm) is None)
             r = Route(norm, {t: tuple(js) for t, js in targets.items()}, ignored, refused)
             if len(self._routes) > 100_000:
                 self._routes.clear()
@@ -437,7 +508,7 @@ class Policy:
         jails: Sequence[Jail] | None = None,
     ) -> TargetState | None:
         """Apply failures of one target (all events are of addresses that map to ``target``)."""
-        jails = self.jails if jails is None else jails
+        jails = self.event_jails if jails is None else jails
         c = self.counters
         failure = self._failure
         for ev in events:
@@ -550,7 +621,9 @@ class Policy:
             failures=len(counted),
             first_failure_at=from_epoch(counted[0][0]),
             last_failure_at=from_epoch(end),
-            hosts=sorted({f[2] for f in counted}),
+            hosts=sorted({f[2] for f in counted})
+            if j.source == "events"
+            else sorted({h for f in counted for h in _hosts_decoder.decode(f[2])}),
             ban_count=ban_count,
             origin="auto",
             evidence=[f[3] for f in counted[-EVIDENCE_MAX:]],
@@ -569,6 +642,34 @@ class Policy:
         js.window = []
         self.counters.bans += 1
         out.append(Output(decision))
+        for r in self.recidive.get(j.name, ()):
+            self._count_ban(r, state, target, decision, out)
+
+    def _count_ban(self, r: Jail, state: TargetState, target: str, ban: Decision, out: list[Output]) -> None:
+        """Feed an automatic ban to a ``source: bans`` jail as one of its failures, through the same
+        window core (``_failure``): event time the ban's ``at``, line id the ban's decision id (so a
+        re-emitted ban counts once), hosts the ban's hosts, and a raw line naming the ban (evidence)."""
+        if r.ignore and _ignored(r, target):
+            self.counters.ignored += 1
+            return
+        if self.rails is not None and self.rails.refusal(r.name, target) is not None:
+            self.counters.refused += 1
+            return
+        js = state.jails.get(r.name)
+        if js is None:
+            js = state.jails[r.name] = JailState()
+        self.counters.bans_counted += 1
+        ev = Event(
+            host=_ban_hosts(ban.hosts),
+            ip=target,
+            id=ban.id,
+            ts=ban.at,
+            port=0,
+            client="",
+            reason="ban",
+            raw=ban_line(ban),
+        )
+        self._failure(r, js, state, target, ev, ban.at.timestamp(), out)
 
     def _expire(self, jail: str, js: JailState, target: str, out: list[Output]) -> None:
         ban = js.ban
@@ -632,7 +733,8 @@ class Policy:
         keep = max(js.floor, js.window[-1][0] + findtime if js.window else NEG_INF)
         keep += self.lateness
         if js.last_ban_at is not None:
-            keep = max(keep, js.last_ban_at + self.ban_count_retention_s)
+            length = max(0.0, js.floor - js.last_ban_at)  # how long the last ban lasted (once it ended)
+            keep = max(keep, js.last_ban_at + OUTDATED_FACTOR * length + self.ban_count_retention_s)
         return keep
 
     def _forgettable(self, name: str, js: JailState, now: float) -> bool:

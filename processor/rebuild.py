@@ -38,8 +38,11 @@ class RebuildError(ProcessorError):
 
 
 def span_s(policy: Policy, margin_s: float = MARGIN_S) -> float:
-    """How far back (record time) a rebuild reads: the longest findtime + lateness + a margin."""
-    longest = max((j.findtime for j in policy.jails), default=0.0)
+    """How far back (record time) a rebuild reads: the longest findtime + lateness + a margin.
+
+    Only jails that count events matter: a ``source: bans`` jail's window (whose findtime is typically a
+    day) is in the changelogged table, not rebuilt from events."""
+    longest = max((j.findtime for j in policy.event_jails), default=0.0)
     return longest + policy.lateness + margin_s
 
 

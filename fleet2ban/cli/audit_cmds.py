@@ -224,10 +224,11 @@ def bans_show(
     if as_json:
         echo_json_line(to_json(hist))
         return
-    _print_history_of(hist, now)
+    _print_history_of(hist, now, frozenset(j.name for j in settings.jails if j.source == "bans"))
 
 
-def _print_history_of(hist: IpHistory, now: datetime) -> None:
+def _print_history_of(hist: IpHistory, now: datetime, bans_jails: frozenset[str] = frozenset()) -> None:
+    """``bans_jails``: jails whose failures are other jails' bans (their evidence lines name them)."""
     out = _out()
     if not hist.timeline:
         out.print(f"No decisions or reports about {_s(hist.target)}.")
@@ -247,7 +248,8 @@ def _print_history_of(hist: IpHistory, now: datetime) -> None:
             d = e.decision
             until = "permanent" if d.expires_at is None else f"until {_when(d.expires_at)}"
             if d.action == "ban":
-                detail = f"{d.origin}; {until}; failures {d.failures}"
+                counted = "bans counted" if d.jail in bans_jails else "failures"
+                detail = f"{d.origin}; {until}; {counted} {d.failures}"
                 if d.hosts:
                     detail += f" on {', '.join(d.hosts)}"
             else:

@@ -159,7 +159,13 @@ class Watcher:
             "decisions": dict(actions),
             "banned_ips": banned_ips,
             "bans_in_force": [
-                {"ip": b.ban.ip, "coverage": b.coverage.text(), "missing": b.coverage.missing} for b in bans
+                {
+                    "ip": b.ban.ip,
+                    "jail": b.ban.jail,
+                    "coverage": b.coverage.text(),
+                    "missing": b.coverage.missing,
+                }
+                for b in bans
             ],
             "components": [{"role": s.role, "host": s.host, "silent": s.silent} for s in status],
             "attack_outcomes": dict(scenario.stats.outcomes),
@@ -181,6 +187,13 @@ def dev(
         0, "--duration", min=0, help="stop after this many seconds (0 = until Ctrl-C)"
     ),
     bantime: float = typer.Option(30.0, "--bantime", help="the dev jail's bantime (s); the seed's is 120"),
+    recidive: int = typer.Option(
+        0,
+        "--recidive",
+        min=0,
+        max=1000,
+        help="also a repeat-offender jail (source: bans): N bans within an hour ban for 10 minutes (0 = none)",
+    ),
     json_out: bool = typer.Option(False, "--json", help="print a final summary as JSON on stdout"),
     no_ui: bool = typer.Option(False, "--no-ui", help="no live view; log decisions as lines instead"),
     workdir: Path = typer.Option(None, "--workdir", help="keep logs and state here (default: a temp dir)"),
@@ -197,7 +210,9 @@ def dev(
     setup_logging("WARNING" if not no_ui else "INFO")
     sigterm_as_interrupt()
     console = Console(stderr=json_out)
-    opts = DevOptions(hosts=hosts, attackers=attackers, workdir=workdir, bantime=bantime, netns=netns_opt)
+    opts = DevOptions(
+        hosts=hosts, attackers=attackers, workdir=workdir, bantime=bantime, netns=netns_opt, recidive=recidive
+    )
     started = time.monotonic()
     failure: str | None = None
     fleet = DevFleet(opts)

@@ -43,14 +43,25 @@ def _host_and_path(spec: str) -> tuple[str, Path]:
 
 def _jails_with(settings: Settings, **changes: float | int | None) -> list[JailSettings]:
     """The configured jails with ``--maxretry``/``--findtime``/``--bantime`` applied, validated as the
-    settings file's values are (a bad one is a ConfigError naming it: exit 2, one line)."""
+    settings file's values are (a bad one is a ConfigError naming it: exit 2, one line). They apply to
+    the jails that count events, not to those counting bans (``source: bans``, fail2ban's recidive)."""
     update = {k: v for k, v in changes.items() if v is not None}
     if not update:
         return list(settings.jails)
     try:
-        return [JailSettings.model_validate({**j.model_dump(), **update}) for j in settings.jails]
+        return [
+            JailSettings.model_validate({**j.model_dump(), **update}) if j.source == "events" else j
+            for j in settings.jails
+        ]
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, head="")) from None
+
+
+def _by_jail(per_jail: dict[str, int]) -> str:
+    """`` (amps=3,recidive=1)`` when bans came from more than one jail, else nothing."""
+    if len(per_jail) < 2:
+        return ""
+    return " (" + ",".join(f"{j}={n}" for j, n in sorted(per_jail.items())) + ")"
 
 
 @handle_errors
@@ -59,9 +70,13 @@ def replay(
     files: list[str] = typer.Argument(
         ..., help="log files, one per host: PATH (host = file stem) or NAME=PATH"
     ),
-    maxretry: int = typer.Option(None, "--maxretry", help="jails[*].maxretry"),
-    findtime: float = typer.Option(None, "--findtime", help="jails[*].findtime (seconds)"),
-    bantime: float = typer.Option(None, "--bantime", help="jails[*].bantime (seconds; negative = permanent)"),
+    maxretry: int = typer.Option(None, "--maxretry", help="jails[*].maxretry (jails counting events)"),
+    findtime: float = typer.Option(
+        None, "--findtime", help="jails[*].findtime (seconds; jails counting events)"
+    ),
+    bantime: float = typer.Option(
+        None, "--bantime", help="jails[*].bantime (seconds; negative = permanent; jails counting events)"
+    ),
     lateness: float = typer.Option(None, "--lateness", help="processor.lateness_s"),
     config: Path = typer.Option(None, "--config", help="YAML settings file (instead of the global --config)"),
     filter_path: Path = typer.Option(
@@ -73,7 +88,8 @@ def replay(
 ) -> None:
     """Run the processor's ban logic over AMPS log files offline; print one JSON decision per line.
 
-    Files are merged in event-time order (each file is one host). A summary goes to stderr.
+    Files are merged in event-time order (each file is one host). A summary goes to stderr. Jails with
+    ``source: bans`` (repeat offenders, fail2ban's recidive) count the bans the other jails decide here.
     """
     from processor.engine import Engine
     from processor.policy import Output, Policy
@@ -118,6 +134,7 @@ def replay(
 
     n_ban = n_unban = 0
     banned: set[str] = set()
+    per_jail: dict[str, int] = {}
     started = time.perf_counter()
     for ev in merged:
         engine.feed((ev,), out)
@@ -128,6 +145,7 @@ def replay(
                 if o.decision.action == "ban":
                     n_ban += 1
                     banned.add(o.decision.ip)
+                    per_jail[o.decision.jail] = per_jail.get(o.decision.jail, 0) + 1
                 else:
                     n_unban += 1
             out.clear()
@@ -141,7 +159,7 @@ def replay(
     c = policy.counters
     typer.echo(
         f"replay: {len(sources)} file(s), {stats.summary()}; "
-        f"bans={n_ban} unbans={n_unban} banned_ips={len(banned)} "
+        f"bans={n_ban}{_by_jail(per_jail)} unbans={n_unban} banned_ips={len(banned)} "
         f"failures={c.failures} duplicates={c.duplicates} late={c.late} evidence={c.evidence} "
         f"ignored={c.ignored} not_failure={c.not_failure} refused={c.refused} future={c.future}; "
         f"{elapsed:.2f}s",

@@ -268,6 +268,7 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
     rd: Readers = readers or KafkaReaders()
     streams = Streams()
     jails = [j.name for j in config.settings.jails]
+    bans_jails = {j.name for j in config.settings.jails if j.source == "bans"}  # failures = bans counted
 
     def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         base = {
@@ -380,6 +381,7 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
             title=target,
             written=request.query_params.get("written", ""),
             jail_default=jails[0] if jails else "",
+            bans_jails=bans_jails,
         )
 
     @timed("history")

@@ -50,6 +50,11 @@ class DevOptions:
     bantime: float = 120.0
     maxretry: int = 20
     findtime: float = 10.0
+    recidive: int = 0
+    """A repeat-offender jail (``source: bans``) banning an address banned this many times within
+    ``recidive_findtime`` for ``recidive_bantime`` (0: none)."""
+    recidive_findtime: float = 3600.0
+    recidive_bantime: float = 600.0
     backend: str | None = None
     """ipset as root, dryrun otherwise, unless set."""
     netns: bool | None = None
@@ -201,7 +206,8 @@ class DevFleet:
                     "findtime": self.opts.findtime,
                     "bantime": self.opts.bantime,
                     "ports": [AMPS_PORT],
-                }
+                },
+                *self._recidive_jail(),
             ],
             "enforcer": {
                 "backend": self.backend,
@@ -214,6 +220,20 @@ class DevFleet:
         }
         settings = _merge(settings, self.opts.extra_settings)
         self.config_path.write_text(yaml.safe_dump(settings, sort_keys=False))
+
+    def _recidive_jail(self) -> list[dict[str, Any]]:
+        if not self.opts.recidive:
+            return []
+        return [
+            {
+                "name": "recidive",
+                "source": "bans",
+                "maxretry": self.opts.recidive,
+                "findtime": self.opts.recidive_findtime,
+                "bantime": self.opts.recidive_bantime,
+                "ports": [AMPS_PORT],
+            }
+        ]
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -256,9 +256,12 @@ def fleet(
 ) -> Iterator[Fleet]:
     """One worker for the whole module, ready to ban.
 
-    A module changes its workers' jails with ``FLEET_JAIL_CHANGES = {jail name: {setting: value}}``.
+    A module changes its workers' jails with ``FLEET_JAIL_CHANGES = {jail name: {setting: value}}``, or
+    gives their whole settings with ``FLEET_CONFIG``.
     """
-    config = worker_config(getattr(request.module, "FLEET_JAIL_CHANGES", None))
+    config = getattr(request.module, "FLEET_CONFIG", None) or worker_config(
+        getattr(request.module, "FLEET_JAIL_CHANGES", None)
+    )
     f = Fleet(kafka_bootstrap, tmp_path_factory.mktemp("fleet"), config)
     f.start_worker()
     try:

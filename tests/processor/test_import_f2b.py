@@ -89,3 +89,58 @@ def test_ambiguous_jail_needs_a_name(tmp_path: Path) -> None:
         import_jail(jail)
     res = import_jail(jail, "b")
     assert res.settings["jails"][0]["name"] == "b"
+
+
+# ---------------------------------------------------------------- fail2ban's recidive (issue #18 §4)
+
+RECIDIVE_LOCAL = (
+    "[DEFAULT]\nbantime = 10m\nfindtime = 10m\nmaxretry = 3\n\n"
+    "[amps]\nenabled = true\nfilter = amps\nport = 9007\nmaxretry = 20\nfindtime = 10\n\n"
+    "[recidive]\nenabled = true\nlogpath = /var/log/fail2ban.log\nbanaction = %(banaction_allports)s\n"
+    "banaction_allports = iptables-allports\n"
+)
+
+
+def test_recidive_becomes_a_jail_of_bans_with_fail2ban_s_recidive_values(tmp_path: Path) -> None:
+    res = import_jail(make(tmp_path, RECIDIVE_LOCAL), "recidive")
+    (j,) = res.settings["jails"]
+    # findtime/bantime: jail.conf's [recidive] values (the section's own beat [DEFAULT] in fail2ban);
+    # maxretry: [DEFAULT]'s
+    assert j == {
+        "name": "recidive",
+        "source": "bans",
+        "maxretry": 3,
+        "findtime": 86400.0,
+        "bantime": 604800.0,
+    }
+    assert "shipper" not in res.settings  # fail2ban's own log is not an AMPS log
+    assert any("every port" in n for n in res.notes)
+    # with the amps jail imported next to it, the settings are valid and recidive counts amps's bans
+    amps = import_jail(make(tmp_path, RECIDIVE_LOCAL), "amps").settings["jails"][0]
+    cfg = tmp_path / "fleet2ban.yaml"
+    cfg.write_text(yaml.safe_dump({"jails": [amps, j]}))
+    from fleet2ban.settings import counted_jails
+
+    assert counted_jails(load_settings(cfg).jails) == {"recidive": ("amps",)}
+
+
+def test_recidive_section_values_and_a_custom_filter_over_fail2ban_s_log(tmp_path: Path) -> None:
+    jail = "[repeat]\nenabled = true\nfilter = f2b-bans\nmaxretry = 4\nfindtime = 2d\nbantime = -1\n"
+    ban_filter = "[Definition]\nfailregex = ^%(__prefix_line)s\\s*NOTICE\\s+\\[(?!repeat\\])(?:.*)\\]\\s+Ban\\s+<HOST>\\s*$\n"
+    res = import_jail(make(tmp_path, jail, ban_filter, name="f2b-bans"))
+    (j,) = res.settings["jails"]
+    assert j == {"name": "repeat", "source": "bans", "maxretry": 4, "findtime": 172800.0, "bantime": -1.0}
+
+
+@pytest.mark.skipif(not Path("/etc/fail2ban/jail.conf").is_file(), reason="needs fail2ban (Debian package)")
+def test_the_installed_jail_conf_recidive() -> None:
+    res = CliRunner().invoke(app, ["import-fail2ban", "/etc/fail2ban/jail.conf", "--jail", "recidive"])
+    assert res.exit_code == 0, res.output
+    (j,) = yaml.safe_load(res.stdout)["jails"]
+    assert j == {
+        "name": "recidive",
+        "source": "bans",
+        "maxretry": 5,
+        "findtime": 86400.0,
+        "bantime": 604800.0,
+    }
