@@ -173,13 +173,19 @@ class Verdict:
     reason: str = ""  # unsigned | unknown-host | bad-signature | host-mismatch
 
 
-Headers = Iterable[tuple[str, bytes | None]] | None
+Headers = Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None
+"""A record's headers: confluent-kafka's and aiokafka's list of pairs, or Faust's mapping."""
 
 
 def _header(headers: Headers, name: str) -> bytes | None:
-    for k, v in headers or ():
+    if headers is None:
+        return None
+    if isinstance(headers, Mapping):
+        v = headers.get(name)
+        return v if isinstance(v, bytes) or v is None else None
+    for k, v in headers:
         if k == name:
-            return v
+            return v if isinstance(v, bytes) or v is None else None
     return None
 
 
@@ -200,7 +206,11 @@ class Verifier:
         self.rejected: dict[tuple[str, str, str], int] = {}
 
     @classmethod
-    def from_settings(cls, settings: IdentitySettings) -> Verifier:
+    def from_settings(cls, settings: IdentitySettings) -> Verifier | None:
+        """The fleet's verifier; None when the settings name no public key and do not require
+        signatures (host identity not set up on this reader: every record is taken as it is)."""
+        if not settings.public_keys and not settings.require_signatures:
+            return None
         return cls(settings.public_keys, require=settings.require_signatures)
 
     def verify(self, kind: str, key: bytes | None, value: bytes | None, headers: Headers) -> Verdict:
@@ -226,17 +236,30 @@ class Verifier:
         return Verdict(False, None, "bad-signature")
 
     def check(
-        self, kind: str, key: bytes | None, value: bytes | None, headers: Headers, claimed_host: str
+        self,
+        kind: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        claimed_host: str,
+        *,
+        count: bool = True,
     ) -> bool:
         """Whether to accept a record whose value says it comes from ``claimed_host``: its signature
         verifies with one of that host's keys (or it is unsigned and signatures are not required). A
-        rejected record is counted and logged (once per topic and host per minute)."""
+        rejected record is counted and logged (once per topic and host per minute) unless ``count`` is
+        false (a record read again, already counted when first read)."""
         v = self.verify(kind, key, value, headers)
         if v.ok and v.host is not None and v.host != claimed_host:
             v = Verdict(False, v.host, "host-mismatch")
-        if not v.ok:
+        if not v.ok and count:
             self._reject(kind, claimed_host, v)
         return v.ok
+
+    @property
+    def rejected_total(self) -> int:
+        """Records rejected so far (all topics and hosts)."""
+        return sum(self.rejected.values())
 
     def _reject(self, kind: str, claimed: str, v: Verdict) -> None:
         k = (kind, claimed, v.reason)
@@ -256,3 +279,29 @@ class Verifier:
                 signer,
                 total,
             )
+
+
+HOST_ROLES = ("shipper", "enforcer")
+"""The roles that run on the fleet's hosts and sign with the host key. The processor and the notifier
+are central (no host key): their heartbeats are accepted unsigned, and vouch for no host."""
+
+
+def check_report(
+    verifier: Verifier | None,
+    key: bytes | str | None,
+    value: bytes | None,
+    headers: Headers,
+    host: str,
+    role: str | None,
+    *,
+    count: bool = True,
+) -> bool:
+    """Whether to accept a decoded ``reports`` record (``role``: its heartbeat's role; None for an
+    enforcer's action report) claiming ``host``: :meth:`Verifier.check`, except that an unsigned heartbeat
+    of a central role (:data:`HOST_ROLES`) passes."""
+    if verifier is None:
+        return True
+    if role is not None and role not in HOST_ROLES and _header(headers, SIG_HEADER) is None:
+        return True
+    k = key.encode() if isinstance(key, str) else key
+    return verifier.check("reports", k, value, headers, host, count=count)

@@ -47,6 +47,7 @@ from fleet2ban.contract import (
     partition_for,
     utcnow,
 )
+from fleet2ban.identity import Signer
 from fleet2ban.kafka import Cluster, producer_config
 from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import Settings
@@ -111,6 +112,7 @@ class Pending:
         "attempts",
         "deadline",
         "first",
+        "headers",
         "key",
         "lines",
         "partition",
@@ -132,6 +134,8 @@ class Pending:
         self.size = RECORD_OVERHEAD
         """The record's JSON size, estimated as lines join (:data:`LINE_OVERHEAD` + client + raw)."""
         self.value = b""
+        self.headers: list[tuple[str, bytes]] | None = None
+        """The host signature (``identity.key_path`` set), made once with the value."""
         self.attempts = 0
         self.retry_at = 0.0
         self.queued = False
@@ -369,6 +373,8 @@ class Shipper:
         self.on_ack = on_ack
         self.delivery_timeout_ms = delivery_timeout_ms
         self.topics = cluster.topics
+        self.signer = Signer.from_settings(self.host, settings.identity)
+        """Signs every events record and heartbeat with this host's key (DESIGN §8), when it has one."""
         self.stats = ShipperStats()
         self.batcher = Batcher(
             s.flush_interval_ms / 1000.0,
@@ -657,6 +663,8 @@ class Shipper:
 
     def _send(self, b: Pending) -> None:
         b.value = encode(EventsRecord(host=self.host, lines=b.lines, instance=self.instance))
+        if self.signer is not None:
+            b.headers = self.signer.headers("events", b.key, b.value)
         self.inflight[b.rid] = b
         self._produce(b)
 
@@ -667,6 +675,7 @@ class Shipper:
                 b.value,
                 b.key,
                 on_delivery=functools.partial(self._delivered, b.rid),
+                headers=b.headers,
             )
         except BufferError:
             self._requeue(b, time.monotonic())
@@ -796,8 +805,10 @@ class Shipper:
         if now - self._last_hb < self.settings.metrics.heartbeat_interval_s:
             return
         self._last_hb = now
+        key, value = self.host.encode(), encode(self.heartbeat())
+        headers = None if self.signer is None else self.signer.headers("reports", key, value)
         try:
-            self.producer.produce(self.topics.reports, encode(self.heartbeat()), self.host.encode())
+            self.producer.produce(self.topics.reports, value, key, headers=headers)
         except Exception as exc:
             self._rl.warning("heartbeat", "cannot send a heartbeat: %s", exc)
 

@@ -134,8 +134,10 @@ def test_keys_come_from_the_settings(tmp_path: Path) -> None:
     signer = Signer.from_settings("amps1", s.identity)
     assert signer is not None
     v = Verifier.from_settings(s.identity)
+    assert v is not None
     assert v.check("events", b"k", VALUE, signer.headers("events", b"k", VALUE), "amps1")
     assert not v.check("events", b"k", VALUE, amps1.headers("events", b"k", VALUE + b" "), "amps1")
+    assert Verifier.from_settings(load_settings(None, {}).identity) is None  # identity not set up here
 
 
 def test_keys_generate_writes_a_private_key_and_prints_its_settings(tmp_path: Path) -> None:
