@@ -201,9 +201,13 @@ class Enforcer:
         except ContractError as exc:
             self._invalid(jail, target, str(exc))
             return
-        self.bans[(jail, target)] = ban
         self._dirty.add((jail, target))
         self.counters["records"] += 1
+        if not ban.applies_on(self.host):  # a scoped ban (jail min_hosts) of other hosts: not ours
+            self.bans.pop((jail, target), None)
+            self.counters["out_of_scope"] += 1
+            return
+        self.bans[(jail, target)] = ban
 
     def _invalid(self, jail: str, target: str, error: str) -> None:
         INVALID.inc()

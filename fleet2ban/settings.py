@@ -185,6 +185,13 @@ class JailSettings(_Section):
     ignoreip: list[IPNetwork] = Field(default_factory=list)
     ban_prefix_v6: int = Field(128, ge=16, le=128, description="count and ban IPv6 clients by this prefix")
     bantime_increment: IncrementSettings = Field(default_factory=IncrementSettings)
+    min_hosts: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        description="distinct hosts whose failures must be in the window for a fleet-wide ban; below it a"
+        " ban covers only the hosts that saw the failures (1: always fleet-wide)",
+    )
 
     @field_validator("ports")
     @classmethod

@@ -291,7 +291,7 @@ def load_coverage_view(
     memo: digests.Memo = {}
     covered: dict[str, list[str]] = {}
     for host, (hb, _p, _o) in sorted(live.items()):
-        digest, keys = digests.in_force_digest(view.bans, tracker.overrides[host], hb.at, memo)
+        digest, keys = digests.in_force_digest(view.bans, tracker.overrides[host], hb.at, memo, host)
         if digest != hb.applied_digest:
             log.info("enforcer %s does not have every ban in force applied: reading the reports", host)
             return from_reports()
