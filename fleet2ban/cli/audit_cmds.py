@@ -472,6 +472,12 @@ def _status_problems(hosts: list[HostStatus]) -> list[str]:
         out.append("no live processor: no failure is counted and no ban decided")
     out += [f"{h.role} {printable(h.host)} is silent" for h in hosts if h.silent]
     out += [f"{h.role} {printable(h.host)}: lag {h.lag:,.0f} and growing" for h in hosts if h.lag_growing]
+    out += [
+        f"{h.role} {printable(h.host)}: its clock runs ahead, Kafka refuses its records as timestamped in the"
+        f" future ({h.counters.get('clock_rejected', 0):,.0f} so far): fix its clock (NTP)"
+        for h in hosts
+        if h.counters.get("clock_ahead") and not h.silent
+    ]
     return out
 
 
@@ -483,6 +489,8 @@ def _state(h: HostStatus) -> str:
         return "Silent"
     if h.lag_growing:
         return "Lagging"
+    if h.counters.get("clock_ahead"):
+        return "Clock ahead"
     return "Ready"
 
 
