@@ -61,9 +61,51 @@ class IdentitySettings(BaseModel):
         default_factory=dict,
         description="host -> its Ed25519 public keys (base64, at most two: rotation), used by readers",
     )
+    public_keys_file: Path | None = Field(
+        None,
+        description="a YAML file of more public keys, host -> [keys] (e.g. a mounted Kubernetes Secret), read"
+        " at start and merged with public_keys",
+    )
     require_signatures: bool = Field(
         False, description="drop unsigned events/reports too (bad signatures are always dropped)"
     )
+
+    def all_public_keys(self) -> dict[str, list[str]]:
+        """``public_keys`` with those of ``public_keys_file``; ConfigError naming the setting when the file
+        cannot be read or holds something else than host -> one or two valid keys."""
+        keys = {h: list(k) for h, k in self.public_keys.items()}
+        if self.public_keys_file is None:
+            return keys
+        import yaml
+
+        where = f"identity.public_keys_file {self.public_keys_file}"
+        try:
+            data = yaml.safe_load(Path(self.public_keys_file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{where}: {exc.strerror or exc}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: not YAML ({' '.join(str(exc).split())[:200]})") from None
+        if isinstance(data, dict) and set(data) == {"identity"} and isinstance(data["identity"], dict):
+            data = data["identity"].get("public_keys")  # what `fleet2ban identity keygen` prints
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping host -> [public keys]")
+        for host, got in data.items():
+            listed = [got] if isinstance(got, str) else got
+            if not isinstance(host, str) or not isinstance(listed, list):
+                raise ConfigError(f"{where}: expected a mapping host -> [public keys]")
+            merged = list(dict.fromkeys([*keys.get(host, []), *map(str, listed)]))
+            if not merged or len(merged) > MAX_KEYS_PER_HOST:
+                raise ConfigError(
+                    f"{where}: host {printable(host)!r}: 1 or {MAX_KEYS_PER_HOST} public keys (rotation),"
+                    f" not {len(merged)}"
+                )
+            for k in merged:
+                try:
+                    public_key_from_text(k)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: host {printable(host)!r}: {exc}") from None
+            keys[host] = merged
+        return keys
 
     @field_validator("public_keys")
     @classmethod
@@ -209,9 +251,10 @@ class Verifier:
     def from_settings(cls, settings: IdentitySettings) -> Verifier | None:
         """The fleet's verifier; None when the settings name no public key and do not require
         signatures (host identity not set up on this reader: every record is taken as it is)."""
-        if not settings.public_keys and not settings.require_signatures:
+        keys = settings.all_public_keys()
+        if not keys and not settings.require_signatures:
             return None
-        return cls(settings.public_keys, require=settings.require_signatures)
+        return cls(keys, require=settings.require_signatures)
 
     def verify(self, kind: str, key: bytes | None, value: bytes | None, headers: Headers) -> Verdict:
         from cryptography.exceptions import InvalidSignature

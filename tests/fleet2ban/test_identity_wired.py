@@ -183,7 +183,13 @@ def test_the_shipper_and_the_enforcer_sign_with_the_host_key(tmp_path: Path) -> 
             pass
 
         def produce(
-            self, topic: str, value: bytes, key: bytes, on_delivery: Any = None, headers: Any = None
+            self,
+            topic: str,
+            value: bytes,
+            key: bytes,
+            on_delivery: Any = None,
+            headers: Any = None,
+            timestamp: int = 0,
         ) -> None:
             produced.append((topic, key, value, headers))
 
@@ -210,3 +216,32 @@ def test_the_shipper_and_the_enforcer_sign_with_the_host_key(tmp_path: Path) -> 
     ((_t, key, got, headers),) = produced
     assert got == value and verifier.check("reports", key, value, headers, "h1")
     assert not verifier.check("reports", key, value, headers, "h2")
+
+
+def test_public_keys_from_a_file_as_keygen_prints_them(tmp_path: Path) -> None:
+    import pytest
+
+    from fleet2ban.exceptions import ConfigError
+
+    h1, pub1, _ = _key(tmp_path, "h1")
+    _h2, pub2, _ = _key(tmp_path, "h2")
+    _new, new1, _ = _key(tmp_path, "h1-new")
+    f = tmp_path / "public_keys.yaml"
+    f.write_text(f"h1: [{new1}]\nh2: {pub2}\n")
+    s = IdentitySettings(public_keys={"h1": [pub1]}, public_keys_file=f)
+    assert s.all_public_keys() == {"h1": [pub1, new1], "h2": [pub2]}  # rotation: old and new
+    v = Verifier.from_settings(s)
+    assert v is not None and v.check("events", b"k", b"v", h1.headers("events", b"k", b"v"), "h1")
+    f.write_text(f"identity:\n  public_keys:\n    h2: [{pub2}]\n")  # keygen's output, pasted as is
+    assert IdentitySettings(public_keys_file=f).all_public_keys() == {"h2": [pub2]}
+    for bad, says in [
+        (f"h1: [{pub1}, {pub2}, {new1}]\n", "1 or 2 public keys"),
+        ("h1: [not-base64]\n", "not base64"),
+        ("- just a list\n", "expected a mapping"),
+    ]:
+        f.write_text(bad)
+        with pytest.raises(ConfigError, match=says) as err:
+            IdentitySettings(public_keys_file=f).all_public_keys()
+        assert "identity.public_keys_file" in str(err.value)
+    with pytest.raises(ConfigError, match=r"identity\.public_keys_file"):
+        IdentitySettings(public_keys_file=tmp_path / "missing.yaml").all_public_keys()
