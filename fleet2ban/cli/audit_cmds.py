@@ -162,6 +162,7 @@ def bans_list(
             progress=progress,
             verifier=Verifier.from_settings(settings.identity),
         )
+    _say_rejected(view)
     bans = queries.bans_in_force(view, now, flt)
     if as_json:
         echo_json_line(to_json(bans))
@@ -588,6 +589,7 @@ def audit_verify(
             verifier=Verifier.from_settings(settings.identity),
         )
         decisions = load_trail(cluster, view, now, w, progress=progress)
+    _say_rejected(view)
     result = queries.verify(view, decisions, now, bound)
     if as_json:
         echo_json_line(to_json(result))

@@ -16,7 +16,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from fleet2ban.audit.view import FleetView
-from fleet2ban.console.app import ConsoleConfig, Readers, close_streams, create_app
+from fleet2ban.console.app import ConsoleConfig, KafkaReaders, Readers, close_streams, create_app
 from fleet2ban.console.exceptions import ConsoleError
 from fleet2ban.console.live import LiveFleet
 from fleet2ban.console.security import TlsFiles, is_loopback, require_token_for
@@ -65,7 +65,7 @@ def build(
         ip_window=windows.ip,
         tls=tls is not None,
     )
-    return create_app(config, live, readers), live
+    return create_app(config, live, readers or KafkaReaders(verifier)), live
 
 
 def _config(
