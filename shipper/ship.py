@@ -943,14 +943,23 @@ class Shipper:
             self.batcher.parts.clear()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """Unhealthy after a minute without delivery, except when the broker refuses this host's clock:
+        then healthy but ``waiting`` (a restart would not set the clock right)."""
         stuck = self._outage_since is not None and time.monotonic() - self._outage_since > 60
-        return not stuck, {
+        detail: dict[str, Any] = {
             "log": str(self.path),
             "queue_lines": self.pending_lines,
             "lag_bytes": self.tailer.lag_bytes(),
             "delivering": self._outage_since is None,
             "clock_ahead": self.clock_ahead,
         }
+        if self.clock_ahead:
+            detail["waiting"] = (
+                "Kafka refuses this host's records as timestamped in the future (INVALID_TIMESTAMP): its"
+                " clock runs ahead; fix it (NTP)"
+            )
+            return True, detail
+        return not stuck, detail
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Send what is open, wait (bounded) for acknowledgements, write the final checkpoint."""
