@@ -461,11 +461,12 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             if d.action == "ban" and d.origin == "auto":
                 m.DECISION_DELAY.observe(max(0.0, now - d.at.timestamp()))
                 log.info(
-                    "ban %s jail=%s failures=%d hosts=%s until=%s id=%s",
+                    "ban %s jail=%s failures=%d hosts=%s scope=%s until=%s id=%s",
                     d.ip,
                     d.jail,
                     d.failures,
                     ",".join(d.hosts),
+                    "fleet" if d.scope is None else ",".join(d.scope),
                     d.expires_at,
                     d.id,
                 )

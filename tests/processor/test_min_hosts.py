@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import msgspec
+
 from enforcer.agent import Enforcer
 from enforcer.backends.dryrun import DryRunBackend
 from enforcer.plan import JailSpec
@@ -165,3 +167,11 @@ def test_coverage_and_verify_understand_scope() -> None:
     assert b.coverage.missing == ["h2"] and b.coverage.live == 2
     found = queries.verify(view, [decision], now, timedelta(seconds=5)).discrepancies
     assert [(d.kind, d.host) for d in found] == [("missing", "h2")]
+
+
+def test_notifications_say_a_ban_is_scoped() -> None:
+    from fleet2ban.notify.render import line
+
+    d = Decision(id="d", action="ban", ip=IP, jail="amps", at=from_epoch(BASE), failures=3, hosts=["h1"])
+    assert line(d).endswith("(3 failures on h1)")
+    assert line(msgspec.structs.replace(d, scope=["h1"])).endswith("(3 failures on h1), only on h1")
