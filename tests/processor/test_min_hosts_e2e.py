@@ -4,6 +4,7 @@ fleet-wide; the audit views see a scoped ban as complete, not missing elsewhere.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,7 +16,7 @@ from enforcer.agent import Agent
 from enforcer.backends.dryrun import DryRunBackend
 from enforcer.plan import JailSpec
 from fleet2ban.audit import queries
-from fleet2ban.audit.reader import load_trail, load_view
+from fleet2ban.audit.reader import load_coverage_view, load_trail, load_view
 from fleet2ban.contract import ban_key, utcnow
 from fleet2ban.settings import EnforcerSettings, JailSettings, MetricsSettings, Settings
 
@@ -53,7 +54,7 @@ def _has(agent: Agent, ip: str) -> bool:
 
 
 def test_one_host_bans_on_itself_until_a_second_host_corroborates(
-    fleet: Any, enforcers: dict[str, Agent]
+    fleet: Any, enforcers: dict[str, Agent], caplog: pytest.LogCaptureFixture
 ) -> None:
     ip = "198.51.100.77"
     fleet.fail(ip, 3, host="h1")
@@ -82,6 +83,20 @@ def test_one_host_bans_on_itself_until_a_second_host_corroborates(
         view, load_trail(fleet.cluster, view, now, timedelta(hours=1)), now, timedelta(seconds=30)
     )
     assert [d for d in result.discrepancies if ip in d.detail] == []
+
+    # bans list's fast path: every enforcer's applied digest matches the bans in force its scope reaches
+    # (h2's and h3's leave the scoped ban out), so the coverage comes from heartbeats, not per-ban reports
+    def from_digests() -> Any:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fleet2ban.audit.reader"):
+            cview = load_coverage_view(fleet.cluster, utcnow(), heartbeat_interval_s=0.5)
+        if any("reading the reports" in r.getMessage() for r in caplog.records):
+            return None
+        return cview
+
+    cview = fleet.wait_for("coverage from the enforcers' digests", from_digests)
+    (b,) = [b for b in queries.bans_in_force(cview, utcnow()) if b.ban.ip == ip]
+    assert b.coverage.applied == ["h1"] and b.coverage.missing == [] and b.coverage.scope == ["h1"]
 
     # one failure seen by h2, within findtime of h1's: fleet-wide, on every host
     fleet.fail(ip, 1, host="h2")
