@@ -187,6 +187,19 @@ def test_reports_that_do_not_verify_change_no_coverage(cluster: Any, tmp_path: P
     recs = read_target(c, "203.0.113.50", at, verifier=Verifier(PUBLIC_KEYS, require=True))
     assert recs.reports == []  # the only report naming it is the tampered one
 
+    # the console's live view, the same
+    from fleet2ban.audit.view import FleetView
+    from fleet2ban.console.live import LiveFleet
+
+    with LiveFleet(
+        c.settings, view_factory=lambda: FleetView(verifier=Verifier(PUBLIC_KEYS, require=True))
+    ) as live:
+        assert live.wait_until(lambda s: s.caught_up, 60), live.status
+        with live.read() as lview:
+            assert lview.rejected == 3
+            (bv,) = queries.bans_in_force(lview, at, None)
+            assert bv.coverage.applied == ["h1"] and bv.coverage.missing == ["h2"]
+
     # without verification the forgeries would count: h2 would cover the ban
     plain = load_view(c, at)
     (bv,) = queries.bans_in_force(plain, at, None)
