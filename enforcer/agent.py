@@ -65,6 +65,7 @@ from fleet2ban.contract import (
     utcnow,
 )
 from fleet2ban.exceptions import BrokerError
+from fleet2ban.identity import Signer
 from fleet2ban.kafka import Cluster, Source, TopicReader, admin_config, producer_config
 from fleet2ban.kafka.reader import topic_partitions
 from fleet2ban.logs import RateLimitedLog
@@ -200,9 +201,13 @@ class Enforcer:
         except ContractError as exc:
             self._invalid(jail, target, str(exc))
             return
-        self.bans[(jail, target)] = ban
         self._dirty.add((jail, target))
         self.counters["records"] += 1
+        if not ban.applies_on(self.host):  # a scoped ban (jail min_hosts) of other hosts: not ours
+            self.bans.pop((jail, target), None)
+            self.counters["out_of_scope"] += 1
+            return
+        self.bans[(jail, target)] = ban
 
     def _invalid(self, jail: str, target: str, error: str) -> None:
         INVALID.inc()
@@ -517,6 +522,8 @@ class Agent:
         self.jails = [JailSpec.from_settings(j) for j in settings.jails if j.enabled]
         self.host = settings.enforcer.host
         self.enforcer = Enforcer(backend, self._rails([]), self.jails, self.host)
+        self.signer = Signer.from_settings(self.host, settings.identity)
+        """Signs every reports record with this host's key (DESIGN §8), when it has one."""
         self.started_at = utcnow()
         self.synced = False
         self.lag = 0.0
@@ -691,9 +698,11 @@ class Agent:
             self._produce(producer, topic, encode(report))
 
     def _produce(self, producer: Any, topic: str, value: bytes) -> None:
+        key = self.host.encode()
+        headers = None if self.signer is None else self.signer.headers("reports", key, value)
         for _ in range(3):
             try:
-                producer.produce(topic, key=self.host.encode(), value=value)
+                producer.produce(topic, key=key, value=value, headers=headers)
                 return
             except BufferError:
                 producer.poll(0.5)

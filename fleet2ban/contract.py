@@ -178,6 +178,9 @@ class Decision(msgspec.Struct, frozen=True):
     by: str | None = None
     reason: str | None = None
     evidence: list[str] = msgspec.field(default_factory=list)
+    scope: list[str] | None = None
+    """The hosts a ban applies on (a jail's ``min_hosts`` not reached: the hosts that saw the failures);
+    None (and in records written before scopes existed): every host."""
     v: int = SCHEMA_VERSION
 
 
@@ -196,6 +199,8 @@ class BanState(msgspec.Struct, frozen=True):
     hosts: list[str] = msgspec.field(default_factory=list)
     by: str | None = None
     reason: str | None = None
+    scope: list[str] | None = None
+    """The hosts the ban applies on; None: every host (see :attr:`Decision.scope`)."""
     v: int = SCHEMA_VERSION
 
     @classmethod
@@ -213,7 +218,12 @@ class BanState(msgspec.Struct, frozen=True):
             hosts=d.hosts,
             by=d.by,
             reason=d.reason,
+            scope=d.scope,
         )
+
+    def applies_on(self, host: str) -> bool:
+        """Whether this ban is to be applied on ``host`` (its scope includes it, or it has none)."""
+        return self.scope is None or host in self.scope
 
     def active_at(self, now: datetime) -> bool:
         return self.expires_at is None or self.expires_at > now

@@ -61,9 +61,51 @@ class IdentitySettings(BaseModel):
         default_factory=dict,
         description="host -> its Ed25519 public keys (base64, at most two: rotation), used by readers",
     )
+    public_keys_file: Path | None = Field(
+        None,
+        description="a YAML file of more public keys, host -> [keys] (e.g. a mounted Kubernetes Secret), read"
+        " at start and merged with public_keys",
+    )
     require_signatures: bool = Field(
         False, description="drop unsigned events/reports too (bad signatures are always dropped)"
     )
+
+    def all_public_keys(self) -> dict[str, list[str]]:
+        """``public_keys`` with those of ``public_keys_file``; ConfigError naming the setting when the file
+        cannot be read or holds something else than host -> one or two valid keys."""
+        keys = {h: list(k) for h, k in self.public_keys.items()}
+        if self.public_keys_file is None:
+            return keys
+        import yaml
+
+        where = f"identity.public_keys_file {self.public_keys_file}"
+        try:
+            data = yaml.safe_load(Path(self.public_keys_file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{where}: {exc.strerror or exc}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: not YAML ({' '.join(str(exc).split())[:200]})") from None
+        if isinstance(data, dict) and set(data) == {"identity"} and isinstance(data["identity"], dict):
+            data = data["identity"].get("public_keys")  # what `fleet2ban identity keygen` prints
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping host -> [public keys]")
+        for host, got in data.items():
+            listed = [got] if isinstance(got, str) else got
+            if not isinstance(host, str) or not isinstance(listed, list):
+                raise ConfigError(f"{where}: expected a mapping host -> [public keys]")
+            merged = list(dict.fromkeys([*keys.get(host, []), *map(str, listed)]))
+            if not merged or len(merged) > MAX_KEYS_PER_HOST:
+                raise ConfigError(
+                    f"{where}: host {printable(host)!r}: 1 or {MAX_KEYS_PER_HOST} public keys (rotation),"
+                    f" not {len(merged)}"
+                )
+            for k in merged:
+                try:
+                    public_key_from_text(k)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: host {printable(host)!r}: {exc}") from None
+            keys[host] = merged
+        return keys
 
     @field_validator("public_keys")
     @classmethod
@@ -173,13 +215,19 @@ class Verdict:
     reason: str = ""  # unsigned | unknown-host | bad-signature | host-mismatch
 
 
-Headers = Iterable[tuple[str, bytes | None]] | None
+Headers = Iterable[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None
+"""A record's headers: confluent-kafka's and aiokafka's list of pairs, or Faust's mapping."""
 
 
 def _header(headers: Headers, name: str) -> bytes | None:
-    for k, v in headers or ():
+    if headers is None:
+        return None
+    if isinstance(headers, Mapping):
+        v = headers.get(name)
+        return v if isinstance(v, bytes) or v is None else None
+    for k, v in headers:
         if k == name:
-            return v
+            return v if isinstance(v, bytes) or v is None else None
     return None
 
 
@@ -200,8 +248,13 @@ class Verifier:
         self.rejected: dict[tuple[str, str, str], int] = {}
 
     @classmethod
-    def from_settings(cls, settings: IdentitySettings) -> Verifier:
-        return cls(settings.public_keys, require=settings.require_signatures)
+    def from_settings(cls, settings: IdentitySettings) -> Verifier | None:
+        """The fleet's verifier; None when the settings name no public key and do not require
+        signatures (host identity not set up on this reader: every record is taken as it is)."""
+        keys = settings.all_public_keys()
+        if not keys and not settings.require_signatures:
+            return None
+        return cls(keys, require=settings.require_signatures)
 
     def verify(self, kind: str, key: bytes | None, value: bytes | None, headers: Headers) -> Verdict:
         from cryptography.exceptions import InvalidSignature
@@ -226,17 +279,30 @@ class Verifier:
         return Verdict(False, None, "bad-signature")
 
     def check(
-        self, kind: str, key: bytes | None, value: bytes | None, headers: Headers, claimed_host: str
+        self,
+        kind: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        claimed_host: str,
+        *,
+        count: bool = True,
     ) -> bool:
         """Whether to accept a record whose value says it comes from ``claimed_host``: its signature
         verifies with one of that host's keys (or it is unsigned and signatures are not required). A
-        rejected record is counted and logged (once per topic and host per minute)."""
+        rejected record is counted and logged (once per topic and host per minute) unless ``count`` is
+        false (a record read again, already counted when first read)."""
         v = self.verify(kind, key, value, headers)
         if v.ok and v.host is not None and v.host != claimed_host:
             v = Verdict(False, v.host, "host-mismatch")
-        if not v.ok:
+        if not v.ok and count:
             self._reject(kind, claimed_host, v)
         return v.ok
+
+    @property
+    def rejected_total(self) -> int:
+        """Records rejected so far (all topics and hosts)."""
+        return sum(self.rejected.values())
 
     def _reject(self, kind: str, claimed: str, v: Verdict) -> None:
         k = (kind, claimed, v.reason)
@@ -256,3 +322,29 @@ class Verifier:
                 signer,
                 total,
             )
+
+
+HOST_ROLES = ("shipper", "enforcer")
+"""The roles that run on the fleet's hosts and sign with the host key. The processor and the notifier
+are central (no host key): their heartbeats are accepted unsigned, and vouch for no host."""
+
+
+def check_report(
+    verifier: Verifier | None,
+    key: bytes | str | None,
+    value: bytes | None,
+    headers: Headers,
+    host: str,
+    role: str | None,
+    *,
+    count: bool = True,
+) -> bool:
+    """Whether to accept a decoded ``reports`` record (``role``: its heartbeat's role; None for an
+    enforcer's action report) claiming ``host``: :meth:`Verifier.check`, except that an unsigned heartbeat
+    of a central role (:data:`HOST_ROLES`) passes."""
+    if verifier is None:
+        return True
+    if role is not None and role not in HOST_ROLES and _header(headers, SIG_HEADER) is None:
+        return True
+    k = key.encode() if isinstance(key, str) else key
+    return verifier.check("reports", k, value, headers, host, count=count)

@@ -194,6 +194,13 @@ class JailSettings(_Section):
         max_length=100,
         description="source bans: whose bans count (empty: every jail whose source is events)",
     )
+    min_hosts: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        description="distinct hosts whose failures must be in the window for a fleet-wide ban; below it a"
+        " ban covers only the hosts that saw the failures (1: always fleet-wide)",
+    )
 
     @field_validator("ports")
     @classmethod

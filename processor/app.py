@@ -73,6 +73,7 @@ from fleet2ban.contract import (
     partition_for,
     utcnow,
 )
+from fleet2ban.identity import Headers, Verifier
 from fleet2ban.kafka import Cluster, ensure_topics_quietly, faust_broker_settings
 from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import Settings
@@ -146,6 +147,8 @@ class Processor:
     stored: dict[str, bytes] = field(default_factory=dict)
     """For targets in ``live``: the table's value for them (absent: no entry), so that a record that
     changes no durable state costs no table lookup."""
+    verifier: Verifier | None = None
+    """Checks each events record's host signature (DESIGN §8): one that does not verify changes nothing."""
     _parts: dict[str, int] = field(default_factory=dict, repr=False)
     _next_sweep: float = 0.0
 
@@ -209,9 +212,13 @@ class Processor:
         out: list[Output],
         replay: bool = False,
         partition: int | None = None,
+        headers: Headers = None,
     ) -> None:
         """One ``events`` record of either shape (bad input is counted, logged at a bounded rate and
         skipped): the core over its lines in order (``Policy.process_events``).
+
+        ``headers``: the record's, whose host signature ``verifier`` checks against the host the record
+        names (a record that does not verify is dropped and counted: ``fleet2ban_identity_rejected``).
 
         ``partition``: the events partition the record was read from; lines of addresses that hash to
         another one are refused (their state lives in another partition of the table). ``replay``: a
@@ -238,6 +245,11 @@ class Processor:
                 key,
                 exc,
             )
+            return
+        # every line of a record carries the record's host (decode_events): the signer must be it
+        if self.verifier is not None and not self.verifier.check(
+            "events", key, value, headers, events[0].host, count=not replay
+        ):
             return
         if not replay:
             m.LINES.inc(len(events))
@@ -455,7 +467,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     policy = Policy.from_settings(
         settings.jails, p.lateness_s, enforcer=settings.enforcer, max_future_s=p.max_future_s
     )
-    proc = Processor(policy, table, partitions=n_parts)
+    proc = Processor(policy, table, partitions=n_parts, verifier=Verifier.from_settings(settings.identity))
 
     async def publish(outs: list[Output]) -> None:
         now = time.time()
@@ -465,11 +477,12 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             if d.action == "ban" and d.origin == "auto":
                 m.DECISION_DELAY.observe(max(0.0, now - d.at.timestamp()))
                 log.info(
-                    "ban %s jail=%s failures=%d hosts=%s until=%s id=%s",
+                    "ban %s jail=%s failures=%d hosts=%s scope=%s until=%s id=%s",
                     d.ip,
                     d.jail,
                     d.failures,
                     ",".join(d.hosts),
+                    "fleet" if d.scope is None else ",".join(d.scope),
                     d.expires_at,
                     d.id,
                 )
@@ -516,7 +529,9 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
         unprocessed = 0
         for at, key, value in got.records:
             unprocessed += at >= live_from
-            proc.on_events_record(key, value, out, replay=at < live_from, partition=got.partition)
+            proc.on_events_record(
+                key, value, out, replay=at < live_from, partition=got.partition, headers=got.headers.get(at)
+            )
         if out:
             await publish(out)
         return unprocessed
@@ -624,7 +639,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
                 await fill_gap(msg.partition, expected, msg.offset)
             next_offset[msg.partition] = msg.offset + 1
             progress_at[msg.partition] = time.monotonic()
-            proc.on_events_record(msg.key, msg.value, out, partition=msg.partition)
+            proc.on_events_record(msg.key, msg.value, out, partition=msg.partition, headers=msg.headers)
             if out:
                 await publish(out)
                 out.clear()

@@ -25,6 +25,13 @@ Semantics, per (jail, target):
 - ``Policy.tick(state, target, now, out)`` ends bans whose ``expires_at`` is at or before ``now`` (the
   processor's clock) with the same ``unban`` decision the event path would give (same id, same ``at``),
   and forgets state that can no longer matter.
+- Scope (``min_hosts``, default 1): a ban whose window's failures come from fewer distinct hosts than
+  the jail's ``min_hosts`` is *scoped*: its decision's ``scope`` lists those hosts and only their
+  enforcers apply it (what per-host fail2ban would do; one compromised host cannot ban an address
+  fleet-wide). While a scoped ban is in force its window goes on counting: a ban from the window that
+  brings the hosts seen (with the scope's) to ``min_hosts`` is fleet-wide (``scope`` None) and
+  supersedes it in ``bans`` (same ban count); one that adds hosts without reaching it widens the scope.
+  A fleet-wide ban clears the window, as before.
 - ``bantime.increment``: the n-th ban of a target lasts ``increment(bantime, n - 1)`` (fail2ban's formula,
   see ``processor.increment``). Ban counts (reported in every decision, used by the increment) are kept
   ``ban_count_retention_s`` after the last ban (as fail2ban's ``dbpurgeage``, default one day) plus three
@@ -118,6 +125,8 @@ class ActiveBan(msgspec.Struct, array_like=True):
     ports: list[int] = msgspec.field(default_factory=list)
     evidence: int = 0
     """Failures seen while the ban was active (evidence only)."""
+    scope: list[str] | None = None
+    """The hosts a scoped ban covers (``min_hosts`` not reached); None: fleet-wide."""
 
 
 class JailState(msgspec.Struct, array_like=True):
@@ -259,6 +268,7 @@ class Jail:
     """``events``: failures are lines of the events topic; ``bans``: other jails' automatic bans."""
     counts: tuple[str, ...] = ()
     """For ``source: bans``: the jails whose bans count (resolved: never empty, never this jail)."""
+    min_hosts: int = 1
 
     @classmethod
     def from_settings(cls, s: JailSettings, counts: tuple[str, ...] = ()) -> Jail:
@@ -275,6 +285,7 @@ class Jail:
             overalljails=s.bantime_increment.overalljails,
             source=s.source,
             counts=counts,
+            min_hosts=s.min_hosts,
         )
 
     @property
@@ -335,6 +346,26 @@ def _ignored(j: Jail, target: str) -> bool:
     """Whether ``j``'s ignoreip covers ``target`` (an address, or a network the size of a ban)."""
     net = ipaddress.ip_network(target, strict=False)
     return any(net.version == ig.version and net.subnet_of(ig) for ig in j.ignore)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------- scope
+
+
+def ban_scope(
+    min_hosts: int, hosts: Sequence[str], in_force: ActiveBan | None
+) -> tuple[list[str] | None, bool]:
+    """(the scope of a ban on failures seen by ``hosts``, whether it supersedes the auto ban in force).
+
+    The scope is every host: None, when the hosts that saw the failures (with those of a scoped ban in
+    force: they saw failures too) number ``min_hosts`` or more; else just those hosts, as per-host
+    fail2ban would ban. A new ban supersedes a scoped ban in force only when it covers more hosts."""
+    seen = set(hosts)
+    prior = in_force.scope if in_force is not None else None
+    if prior is not None:
+        seen.update(prior)
+    scope = None if len(seen) >= min_hosts else sorted(seen)
+    supersedes = prior is not None and (scope is None or len(scope) > len(prior))
+    return scope, supersedes
 
 
 # ---------------------------------------------------------------------------------------------- policy
@@ -538,10 +569,11 @@ class Policy:
         if ban is not None:
             if ban.expires_at is not None and t >= ban.expires_at:
                 self._expire(j.name, js, target, out)
-            else:
+            elif ban.scope is None:
                 ban.evidence += 1
                 c.evidence += 1
                 return
+            # a scoped ban in force: failures go on counting, so that other hosts can corroborate
         if t < js.floor or t < js.watermark - self.lateness:
             c.late += 1
             return
@@ -565,11 +597,12 @@ class Policy:
             n = len(window)
             if n >= j.maxretry and n - bisect_right(window, (t - findtime, _HI)) >= j.maxretry:
                 self._ban(j, js, state, target, n - 1, out)
-                return
+                if not js.window:  # banned fleet-wide (a scoped ban keeps its window)
+                    return
         else:
             insort(window, failure, key=_ts_key)
             self._check_late_insert(j, js, state, target, t, out)
-            if js.ban is not None:
+            if not js.window:
                 return
         cutoff = js.watermark - self.lateness - findtime
         if window[0][0] <= cutoff:
@@ -602,7 +635,17 @@ class Policy:
         end, trigger_id, _, _ = window[last]
         first = bisect_right(window, (end - j.findtime, _HI))
         counted = window[first : last + 1]
+        hosts = (
+            sorted({f[2] for f in counted})
+            if j.source == "events"
+            else sorted({h for f in counted for h in _hosts_decoder.decode(f[2])})
+        )
+        scope, supersedes = ban_scope(j.min_hosts, hosts, js.ban)
+        if js.ban is not None and not supersedes:
+            return  # a scoped ban in force already covers every host that saw these failures
         earlier = sum(s.ban_count for s in state.jails.values()) if j.overalljails else js.ban_count
+        if supersedes:  # the same offence, on more hosts: not a repeat offence
+            earlier -= 1
         decision_id = auto_decision_id(j.name, target, trigger_id)
         if j.permanent:
             expires: float | None = None
@@ -621,12 +664,11 @@ class Policy:
             failures=len(counted),
             first_failure_at=from_epoch(counted[0][0]),
             last_failure_at=from_epoch(end),
-            hosts=sorted({f[2] for f in counted})
-            if j.source == "events"
-            else sorted({h for f in counted for h in _hosts_decoder.decode(f[2])}),
+            hosts=hosts,
             ban_count=ban_count,
             origin="auto",
             evidence=[f[3] for f in counted[-EVIDENCE_MAX:]],
+            scope=scope,
         )
         js.ban = ActiveBan(
             decision_id,
@@ -636,12 +678,17 @@ class Policy:
             ban_count,
             list(j.ports),
             evidence=len(window) - last - 1,
+            scope=scope,
         )
-        js.ban_count += 1
+        if not supersedes:
+            js.ban_count += 1
         js.last_ban_at = end
-        js.window = []
+        if scope is None:
+            js.window = []  # a scoped ban keeps counting (other hosts may corroborate)
         self.counters.bans += 1
         out.append(Output(decision))
+        if supersedes:  # the same offence widened to the fleet: already counted by the repeat-offender jails
+            return
         for r in self.recidive.get(j.name, ()):
             self._count_ban(r, state, target, decision, out)
 

@@ -17,13 +17,13 @@ produce time) is never earlier than the event time of its lines.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fleet2ban.exceptions import BrokerError
 from fleet2ban.kafka import Cluster, Source, TopicReader, consumer_config
-from fleet2ban.kafka.reader import offsets_for_time
+from fleet2ban.kafka.reader import RecordHeaders, offsets_for_time
 from processor.exceptions import ProcessorError
 from processor.policy import Policy
 
@@ -56,6 +56,8 @@ class Span:
     end_offset: int
     partition: int | None = None
     """The partition read (the processor refuses lines whose addresses hash to another one)."""
+    headers: Mapping[int, RecordHeaders] = field(default_factory=dict)
+    """offset -> the record's headers, for the records that have any (host signatures)."""
 
 
 def read_span(
@@ -87,6 +89,7 @@ def read_span(
         if start < 0 or start >= end_offset:
             return Span((), end_offset, end_offset, partition)
         out: list[tuple[int, bytes | None, bytes | None]] = []
+        headers: dict[int, RecordHeaders] = {}
         keep = end_offset if keep_from is None else keep_from
         reader: TopicReader
 
@@ -94,17 +97,19 @@ def read_span(
             offset = reader.position[1]
             if offset >= keep or ts is None or round(ts.timestamp() * 1000) >= since_ms:
                 out.append((offset, key, value))
+                if reader.headers:
+                    headers[offset] = reader.headers
 
         src = Source(
             "events", topic, partitions=(partition,), start={partition: start}, stop={partition: end_offset}
         )
-        with TopicReader(cluster, [src], take, track_positions=True) as reader:
+        with TopicReader(cluster, [src], take, track_positions=True, track_headers=True) as reader:
             reader.catch_up(timeout_s)
     except BrokerError as exc:
         raise RebuildError(
             f"could not read {topic}[{partition}] offsets {start_offset}..{end_offset}: {exc}"
         ) from exc
-    return Span(out, start, end_offset, partition)
+    return Span(out, start, end_offset, partition, headers)
 
 
 def deleted_unprocessed(

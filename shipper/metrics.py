@@ -29,3 +29,12 @@ FLUSH_INTERVAL = Gauge(
 )
 ROUNDS = Counter("fleet2ban_shipper_rounds", "Rounds of events records handed to the producer together")
 PAUSED = Gauge("fleet2ban_shipper_reading_paused", "1 while reading is paused because the queue is full")
+CLOCK_REJECTED = Counter(
+    "fleet2ban_shipper_clock_rejected",
+    "Records (events, heartbeats) the broker refused as timestamped too far ahead (INVALID_TIMESTAMP,"
+    " message.timestamp.after.max.ms): this host's clock runs ahead",
+)
+CLOCK_AHEAD = Gauge(
+    "fleet2ban_shipper_clock_ahead",
+    "1 while the broker refuses this host's records as timestamped in the future (fix its clock: NTP)",
+)

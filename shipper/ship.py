@@ -44,9 +44,11 @@ from fleet2ban.contract import (
     EventsRecord,
     Heartbeat,
     encode,
+    from_epoch,
     partition_for,
     utcnow,
 )
+from fleet2ban.identity import Signer
 from fleet2ban.kafka import Cluster, producer_config
 from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import Settings
@@ -111,6 +113,7 @@ class Pending:
         "attempts",
         "deadline",
         "first",
+        "headers",
         "key",
         "lines",
         "partition",
@@ -132,6 +135,8 @@ class Pending:
         self.size = RECORD_OVERHEAD
         """The record's JSON size, estimated as lines join (:data:`LINE_OVERHEAD` + client + raw)."""
         self.value = b""
+        self.headers: list[tuple[str, bytes]] | None = None
+        """The host signature (``identity.key_path`` set), made once with the value."""
         self.attempts = 0
         self.retry_at = 0.0
         self.queued = False
@@ -311,6 +316,24 @@ class AckTracker:
         return len(self._fifo) + len(self._heap) - len(self._done)
 
 
+INVALID_TIMESTAMP = 32
+"""Kafka's error code for a record timestamped outside the topic's bounds: Kafka 4 refuses records more
+than ``message.timestamp.after.max.ms`` (one hour by default) ahead of the broker's clock."""
+HEARTBEAT_BACKDATE_STEP_S = 1800.0
+"""While the broker refuses this host's timestamps, each refused heartbeat is sent again that much
+earlier (and each accepted one creeps back by as much), so that the heartbeat saying so gets through and
+is dated within the hour ahead that readers look at."""
+HEARTBEAT_BACKDATE_MAX_S = 366 * 86400.0
+
+
+def refused_as_future(err: Any) -> bool:
+    """Whether a delivery error is the broker refusing the record's timestamp (this host's clock ahead)."""
+    try:
+        return bool(err.code() == INVALID_TIMESTAMP)
+    except Exception:
+        return False
+
+
 def backoff_s(attempts: int) -> float:
     return float(min(5.0, 0.1 * 2 ** min(attempts, 10)))
 
@@ -324,6 +347,8 @@ class ShipperStats(ParseStats):
     records_shipped: int = 0
     delivery_failures: int = 0
     producer_restarts: int = 0
+    clock_rejected: int = 0
+    """Records the broker refused as timestamped too far ahead (INVALID_TIMESTAMP)."""
     last_event_ts: datetime | None = None
     last_liveness_ts: datetime | None = None
 
@@ -354,6 +379,7 @@ class Shipper:
         use_inotify: bool = True,
         on_ack: Callable[[Pending], None] | None = None,
         delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         s = settings.shipper
         path = log_path or s.log_path
@@ -368,7 +394,15 @@ class Shipper:
         self.parser = parser
         self.on_ack = on_ack
         self.delivery_timeout_ms = delivery_timeout_ms
+        self.clock = clock
+        """This host's wall clock: the records' timestamps (what Kafka checks) and the heartbeats' time."""
+        self.clock_ahead = False
+        """The broker refuses this host's records as timestamped in the future (until one is taken)."""
+        self._hb_backdate_s = 0.0
+        self._rl_clock = RateLimitedLog(log, 60.0)
         self.topics = cluster.topics
+        self.signer = Signer.from_settings(self.host, settings.identity)
+        """Signs every events record and heartbeat with this host's key (DESIGN §8), when it has one."""
         self.stats = ShipperStats()
         self.batcher = Batcher(
             s.flush_interval_ms / 1000.0,
@@ -657,6 +691,8 @@ class Shipper:
 
     def _send(self, b: Pending) -> None:
         b.value = encode(EventsRecord(host=self.host, lines=b.lines, instance=self.instance))
+        if self.signer is not None:
+            b.headers = self.signer.headers("events", b.key, b.value)
         self.inflight[b.rid] = b
         self._produce(b)
 
@@ -667,6 +703,8 @@ class Shipper:
                 b.value,
                 b.key,
                 on_delivery=functools.partial(self._delivered, b.rid),
+                headers=b.headers,
+                timestamp=int(self.clock() * 1000),
             )
         except BufferError:
             self._requeue(b, time.monotonic())
@@ -706,6 +744,8 @@ class Shipper:
             self._last_ack = now
             if self.on_ack is not None:
                 self.on_ack(b)
+            if self.clock_ahead:
+                self._clock_ok()
             if self._outage_since is not None:
                 log.info(
                     "Kafka takes records again after %.1fs: %d records still to confirm",
@@ -718,6 +758,10 @@ class Shipper:
         m.DELIVERY_FAILURES.inc()
         if self._outage_since is None:
             self._outage_since = now
+        if refused_as_future(err):
+            self._clock_refused()
+            self._requeue(b, now)
+            return
         self._rl.warning(
             "delivery",
             "cannot deliver to Kafka at %s for %.0fs (%s): holding %d events in %d records, retrying with"
@@ -731,6 +775,43 @@ class Shipper:
         if getattr(err, "fatal", lambda: False)():
             self._fatal = True
         self._requeue(b, now)
+
+    # ------------------------------------------------------------------------------- clock skew
+
+    def _clock_refused(self) -> None:
+        """The broker refused a record as timestamped too far ahead: this host's clock runs ahead."""
+        self.stats.clock_rejected += 1
+        m.CLOCK_REJECTED.inc()
+        if not self.clock_ahead:
+            self.clock_ahead = True
+            m.CLOCK_AHEAD.set(1)
+        self._rl_clock.error(
+            "clock-ahead",
+            "Kafka at %s refuses this host's records as timestamped in the future (INVALID_TIMESTAMP): the"
+            " clock of %s runs ahead of the brokers' by more than the topics' message.timestamp.after.max.ms"
+            " (Kafka 4: 1 h); fix it (NTP). %d records refused so far; holding %d events, retrying (the"
+            " checkpoint stays before them)",
+            self.cluster.bootstrap,
+            self.host,
+            self.stats.clock_rejected,
+            self.pending_lines,
+        )
+
+    def _clock_ok(self) -> None:
+        self.clock_ahead = False
+        m.CLOCK_AHEAD.set(0)
+        log.warning("Kafka takes this host's timestamps again: its clock is back within bounds")
+
+    def _heartbeat_delivered(self, backdate_s: float, err: Any, _msg: Any) -> None:
+        if err is None:
+            if backdate_s == 0.0:
+                if self.clock_ahead and not self.inflight:
+                    self._clock_ok()
+            else:  # creep back: once the clock is right again, heartbeats are dated now again
+                self._hb_backdate_s = max(0.0, backdate_s - HEARTBEAT_BACKDATE_STEP_S)
+        elif refused_as_future(err):
+            self._clock_refused()
+            self._hb_backdate_s = min(HEARTBEAT_BACKDATE_MAX_S, backdate_s + HEARTBEAT_BACKDATE_STEP_S)
 
     # ------------------------------------------------------------------------ checkpoint, heartbeat
 
@@ -777,13 +858,15 @@ class Shipper:
             "delivery_failures": st.delivery_failures,
             "queue_lines": self.pending_lines,
             "lag_bytes": self.tailer.lag_bytes(),
+            "clock_ahead": float(self.clock_ahead),
+            "clock_rejected": st.clock_rejected,
         }
         for kind, n in st.rejected.items():
             counters[f"rejected.{kind}"] = n
         return Heartbeat(
             host=self.host,
             role="shipper",
-            at=utcnow(),
+            at=from_epoch(self.clock()),
             instance=self.instance,
             version=__version__,
             started_at=self.started_at,
@@ -796,8 +879,18 @@ class Shipper:
         if now - self._last_hb < self.settings.metrics.heartbeat_interval_s:
             return
         self._last_hb = now
+        key, value = self.host.encode(), encode(self.heartbeat())
+        headers = None if self.signer is None else self.signer.headers("reports", key, value)
+        back = self._hb_backdate_s
         try:
-            self.producer.produce(self.topics.reports, encode(self.heartbeat()), self.host.encode())
+            self.producer.produce(
+                self.topics.reports,
+                value,
+                key,
+                headers=headers,
+                timestamp=int((self.clock() - back) * 1000),
+                on_delivery=functools.partial(self._heartbeat_delivered, back),
+            )
         except Exception as exc:
             self._rl.warning("heartbeat", "cannot send a heartbeat: %s", exc)
 
@@ -850,13 +943,23 @@ class Shipper:
             self.batcher.parts.clear()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """Unhealthy after a minute without delivery, except when the broker refuses this host's clock:
+        then healthy but ``waiting`` (a restart would not set the clock right)."""
         stuck = self._outage_since is not None and time.monotonic() - self._outage_since > 60
-        return not stuck, {
+        detail: dict[str, Any] = {
             "log": str(self.path),
             "queue_lines": self.pending_lines,
             "lag_bytes": self.tailer.lag_bytes(),
             "delivering": self._outage_since is None,
+            "clock_ahead": self.clock_ahead,
         }
+        if self.clock_ahead:
+            detail["waiting"] = (
+                "Kafka refuses this host's records as timestamped in the future (INVALID_TIMESTAMP): its"
+                " clock runs ahead; fix it (NTP)"
+            )
+            return True, detail
+        return not stuck, detail
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Send what is open, wait (bounded) for acknowledgements, write the final checkpoint."""

@@ -67,14 +67,21 @@ Memo = dict[str, int]
 
 
 def in_force_digest(
-    bans: Mapping[str, BanEntry], overrides: Mapping[str, BanState | None], at: datetime, memo: Memo
+    bans: Mapping[str, BanEntry],
+    overrides: Mapping[str, BanState | None],
+    at: datetime,
+    memo: Memo,
+    host: str | None = None,
 ) -> tuple[str, list[str]]:
     """The :func:`fleet2ban.contract.applied_digest` of the bans in force at ``at`` in a prefix of
-    ``bans`` (the final values, with ``overrides`` put back), and their keys."""
+    ``bans`` (the final values, with ``overrides`` put back), and their keys; with ``host``, only the
+    bans whose scope includes it (what its enforcer applies)."""
     keys: list[str] = []
     items: list[int] = []
     for key, entry in bans.items():
         if key in overrides:
+            continue
+        if host is not None and not entry.state.applies_on(host):
             continue
         exp = entry.state.expires_at
         if exp is not None and exp <= at:
@@ -85,6 +92,8 @@ def in_force_digest(
         keys.append(key)
         items.append(item)
     for key, old in overrides.items():
+        if host is not None and old is not None and not old.applies_on(host):
+            continue
         if old is not None and (old.expires_at is None or old.expires_at > at):
             keys.append(key)
             items.append(digest_item(key, old.expires_at))

@@ -61,7 +61,7 @@ class Coverage(msgspec.Struct, frozen=True):
     """Where one ban is in force: among the live enforcers, which have it applied and which do not."""
 
     live: int
-    """How many enforcers are alive (heartbeat within the silence bound)."""
+    """How many enforcers are alive (heartbeat within the silence bound) among those the ban applies on."""
     applied: list[str]
     """Live enforcer hosts reporting it applied."""
     missing: list[str]
@@ -70,13 +70,17 @@ class Coverage(msgspec.Struct, frozen=True):
     """Host -> why it declined (its own safety rails), for hosts in ``missing``."""
     failed: dict[str, str] = msgspec.field(default_factory=dict)
     """Host -> error text, for hosts in ``missing``."""
+    scope: list[str] | None = None
+    """A scoped ban's hosts (jail ``min_hosts``): live enforcers outside it are neither applied nor
+    missing; None: every host."""
 
     @property
     def complete(self) -> bool:
         return not self.missing
 
     def text(self) -> str:
-        return f"{len(self.applied)}/{self.live}"
+        scope = "" if self.scope is None else f" (scope {','.join(self.scope)})"
+        return f"{len(self.applied)}/{self.live}{scope}"
 
 
 class BanView(msgspec.Struct, frozen=True):

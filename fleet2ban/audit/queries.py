@@ -24,21 +24,28 @@ from fleet2ban.contract import BanState, Decision, Report, ban_key, normalize_ta
 
 
 def coverage(view: FleetView, key: str, live: list[EnforcerState]) -> Coverage:
-    """Which of the ``live`` enforcers have ``key`` applied."""
+    """Which of the ``live`` enforcers have ``key`` applied (of those its scope includes)."""
     applied: list[str] = []
     missing: list[str] = []
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
+    entry = view.bans.get(key)
+    scope = None if entry is None else entry.state.scope
+    n = 0
     for e in live:
         if key in e.applied:
             applied.append(e.host)
+            n += 1
             continue
+        if scope is not None and e.host not in scope:
+            continue  # a scoped ban: not for this host
+        n += 1
         missing.append(e.host)
         if key in e.failed:
             failed[e.host] = e.failed[key].detail or "failed"
         elif key in e.skipped:
             skipped[e.host] = e.skipped[key].detail or "skipped"
-    return Coverage(live=len(live), applied=applied, missing=missing, skipped=skipped, failed=failed)
+    return Coverage(live=n, applied=applied, missing=missing, skipped=skipped, failed=failed, scope=scope)
 
 
 def bans_in_force(view: FleetView, now: datetime, flt: BanFilter | None = None) -> list[BanView]:
@@ -166,7 +173,7 @@ def verify(view: FleetView, decisions: Iterable[Decision], now: datetime, within
     1. every ban an enforcer reports applied (a report or its heartbeat) traces to a ``ban`` decision
        (by decision id, or by ``JAIL|IP`` for heartbeats and reports without one);
     2. every ban in force for longer than ``within`` (since the processor recorded it) is applied on
-       every enforcer seen, and an ``applied`` report came within ``within`` of it; a silent enforcer
+       every enforcer seen (that its scope includes, for a scoped ban), and an ``applied`` report came within ``within`` of it; a silent enforcer
        is named as such, and for each ban it misses;
     3. no live enforcer keeps a ban applied longer than ``within`` after it was lifted or expired.
     """
@@ -233,6 +240,8 @@ def verify(view: FleetView, decisions: Iterable[Decision], now: datetime, within
         for host in enforcers:
             enf = view.enforcers[host]
             info = enf.applied.get(key)
+            if info is None and not st.applies_on(host):
+                continue  # a scoped ban (jail min_hosts): not missing where its scope does not reach
             if info is not None:
                 if info.at is not None and info.decision_id in (None, st.decision_id):
                     # an enforcer (re)started after the ban applies it at start: measure from there

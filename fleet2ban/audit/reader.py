@@ -34,6 +34,7 @@ from fleet2ban.contract import (
     split_ban_key,
 )
 from fleet2ban.exceptions import BrokerError
+from fleet2ban.identity import Verifier, check_report
 from fleet2ban.kafka import Cluster, check_connection, resolve
 from fleet2ban.kafka.reader import (
     Progress,
@@ -95,11 +96,13 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-def into_view(view: FleetView) -> RecordSink:
-    """The sink that folds records into ``view`` (a record that breaks the contract is counted, skipped)."""
+def into_view(view: FleetView, reader: TopicReader | None = None) -> RecordSink:
+    """The sink that folds records into ``view`` (a record that breaks the contract is counted, skipped).
+    ``reader``: the reader feeding it, whose ``headers`` (``track_headers``) carry host signatures."""
 
     def feed(kind: str, key: bytes | None, value: bytes | None, ts: datetime | None) -> None:
-        if not view.add_raw(cast(TopicKind, kind), key, value, ts):
+        headers = None if reader is None else reader.headers
+        if not view.add_raw(cast(TopicKind, kind), key, value, ts, headers):
             rlog.warning(
                 "bad-" + kind, "skipped a %s record that breaks the contract: %s", kind, view.last_error
             )
@@ -119,16 +122,18 @@ def load_view(
     timeout: float = 120.0,
     max_lookback: timedelta = timedelta(days=7),
     bans: FleetView | None = None,
+    verifier: Verifier | None = None,
 ) -> FleetView:
     """The fleet's state now: all of ``bans`` and the last ``reports_window`` of ``reports``.
 
     An enforcer with more bans than its heartbeat lists (``applied_total``) is known completely only
     from its reports since it started: when a live one started before the window, ``reports`` is read
     again from its ``started_at`` (bounded by ``max_lookback``), so coverage stays exact.
-    ``bans``: a view that already holds all of ``bans`` (only ``reports`` is read then).
+    ``bans``: a view that already holds all of ``bans`` (only ``reports`` is read then). ``verifier``:
+    ``reports`` records whose host signature does not verify are dropped (``FleetView.rejected``).
     """
     since = now - reports_window
-    view = _read_view(cluster, since, progress, timeout, bans)
+    view = _read_view(cluster, since, progress, timeout, bans, verifier)
     earliest = since
     for enf in view.live_enforcers(now):
         hb = enf.heartbeat
@@ -138,7 +143,7 @@ def load_view(
             earliest = max(hb.started_at - timedelta(seconds=5), now - max_lookback)
     if earliest < since:
         log.info("reading reports from %s for enforcers with truncated heartbeats", earliest.isoformat())
-        view = _read_view(cluster, earliest, progress, timeout, bans)
+        view = _read_view(cluster, earliest, progress, timeout, bans, verifier)
     return view
 
 
@@ -148,8 +153,9 @@ def _read_view(
     progress: Progress | None,
     timeout: float,
     bans: FleetView | None = None,
+    verifier: Verifier | None = None,
 ) -> FleetView:
-    view = FleetView()
+    view = FleetView(verifier=verifier)
     t = cluster.topics
     sources = [Source("reports", t.reports, since=since)]
     if bans is None:
@@ -157,7 +163,10 @@ def _read_view(
     else:
         view.bans, view.lifted, view.ban_history = dict(bans.bans), dict(bans.lifted), dict(bans.ban_history)
         view.bans_seen, view.bad_records = bans.bans_seen, bans.bad_records
-    with TopicReader(cluster, sources, into_view(view), progress=progress) as r:
+    with TopicReader(
+        cluster, sources, lambda *_a: None, progress=progress, track_headers=verifier is not None
+    ) as r:
+        r.on_record = into_view(view, r)
         r.catch_up(timeout)
     return view
 
@@ -175,6 +184,7 @@ def load_coverage_view(
     progress: Progress | None = None,
     timeout: float = 120.0,
     max_lookback: timedelta = timedelta(days=7),
+    verifier: Verifier | None = None,
 ) -> FleetView:
     """What ``bans list`` needs: all of ``bans`` and every live enforcer's coverage, with as little of
     ``reports`` as it can.
@@ -188,7 +198,7 @@ def load_coverage_view(
     slower, as exact. The view answers :func:`.queries.bans_in_force`; ``audit verify`` and ``status``
     need :func:`load_view`.
     """
-    view = FleetView()
+    view = FleetView(verifier=verifier)
     floor_ms = int((now - reports_window).timestamp() * 1000)
     now_ms = int(now.timestamp() * 1000)
     base_s = view.silence_bound(Heartbeat(host="", role="enforcer", at=now, interval_s=heartbeat_interval_s))
@@ -198,11 +208,22 @@ def load_coverage_view(
         pos = (rec.partition, rec.offset)
         if pos not in decoded:
             try:
-                decoded[pos] = decode_report(rec.value)
+                r = decode_report(rec.value)
             except ContractError as exc:
                 view.bad_records += 1
                 view.last_error = str(exc)
-                decoded[pos] = None
+                r = None
+            if r is not None and not check_report(
+                verifier,
+                rec.key,
+                rec.value,
+                rec.headers,
+                r.host,
+                r.role if isinstance(r, Heartbeat) else None,
+            ):
+                view.rejected += 1
+                r = None
+            decoded[pos] = r
         return decoded[pos]
 
     def back_to(records: list[Record]) -> int:
@@ -214,7 +235,14 @@ def load_coverage_view(
                     need = max(need, view.silence_bound(hb))
         return max(floor_ms, now_ms - int((need + TAIL_SKEW.total_seconds()) * 1000))
 
-    tail = read_tail(cluster, cluster.topics.reports, back_to, timeout=timeout, progress=progress)
+    tail = read_tail(
+        cluster,
+        cluster.topics.reports,
+        back_to,
+        timeout=timeout,
+        progress=progress,
+        headers=verifier is not None,
+    )
     latest: dict[tuple[str, str, str], Heartbeat] = {}
     enforcer_hb: dict[str, tuple[Heartbeat, int, int]] = {}
     for rec in tail:
@@ -254,6 +282,7 @@ def load_coverage_view(
             timeout=timeout,
             max_lookback=max_lookback,
             bans=view,
+            verifier=verifier,
         )
 
     if unchecked:
@@ -262,7 +291,7 @@ def load_coverage_view(
     memo: digests.Memo = {}
     covered: dict[str, list[str]] = {}
     for host, (hb, _p, _o) in sorted(live.items()):
-        digest, keys = digests.in_force_digest(view.bans, tracker.overrides[host], hb.at, memo)
+        digest, keys = digests.in_force_digest(view.bans, tracker.overrides[host], hb.at, memo, host)
         if digest != hb.applied_digest:
             log.info("enforcer %s does not have every ban in force applied: reading the reports", host)
             return from_reports()
@@ -357,6 +386,7 @@ def read_target(
     jails: Iterable[str] = (),
     reports_window: timedelta = timedelta(hours=24),
     progress: Progress | None = None,
+    verifier: Verifier | None = None,
 ) -> TargetRecords:
     """Everything about one target: its decisions (one partition: keyed by the target), its ``bans``
     values for the given jails and the jails in its decisions, and enforcer reports naming it since its
@@ -401,6 +431,7 @@ def read_target(
     if decisions:
         since = min(since, *(d.at for d in decisions))
     reports: list[Report] = []
+    rr: TopicReader
 
     def feed_report(kind: str, key: bytes | None, value: bytes | None, ts: datetime | None) -> None:
         try:
@@ -408,12 +439,23 @@ def read_target(
         except ContractError as exc:
             rlog.warning("bad-report", "skipped a reports record that breaks the contract: %s", exc)
             return
-        if isinstance(rec, Report) and rec.ip == t:
+        if (
+            isinstance(rec, Report)
+            and rec.ip == t
+            and check_report(verifier, key, value, rr.headers, rec.host, None)
+        ):
             reports.append(rec)
 
     src = Source("reports", topics.reports, since=since - SEEK_SLACK)
-    with TopicReader(cluster, [src], feed_report, progress=progress, value_contains=t.encode()) as r:
-        r.catch_up()
+    with TopicReader(
+        cluster,
+        [src],
+        feed_report,
+        progress=progress,
+        value_contains=t.encode(),
+        track_headers=verifier is not None,
+    ) as rr:
+        rr.catch_up()
     return TargetRecords(decisions, reports, [b for b in bans.values() if b is not None])
 
 

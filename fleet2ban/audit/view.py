@@ -36,6 +36,7 @@ from fleet2ban.contract import (
     decode_report,
     split_ban_key,
 )
+from fleet2ban.identity import Headers, Verifier, check_report
 
 TopicKind = Literal["bans", "reports", "decisions"]
 
@@ -74,8 +75,17 @@ class FleetView:
     """The fleet's state, folded incrementally from ``bans``, ``reports`` (and ``decisions``) records."""
 
     def __init__(
-        self, *, silence_factor: float = 3.0, min_silence_s: float = 10.0, recent_decisions: int = 1000
+        self,
+        *,
+        silence_factor: float = 3.0,
+        min_silence_s: float = 10.0,
+        recent_decisions: int = 1000,
+        verifier: Verifier | None = None,
     ) -> None:
+        self.verifier = verifier
+        """Checks each ``reports`` record's host signature (:mod:`fleet2ban.identity`) in :meth:`add_raw`."""
+        self.rejected = 0
+        """``reports`` records dropped because their host signature did not verify."""
         self.silence_factor = silence_factor
         self.min_silence_s = min_silence_s
         self.bans: dict[str, BanEntry] = {}
@@ -176,10 +186,13 @@ class FleetView:
         key: bytes | str | None,
         value: bytes | None,
         recorded_at: datetime | int | None,
+        headers: Headers = None,
     ) -> bool:
         """Decode and fold one record of topic ``kind`` (``recorded_at``: the record's timestamp, as a
         datetime or epoch milliseconds); a record that breaks the contract is counted in
-        ``bad_records`` and skipped (returns False)."""
+        ``bad_records`` and skipped (returns False). A ``reports`` record whose host signature
+        (``headers``) does not verify with ``verifier`` is counted in ``rejected`` and skipped (the
+        verifier logs it)."""
         try:
             if kind == "bans":
                 if key is None:
@@ -192,7 +205,14 @@ class FleetView:
                     text = ban_key(*split_ban_key(text))
                 self.add_ban(text, state, recorded_at)
             elif kind == "reports":
-                self.add_report(decode_report(value))
+                rec = decode_report(value)
+                role = rec.role if isinstance(rec, Heartbeat) else None
+                if self.verifier is not None and not check_report(
+                    self.verifier, key, value, headers, rec.host, role
+                ):
+                    self.rejected += 1
+                    return True
+                self.add_report(rec)
             else:
                 self.add_decision(decode_decision(value))
         except ContractError as exc:

@@ -37,6 +37,7 @@ from fleet2ban.audit.writer import publish_decision, wait_for_mirror
 from fleet2ban.cli.common import EXIT_FINDINGS, echo_json_line, handle_errors, settings_for
 from fleet2ban.contract import ContractError, Decision, Origin, utcnow
 from fleet2ban.exceptions import ConfigError
+from fleet2ban.identity import Verifier
 from fleet2ban.kafka import Cluster
 from fleet2ban.safetext import printable
 from fleet2ban.settings import Settings
@@ -49,6 +50,16 @@ TABLE_LIMIT = 200
 
 JsonOpt = typer.Option(False, "--json", help="print JSON for scripts instead of a table")
 WindowOpt = typer.Option("1h", "--reports-window", help="how far back to read reports (heartbeats)")
+
+
+def _say_rejected(view: Any) -> None:
+    """One line on stderr when ``reports`` records were dropped for a host signature that did not verify."""
+    if view.rejected:
+        typer.echo(
+            f"{view.rejected} reports records dropped: their host signature did not verify"
+            " (fleet2ban_identity_rejected; identity.public_keys)",
+            err=True,
+        )
 
 
 def _connect(settings: Settings) -> Cluster:
@@ -149,7 +160,9 @@ def bans_list(
             reports_window=window,
             heartbeat_interval_s=settings.metrics.heartbeat_interval_s,
             progress=progress,
+            verifier=Verifier.from_settings(settings.identity),
         )
+    _say_rejected(view)
     bans = queries.bans_in_force(view, now, flt)
     if as_json:
         echo_json_line(to_json(bans))
@@ -218,7 +231,13 @@ def bans_show(
     now = utcnow()
     with _progress(not as_json, f"the history of {t}") as progress:
         recs = read_target(
-            cluster, t, now, jails=[j.name for j in settings.jails], reports_window=window, progress=progress
+            cluster,
+            t,
+            now,
+            jails=[j.name for j in settings.jails],
+            reports_window=window,
+            progress=progress,
+            verifier=Verifier.from_settings(settings.identity),
         )
     hist = queries.ip_history(t, recs.decisions, recs.reports, recs.bans, now)
     if as_json:
@@ -432,7 +451,14 @@ def status(
     cluster = _connect(settings)
     now = utcnow()
     with _progress(not as_json, "heartbeats") as progress:
-        view = load_view(cluster, now, reports_window=w, progress=progress)
+        view = load_view(
+            cluster,
+            now,
+            reports_window=w,
+            progress=progress,
+            verifier=Verifier.from_settings(settings.identity),
+        )
+    _say_rejected(view)
     hosts = queries.fleet_status(view, now)
     problems = _status_problems(hosts)
     if as_json:
@@ -449,6 +475,12 @@ def _status_problems(hosts: list[HostStatus]) -> list[str]:
         out.append("no live processor: no failure is counted and no ban decided")
     out += [f"{h.role} {printable(h.host)} is silent" for h in hosts if h.silent]
     out += [f"{h.role} {printable(h.host)}: lag {h.lag:,.0f} and growing" for h in hosts if h.lag_growing]
+    out += [
+        f"{h.role} {printable(h.host)}: its clock runs ahead, Kafka refuses its records as timestamped in the"
+        f" future ({h.counters.get('clock_rejected', 0):,.0f} so far): fix its clock (NTP)"
+        for h in hosts
+        if h.counters.get("clock_ahead") and not h.silent
+    ]
     return out
 
 
@@ -460,6 +492,8 @@ def _state(h: HostStatus) -> str:
         return "Silent"
     if h.lag_growing:
         return "Lagging"
+    if h.counters.get("clock_ahead"):
+        return "Clock ahead"
     return "Ready"
 
 
@@ -549,8 +583,15 @@ def audit_verify(
     cluster = _connect(settings)
     now = utcnow()
     with _progress(not as_json, "bans, reports and decisions") as progress:
-        view = load_view(cluster, now, reports_window=w, progress=progress)
+        view = load_view(
+            cluster,
+            now,
+            reports_window=w,
+            progress=progress,
+            verifier=Verifier.from_settings(settings.identity),
+        )
         decisions = load_trail(cluster, view, now, w, progress=progress)
+    _say_rejected(view)
     result = queries.verify(view, decisions, now, bound)
     if as_json:
         echo_json_line(to_json(result))

@@ -1,4 +1,5 @@
-"""``fleet2ban keys generate``: a host's Ed25519 signing key (:mod:`fleet2ban.identity`)."""
+"""``fleet2ban identity keygen`` (also ``fleet2ban keys generate``): a host's Ed25519 signing key
+(:mod:`fleet2ban.identity`)."""
 
 from __future__ import annotations
 
@@ -37,5 +38,13 @@ def keys_generate(
     typer.echo(f"identity:\n  public_keys:\n    {host}: [{public}]")
 
 
+identity_app = typer.Typer(
+    help="Host identity: each host signs its events and reports (identity.key_path, identity.public_keys).",
+    no_args_is_help=True,
+)
+identity_app.command("keygen")(keys_generate)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
+    app.add_typer(identity_app, name="identity")

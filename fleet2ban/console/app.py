@@ -63,6 +63,7 @@ from fleet2ban.console.security import (
 )
 from fleet2ban.contract import ContractError, Decision, Event, normalize_target, rfc3339, utcnow
 from fleet2ban.exceptions import BrokerError, ConfigError, Fleet2banError
+from fleet2ban.identity import Verifier
 from fleet2ban.kafka import Cluster
 from fleet2ban.settings import Settings
 
@@ -120,10 +121,14 @@ class Readers(Protocol):
 
 
 class KafkaReaders:
-    """The real :class:`Readers`: :mod:`fleet2ban.audit.reader`, ``.failures`` and ``.writer``."""
+    """The real :class:`Readers`: :mod:`fleet2ban.audit.reader`, ``.failures`` and ``.writer``;
+    ``verifier`` checks the host signatures of the reports read (:mod:`fleet2ban.identity`)."""
+
+    def __init__(self, verifier: Verifier | None = None) -> None:
+        self.verifier = verifier
 
     def target(self, cluster: Cluster, target: str, now: datetime, jails: list[str]) -> TargetRecords:
-        return read_target(cluster, target, now, jails=jails)
+        return read_target(cluster, target, now, jails=jails, verifier=self.verifier)
 
     def failures(self, cluster: Cluster, ip: str, since: datetime) -> list[Event]:
         return read_failures(cluster, ip, since)

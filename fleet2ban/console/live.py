@@ -28,13 +28,14 @@ from fleet2ban.audit.view import FleetView, TopicKind
 from fleet2ban.contract import utcnow
 from fleet2ban.exceptions import BrokerError
 from fleet2ban.kafka import Cluster
+from fleet2ban.kafka.reader import RecordHeaders
 from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 rlog = RateLimitedLog(log, interval=30.0)
 
-RawRecord = tuple[TopicKind, bytes | None, bytes | None, datetime | None]
+RawRecord = tuple[TopicKind, bytes | None, bytes | None, datetime | None, RecordHeaders]
 
 
 @dataclass(frozen=True)
@@ -195,13 +196,16 @@ class LiveFleet:
 
         def fold(target: FleetView) -> int:
             n = len(buf)
-            for kind, key, value, ts in buf:
-                if not target.add_raw(kind, key, value, ts):
+            for kind, key, value, ts, headers in buf:
+                if not target.add_raw(kind, key, value, ts, headers):
                     rlog.warning("bad-" + kind, "skipped a %s record: %s", kind, target.last_error)
             buf.clear()
             return n
 
-        with TopicReader(cluster, sources, lambda *rec: buf.append(rec)) as reader:
+        reader: TopicReader
+        with TopicReader(
+            cluster, sources, lambda *rec: buf.append((*rec, reader.headers)), track_headers=True
+        ) as reader:
             self._set(connected=True, caught_up=False, error=None)
             last_ok = time.monotonic()
             while not reader.caught_up:

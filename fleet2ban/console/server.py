@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -14,10 +15,12 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
-from fleet2ban.console.app import ConsoleConfig, Readers, close_streams, create_app
+from fleet2ban.audit.view import FleetView
+from fleet2ban.console.app import ConsoleConfig, KafkaReaders, Readers, close_streams, create_app
 from fleet2ban.console.exceptions import ConsoleError
 from fleet2ban.console.live import LiveFleet
 from fleet2ban.console.security import TlsFiles, is_loopback, require_token_for
+from fleet2ban.identity import Verifier
 from fleet2ban.settings import KafkaSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,13 @@ def build(
     """The app and its (not yet started) follower. Refuses a non-loopback ``host`` without a token and
     TLS."""
     require_token_for(host, token, tls is not None)
-    live = LiveFleet(kafka, reports_window=windows.reports, decisions_window=windows.decisions)
+    verifier = Verifier.from_settings(settings.identity)
+    live = LiveFleet(
+        kafka,
+        reports_window=windows.reports,
+        decisions_window=windows.decisions,
+        view_factory=functools.partial(FleetView, verifier=verifier),
+    )
     trusted = LOOPBACK_NAMES if token is None and is_loopback(host) else None
     config = ConsoleConfig(
         settings=settings,
@@ -56,7 +65,7 @@ def build(
         ip_window=windows.ip,
         tls=tls is not None,
     )
-    return create_app(config, live, readers), live
+    return create_app(config, live, readers or KafkaReaders(verifier)), live
 
 
 def _config(

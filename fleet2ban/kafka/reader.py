@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from fleet2ban.exceptions import BrokerError
 from fleet2ban.kafka.config import Cluster, _short, consumer_config
@@ -31,6 +31,8 @@ from fleet2ban.logs import RateLimitedLog
 log = logging.getLogger(__name__)
 rlog = RateLimitedLog(log)
 
+RecordHeaders = list[tuple[str, bytes | None]] | None
+"""A record's headers as confluent-kafka gives them (None: none)."""
 RecordSink = Callable[[str, bytes | None, bytes | None, datetime | None], None]
 """Gets each record: (the source's kind, key, value, the record's timestamp or None)."""
 
@@ -147,6 +149,7 @@ class TopicReader:
         timeout: float = 10.0,
         value_contains: bytes | None = None,
         track_positions: bool = False,
+        track_headers: bool = False,
         consumer_overrides: dict[str, Any] | None = None,
     ) -> None:
         from confluent_kafka import Consumer, KafkaException
@@ -155,6 +158,10 @@ class TopicReader:
         self.on_record = on_record
         self.track_positions = track_positions
         self.position: tuple[int, int] = (0, 0)
+        self.track_headers = track_headers
+        self.headers: RecordHeaders = None
+        """The headers of the record being fed, when ``track_headers`` is set (host signatures:
+        :mod:`fleet2ban.identity`)."""
         self.progress = progress
         self.value_contains = value_contains
         self.records = 0
@@ -296,6 +303,8 @@ class TopicReader:
                 continue
             if self.track_positions:
                 self.position = (tp[1], msg.offset() or 0)
+            if self.track_headers:
+                self.headers = cast(RecordHeaders, msg.headers())
             on_record(kinds[topic], msg.key(), value, ts)
             fed += 1
             if stop is not None and (msg.offset() or 0) + 1 >= stop:
@@ -363,6 +372,8 @@ class Record:
     ts_ms: int | None
     key: bytes | None
     value: bytes | None
+    headers: RecordHeaders = None
+    """Only when read with ``headers=True``."""
 
     def ts(self) -> datetime | None:
         return None if self.ts_ms is None else datetime.fromtimestamp(self.ts_ms / 1000.0, UTC)
@@ -377,18 +388,22 @@ def read_to_end(
     start: dict[int, int] | None = None,
     stop: dict[int, int] | None = None,
     partitions: tuple[int, ...] | None = None,
+    headers: bool = False,
 ) -> list[Record]:
     """Every record of ``topic`` (from the beginning, ``since`` or ``start``) up to its current end (or
-    ``stop``), ordered by partition then offset."""
+    ``stop``), ordered by partition then offset (with their headers when ``headers``)."""
     out: list[Record] = []
     reader: TopicReader
 
     def keep(_kind: str, key: bytes | None, value: bytes | None, ts: datetime | None) -> None:
         p, off = reader.position
-        out.append(Record(p, off, None if ts is None else round(ts.timestamp() * 1000), key, value))
+        ms = None if ts is None else round(ts.timestamp() * 1000)
+        out.append(Record(p, off, ms, key, value, reader.headers))
 
     src = Source(topic, topic, since=since, partitions=partitions, start=start, stop=stop)
-    with TopicReader(cluster, [src], keep, timeout=min(timeout, 10.0), track_positions=True) as reader:
+    with TopicReader(
+        cluster, [src], keep, timeout=min(timeout, 10.0), track_positions=True, track_headers=headers
+    ) as reader:
         reader.catch_up(timeout)
     out.sort(key=lambda r: (r.partition, r.offset))
     return out
@@ -454,6 +469,7 @@ def read_tail(
     chunk: int = TAIL_CHUNK,
     timeout: float = 60.0,
     progress: Progress | None = None,
+    headers: bool = False,
 ) -> list[Record]:
     """The last records of every partition of ``topic``, read backwards in chunks (all partitions in one
     fetch round per chunk) until a partition's oldest record read is older than ``back_to(records so
@@ -481,6 +497,7 @@ def read_tail(
             start={p: start[p] for p in parts},
             stop={p: end[p] for p in parts},
             partitions=parts,
+            headers=headers,
         )
         read += len(fresh)
         if progress is not None:

@@ -40,6 +40,8 @@ def line(d: Decision) -> str:
             what += f": {d.reason}"
     elif d.action == "ban":
         what += f" ({d.failures} failures on {', '.join(d.hosts) or '?'})"
+        if d.scope is not None:  # jail min_hosts not reached: banned only there
+            what += f", only on {', '.join(d.scope)}"
     elif d.reason:
         what += f" ({d.reason})"
     return printable(what)

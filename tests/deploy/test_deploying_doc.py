@@ -73,7 +73,7 @@ def _setting_exists(dotted: str) -> bool:
 
 
 def test_setting_names_in_doc_exist() -> None:
-    sections = "kafka|jails\\[\\]|shipper|processor|enforcer|metrics|log"
+    sections = "kafka|jails\\[\\]|shipper|processor|enforcer|metrics|log|identity"
     names = set(re.findall(rf"`((?:{sections})\.[a-z_0-9]+)", TEXT))
     names |= {f"enforcer.{n}" for n in re.findall(r"`enforcer\.[a-z_0-9]+`/`([a-z_0-9]+)`", TEXT)}
     assert len(names) > 20

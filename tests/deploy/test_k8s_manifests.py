@@ -215,6 +215,20 @@ def test_container_settings_load_and_match_the_pod(
         )
         assert s.metrics.bind in ("0.0.0.0", "::"), f"{cid}: kubelet probes need metrics on every address"
     role = c["name"]
+    if s.identity.key_path is not None:
+        mount = _mount_of(c, s.identity.key_path)
+        assert mount and mount[1], f"{cid}: the host key {s.identity.key_path} must be on a read-only mount"
+        spec = pod_spec(obj)
+        assert spec is not None
+        vol = next(v for v in spec["volumes"] if v["name"] == mount[2])
+        assert "hostPath" in vol, f"{cid}: the host key is the node's own (hostPath), not the cluster's"
+    if s.identity.public_keys_file is not None:
+        mount = _mount_of(c, s.identity.public_keys_file)
+        assert mount and mount[1], f"{cid}: {s.identity.public_keys_file} must be on a read-only mount"
+    if kid.endswith("example") and role in ("shipper", "enforcer"):
+        assert s.identity.key_path is not None, f"{cid}: the example overlay signs with the host key"
+    if kid.endswith("example") and role == "processor":
+        assert s.identity.public_keys_file is not None, f"{cid}: the example overlay verifies host keys"
     if role == "shipper":
         assert s.shipper.log_path is not None
         mount = _mount_of(c, s.shipper.log_path)

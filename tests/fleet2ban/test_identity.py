@@ -134,23 +134,28 @@ def test_keys_come_from_the_settings(tmp_path: Path) -> None:
     signer = Signer.from_settings("amps1", s.identity)
     assert signer is not None
     v = Verifier.from_settings(s.identity)
+    assert v is not None
     assert v.check("events", b"k", VALUE, signer.headers("events", b"k", VALUE), "amps1")
     assert not v.check("events", b"k", VALUE, amps1.headers("events", b"k", VALUE + b" "), "amps1")
+    assert Verifier.from_settings(load_settings(None, {}).identity) is None  # identity not set up here
 
 
-def test_keys_generate_writes_a_private_key_and_prints_its_settings(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["keys", "generate"], ["identity", "keygen"]])
+def test_keys_generate_writes_a_private_key_and_prints_its_settings(
+    tmp_path: Path, command: list[str]
+) -> None:
     import yaml
     from typer.testing import CliRunner
 
     from fleet2ban.cli.main import app
 
     out = tmp_path / "amps1.pem"
-    res = CliRunner().invoke(app, ["keys", "generate", "--host", "amps1", "--out", str(out)])
+    res = CliRunner().invoke(app, [*command, "--host", "amps1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert out.stat().st_mode & 0o777 == 0o600
     printed = IdentitySettings.model_validate(yaml.safe_load(res.stdout)["identity"])
     signer = Signer("amps1", load_private_key(out))
     v = Verifier(printed.public_keys, require=True)
     assert v.check("reports", b"amps1", VALUE, signer.headers("reports", b"amps1", VALUE), "amps1")
-    again = CliRunner().invoke(app, ["keys", "generate", "--host", "amps1", "--out", str(out)])
+    again = CliRunner().invoke(app, [*command, "--host", "amps1", "--out", str(out)])
     assert again.exit_code == 2

@@ -31,7 +31,9 @@ import pytest
 import yaml
 
 from fleet2ban import waiting
+from fleet2ban.contract import AddressLine, EventsRecord, encode, utcnow
 from fleet2ban.exceptions import BrokerError
+from fleet2ban.identity import Signer, generate_key, load_private_key
 from fleet2ban.kafka import (
     KafkaAuthorizationError,
     KafkaSecurityError,
@@ -118,6 +120,8 @@ def test_docs_acl_table_is_the_applied_table() -> None:
 # ------------------------------------------------------------------------------------ end to end
 
 SPREADER = "198.51.100.77"
+FORGED = "198.51.100.78"
+HOSTS = ("amps1", "amps2", "amps3", "eA", "eB")
 
 
 def _amps_lines(ip: str, n: int, first_port: int) -> str:
@@ -140,6 +144,15 @@ class Fleet:
             "processor": {"expiry_interval_s": 0.2},
             "state_dir": str(self.tmp / "state"),
         }
+        # host identity: every shipper and enforcer signs with its own key; everybody requires signatures
+        self.keys: dict[str, Path] = {}
+        public: dict[str, list[str]] = {}
+        for host in HOSTS:
+            pem, pub = generate_key()
+            self.keys[host] = self.tmp / f"{host}.pem"
+            self.keys[host].write_bytes(pem)
+            public[host] = [pub]
+        fleet["identity"] = {"public_keys": public, "require_signatures": True}
         self.config = {
             r: secure.role_config(r, fleet) for r in ("shipper", "processor", "enforcer", "operator")
         }
@@ -147,6 +160,8 @@ class Fleet:
 
     def start(self, name: str, role: str, *args: str) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET2BAN_")}
+        if name in self.keys:
+            env["FLEET2BAN_IDENTITY__KEY_PATH"] = str(self.keys[name])
         with open(self.tmp / f"{name}.log", "wb") as log:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "fleet2ban.cli.main", "--config", str(self.config[role]), *args],
@@ -183,6 +198,14 @@ class Fleet:
         return None
 
 
+def _forged_record(ip: str, host: str) -> bytes:
+    now = utcnow()
+    lines = [
+        AddressLine(ip, f"{host}:forged:{i}", now, 40000 + i, "bot", "auth", "forged") for i in range(30)
+    ]
+    return encode(EventsRecord(host=host, lines=lines))
+
+
 def test_end_to_end_each_component_under_its_own_principal(secure: Secure) -> None:
     f = Fleet(secure)
     try:
@@ -209,10 +232,36 @@ def test_end_to_end_each_component_under_its_own_principal(secure: Secure) -> No
             )
 
         # failures spread over three hosts (none reaches maxretry alone) become a ban on both enforcers
+        # (signed events, and the enforcers' signed heartbeats and reports: signatures are required)
         wait_for("the spreader banned on eA and eB", lambda: f.coverage(SPREADER) == ["eA", "eB"] or None, 90)
         (ban,) = [b["ban"] for b in f.operator("bans", "list") if b["ban"]["ip"] == SPREADER]
         assert ban["origin"] == "auto" and sorted(ban["hosts"]) == ["amps1", "amps2", "amps3"]
         assert ban["failures"] >= 20
+
+        # with the shipper's password: 30 failures of FORGED in amps1's name signed by amps2's key, and
+        # 30 unsigned in amps3's: dropped, counted and said, never a ban
+        from confluent_kafka import Producer
+
+        forged = _forged_record(FORGED, "amps1")
+        signer = Signer("amps2", load_private_key(f.keys["amps2"]))
+        unsigned = _forged_record(FORGED, "amps3")
+        shipper = secure.cluster("shipper")
+        p = Producer(producer_config(shipper, linger_ms=0))
+        p.produce(
+            shipper.topics.events,
+            forged,
+            FORGED.encode(),
+            headers=signer.headers("events", FORGED.encode(), forged),
+        )
+        p.produce(shipper.topics.events, unsigned, FORGED.encode())
+        assert p.flush(20) == 0
+
+        def dropped() -> bool:
+            log = (f.tmp / "processor.log").read_text(errors="replace")
+            return "claiming host amps1: host-mismatch (signed by amps2)" in log and "amps3: unsigned" in log
+
+        wait_for("the processor to drop both forgeries", dropped, 60)
+        assert f.operator("bans", "show", FORGED)["decisions"] == []
 
         # a short manual ban (the operator's principal) expires everywhere on its own
         added = f.operator("bans", "add", "203.0.113.60", "--for", "4s", "--reason", "probe", "--wait", "45")

@@ -27,6 +27,7 @@ from fleet2ban.contract import (
     encode,
     utcnow,
 )
+from fleet2ban.identity import Signer
 from fleet2ban.kafka import Cluster, consumer_config, ensure_topics, producer_config, resolve
 from fleet2ban.kafka.local import free_port
 from fleet2ban.settings import KafkaSettings
@@ -106,7 +107,15 @@ class Fleet:
 
     wait_for = staticmethod(wait_for)
 
-    def __init__(self, bootstrap: str, tmp: Path, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        tmp: Path,
+        config: dict[str, Any] | None = None,
+        signers: dict[str, Signer] | None = None,
+    ) -> None:
+        self.signers = signers or {}
+        """host -> its signer: what :meth:`ship` sends for that host is signed (host identity)."""
         self.prefix = f"p{uuid.uuid4().hex[:8]}."
         self.kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=self.prefix, partitions=3)
         self.cluster = resolve(self.kafka)
@@ -192,10 +201,18 @@ class Fleet:
             ip=ip,
             lines=[Line(id=i, ts=ts, port=40000, client="c", reason=reason, raw=f"line {i}") for i in ids],
         )
-        self.produce_raw(key if key is not None else ip.encode(), encode(batch))
+        k, value = key if key is not None else ip.encode(), encode(batch)
+        signer = self.signers.get(host)
+        self.produce_raw(k, value, headers=None if signer is None else signer.headers("events", k, value))
 
-    def produce_raw(self, key: bytes | None, value: bytes | None, topic: str | None = None) -> None:
-        self.producer.produce(topic or self.topics.events, key=key, value=value)
+    def produce_raw(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        topic: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        self.producer.produce(topic or self.topics.events, key=key, value=value, headers=headers)
         self.producer.flush(10)
 
     def fail(self, ip: str, n: int, host: str = "h1", reason: str = "auth") -> list[str]:
@@ -257,12 +274,18 @@ def fleet(
     """One worker for the whole module, ready to ban.
 
     A module changes its workers' jails with ``FLEET_JAIL_CHANGES = {jail name: {setting: value}}``, or
-    gives their whole settings with ``FLEET_CONFIG``.
+    gives their whole settings with ``FLEET_CONFIG``, adds settings sections with ``FLEET_SETTINGS =
+    {section: {...}}`` and signs what it ships for a host with ``FLEET_SIGNERS = {host: Signer}``.
     """
-    config = getattr(request.module, "FLEET_CONFIG", None) or worker_config(
-        getattr(request.module, "FLEET_JAIL_CHANGES", None)
-    )
-    f = Fleet(kafka_bootstrap, tmp_path_factory.mktemp("fleet"), config)
+    config = {
+        **(
+            getattr(request.module, "FLEET_CONFIG", None)
+            or worker_config(getattr(request.module, "FLEET_JAIL_CHANGES", None))
+        ),
+        **getattr(request.module, "FLEET_SETTINGS", {}),
+    }
+    signers = getattr(request.module, "FLEET_SIGNERS", None)
+    f = Fleet(kafka_bootstrap, tmp_path_factory.mktemp("fleet"), config, signers)
     f.start_worker()
     try:
         f.ready()

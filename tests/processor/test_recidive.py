@@ -394,3 +394,17 @@ def test_the_recidive_ban_count_outlives_a_week_long_ban_as_in_fail2ban() -> Non
     assert engine.states[IP].jails["recidive"].ban_count == 2
     engine.advance(r2.at.timestamp() + 3 * 2 * week + day + 60)
     assert "recidive" not in engine.states.get(IP, TargetState()).jails
+
+
+def test_a_scoped_ban_widened_to_the_fleet_counts_once_for_recidive() -> None:
+    # amps with min_hosts 2: h1 alone bans on h1 only; h2's failure in the window makes it fleet-wide
+    # (the same offence, a new decision): the repeat-offender jail counts that offence once
+    p = policy({**AMPS, "min_hosts": 2}, {**RECIDIVE, "maxretry": 2})
+    engine = Engine(p)
+    out = engine.feed([*burst(0, 3, 0, hosts=("h1",)), ev(1.0, 50, host="h2")])
+    scoped, wide = bans(out, "amps")
+    assert scoped.scope == ["h1"] and wide.scope is None
+    assert bans(out, "recidive") == [] and p.counters.bans_counted == 1
+    # a second offence after the ban ends is the second counted ban: recidive bans
+    out = engine.feed(burst(20, 3, 100, hosts=("h1", "h2")))
+    assert len(bans(out, "recidive")) == 1 and p.counters.bans_counted == 2

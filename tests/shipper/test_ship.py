@@ -282,7 +282,9 @@ class FakeProducer:
         self.delivered: list[bytes] = []
         self.produced: list[bytes] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery=None) -> None:  # type: ignore[no-untyped-def]
+    def produce(
+        self, topic: str, value: bytes, key: bytes, on_delivery=None, headers=None, timestamp=0
+    ) -> None:  # type: ignore[no-untyped-def]
         self.pending.append((topic, value, on_delivery))
         self.produced.append(value)
 
