@@ -38,6 +38,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -332,23 +333,11 @@ class Fleet:
 # ------------------------------------------------------------------------------------- relays, probes
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                break
-            dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
-    except OSError:
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.close()
-
-
 class PortForward:
-    """Listen inside namespace ``ns`` and relay each connection to ``target`` in the creator's namespace."""
+    """Listen inside namespace ``ns`` and relay each connection to ``target`` in the creator's namespace.
+
+    The listening socket is made here (inside ``ns``); the relaying runs in a child process of its own
+    (:mod:`fleet2ban.dev.relay`) that inherits it and dies with this process."""
 
     def __init__(self, ns: str, listen: str, port: int, target: tuple[str, int]) -> None:
         self.ns = ns
@@ -358,47 +347,35 @@ class PortForward:
             self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((listen, port))
-        self._sock.listen(64)
-        self._sock.settimeout(0.2)
+        self._sock.listen(128)
         self.port: int = self._sock.getsockname()[1]
-        self._closed = threading.Event()
-        self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, name=f"forward-{ns}-{port}", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._closed.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            try:
-                up = socket.create_connection(self.target, timeout=5.0)
-            except OSError as exc:
-                log.debug("forward %s -> %s: %s", self.ns, self.target, exc)
-                conn.close()
-                continue
-            for s in (conn, up):
-                s.settimeout(None)
-                # Kafka's clients and brokers write small requests and disable Nagle's algorithm; a relay
-                # that kept it on held each small write until the previous one was acknowledged, which
-                # delayed ACKs turn into ~40 ms per round trip (measured: time-to-ban p50 91 ms with it)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._conns += [conn, up]
-            for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+        fd = self._sock.fileno()
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleet2ban.dev.relay",
+                "--fd",
+                str(fd),
+                "--target",
+                f"{target[0]}:{target[1]}",
+            ],
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
 
     def close(self) -> None:
-        self._closed.set()
-        self._thread.join(timeout=2.0)
+        if self._proc.poll() is None:
+            self._proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(5)
         self._sock.close()
-        for c in self._conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
-        self._conns.clear()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class TcpListener:
