@@ -113,11 +113,17 @@ class Fleet:
         tmp: Path,
         config: dict[str, Any] | None = None,
         signers: dict[str, Signer] | None = None,
+        replication_factor: int = 1,
     ) -> None:
         self.signers = signers or {}
         """host -> its signer: what :meth:`ship` sends for that host is signed (host identity)."""
         self.prefix = f"p{uuid.uuid4().hex[:8]}."
-        self.kafka = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=self.prefix, partitions=3)
+        self.kafka = KafkaSettings(
+            bootstrap_servers=bootstrap,
+            topic_prefix=self.prefix,
+            partitions=3,
+            replication_factor=replication_factor,
+        )
         self.cluster = resolve(self.kafka)
         ensure_topics(self.cluster)
         self.topics = self.cluster.topics
@@ -125,7 +131,7 @@ class Fleet:
         self.metrics_port = free_port()
         cfg = {
             **(config or WORKER_CONFIG),
-            "kafka": {"partitions": 3},
+            "kafka": {"partitions": 3, "replication_factor": replication_factor},
             "state_dir": str(tmp / "state"),
             "metrics": {"port": self.metrics_port, "bind": "127.0.0.1"},
         }
@@ -292,3 +298,23 @@ def fleet(
         yield f
     finally:
         f.stop()
+
+
+@pytest.fixture
+def make_fleet(tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
+    """Fleets on a cluster of the test's own (``make_fleet(bootstrap, replication_factor=3)``), stopped after
+    the test."""
+    made: list[Fleet] = []
+
+    def make(bootstrap: str, **kwargs: Any) -> Fleet:
+        tmp = tmp_path / f"fleet{len(made)}"
+        tmp.mkdir()
+        f = Fleet(bootstrap, tmp, **kwargs)
+        made.append(f)
+        return f
+
+    try:
+        yield make
+    finally:
+        for f in made:
+            f.stop()
