@@ -671,6 +671,25 @@ def partition_for(key: str | bytes, partitions: int) -> int:
     return (murmur2(data) & 0x7FFFFFFF) % partitions
 
 
+def events_key(address: str, prefix_v6: int) -> str:
+    """What places an address, or a target (an address, or an IPv6 network a jail bans by its
+    ``ban_prefix_v6``), in the ``events`` topic and the processor's table: an IPv4 address itself; an
+    IPv6 one (or network) as the ``/prefix_v6`` network holding it (``kafka.partition_prefix_v6``), so that
+    every address of a prefix a jail counts together is counted by one worker, in one partition. With
+    ``prefix_v6`` 128, the address (or network) itself."""
+    if ":" not in address or prefix_v6 >= 128:
+        return address
+    net = ipaddress.IPv6Network(address, strict=False)
+    if net.prefixlen > prefix_v6:
+        net = net.supernet(new_prefix=prefix_v6)
+    return str(net)
+
+
+def events_partition(address: str, partitions: int, prefix_v6: int) -> int:
+    """The ``events`` partition of an address or target (:func:`events_key`, then :func:`partition_for`)."""
+    return partition_for(events_key(address, prefix_v6), partitions)
+
+
 # -------------------------------------------------------------------------------------------- ids
 
 

@@ -61,6 +61,13 @@ class KafkaSettings(_Section):
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     partitions: int = Field(6, ge=1, le=1024)
     replication_factor: int = Field(1, ge=1, le=16)
+    partition_prefix_v6: int = Field(
+        64,
+        ge=16,
+        le=128,
+        description="IPv6 clients' events are partitioned by this prefix (the same on every shipper and"
+        " processor; at most every jail's ban_prefix_v6)",
+    )
     min_insync_replicas: int | None = Field(
         None, ge=1, le=16, description="of the fleet's topics (unset: 2 with replication 3+, else 1)"
     )
@@ -456,6 +463,17 @@ class Settings(BaseSettings):
             raise ValueError(f"jail names must be unique: {names}")
         counted_jails(v)
         return v
+
+    @model_validator(mode="after")
+    def _prefixes_fit_partitions(self) -> Settings:
+        for j in self.jails:
+            if j.ban_prefix_v6 < self.kafka.partition_prefix_v6:
+                raise ValueError(
+                    f"jail {j.name} counts IPv6 clients by /{j.ban_prefix_v6} but kafka.partition_prefix_v6 is"
+                    f" /{self.kafka.partition_prefix_v6}: the addresses of one /{j.ban_prefix_v6} would be"
+                    f" counted in several partitions; set kafka.partition_prefix_v6 to {j.ban_prefix_v6} or less"
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -69,6 +69,7 @@ from fleet2ban.contract import (
     decode_decision,
     decode_events,
     encode,
+    events_partition,
     normalize_target,
     partition_for,
     utcnow,
@@ -134,6 +135,8 @@ class Processor:
     """The changelogged durable part of each state (``durable_part``): bans, ban counts, floors."""
     partitions: int = 1
     """Partitions of the events topic (keys map to them with murmur2, as the table's do)."""
+    prefix_v6: int = 64
+    """``kafka.partition_prefix_v6``: IPv6 addresses and targets map to a partition by this prefix."""
     sweep_every: float = 10.0
     watermarks: dict[int, float] = field(default_factory=dict)
     """Per events partition, the newest event time read. Idle state is forgotten by this clock, never by
@@ -158,7 +161,7 @@ class Processor:
         if p is None:
             if len(self._parts) >= PARTITION_CACHE_MAX:
                 self._parts.clear()
-            p = self._parts[ip] = partition_for(ip, self.partitions)
+            p = self._parts[ip] = events_partition(ip, self.partitions, self.prefix_v6)
         return p
 
     def _get(self, target: str) -> TargetState | None:
@@ -408,6 +411,12 @@ def app_id(settings: Settings) -> str:
     return f"{settings.kafka.topic_prefix}{settings.processor.app_id}"
 
 
+def table_partition(key: bytes | str, partitions: int, prefix_v6: int) -> int:
+    """The changelog partition of a table key (a target): its events partition, so that state stays with
+    the partition its failures arrive in (``fleet2ban.contract.events_partition``)."""
+    return events_partition(key.decode() if isinstance(key, bytes) else key, partitions, prefix_v6)
+
+
 def changelog_spec(settings: Settings) -> TopicSpec:
     """The table's changelog (Faust's name for it: ``<app id>-<table>-changelog``), compacted, one partition
     per events partition. fleet2ban creates and checks it with the fleet's topics (``ensure_topics``)
@@ -463,7 +472,9 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     # pick), computed here: Faust asks the producer's partitioner synchronously, from metadata aiokafka
     # may not hold for the changelog topic (after a broker died, its refresh can leave the topic out),
     # and the agent then crashed on ``partitions_for_topic(...) is None`` in the middle of a record.
-    table.partition_for_key = partial(partition_for, partitions=n_parts)
+    table.partition_for_key = partial(
+        table_partition, partitions=n_parts, prefix_v6=cluster.settings.partition_prefix_v6
+    )
     policy = Policy.from_settings(
         settings.jails, p.lateness_s, enforcer=settings.enforcer, max_future_s=p.max_future_s
     )

@@ -44,8 +44,8 @@ from fleet2ban.contract import (
     EventsRecord,
     Heartbeat,
     encode,
+    events_partition,
     from_epoch,
-    partition_for,
     utcnow,
 )
 from fleet2ban.identity import Signer
@@ -128,7 +128,8 @@ class Pending:
         self.rid = rid
         self.partition = partition
         self.key = key
-        """The record's key: its first line's address (which hashes to ``partition``)."""
+        """The record's key: its first line's address. The record goes to ``partition`` by name: an IPv6
+        address's partition is its ``kafka.partition_prefix_v6`` network's (``contract.events_partition``)."""
         self.first = first
         self.deadline = deadline
         self.lines: list[AddressLine] = []
@@ -185,6 +186,7 @@ class Batcher:
         *,
         partitions: int = 1,
         max_bytes: int = EVENTS_RECORD_MAX_BYTES,
+        prefix_v6: int = 64,
     ) -> None:
         self.base_interval_s = interval_s
         self.max_interval_s = max(interval_s, max_interval_s or interval_s)
@@ -193,6 +195,7 @@ class Batcher:
         self.max_lines = max_lines
         self.max_bytes = max_bytes
         self.partitions = partitions
+        self.prefix_v6 = prefix_v6
         self.parts: dict[str, int] = {}
         """Cache: address -> its events partition."""
         self.open_batches: dict[int, Pending] = {}
@@ -210,7 +213,7 @@ class Batcher:
         if p is None:
             if len(self.parts) >= PARTITION_CACHE_MAX:
                 self.parts.clear()
-            p = self.parts[ip] = partition_for(ip, self.partitions)
+            p = self.parts[ip] = events_partition(ip, self.partitions, self.prefix_v6)
         return p
 
     def open(self, partition: int, key: bytes, pos: Pos, now: float) -> Pending:
@@ -409,6 +412,7 @@ class Shipper:
             s.max_lines_per_record,
             s.max_flush_interval_ms / 1000.0,
             partitions=cluster.settings.partitions,
+            prefix_v6=cluster.settings.partition_prefix_v6,
         )
         self.tracker = AckTracker()
         self.inflight: dict[int, Pending] = {}
@@ -702,6 +706,7 @@ class Shipper:
                 self.topics.events,
                 b.value,
                 b.key,
+                partition=b.partition,
                 on_delivery=functools.partial(self._delivered, b.rid),
                 headers=b.headers,
                 timestamp=int(self.clock() * 1000),

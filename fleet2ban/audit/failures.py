@@ -12,7 +12,7 @@ import logging
 from datetime import datetime
 
 from fleet2ban.audit.reader import Source, TopicReader, partition_count
-from fleet2ban.contract import ContractError, Event, decode_events, normalize_ip, partition_for
+from fleet2ban.contract import ContractError, Event, decode_events, events_partition, normalize_ip
 from fleet2ban.kafka import Cluster
 from fleet2ban.logs import RateLimitedLog
 
@@ -51,7 +51,13 @@ def read_failures(
         out.extend([e for e in events if e.ip == target][: max_events - len(out)])
 
     # The reader's kinds name the audit topics; the kind is only passed back to ``feed``, which ignores it.
-    src = Source("decisions", topic, since=since, until=until, partitions=(partition_for(target, n),))
+    src = Source(
+        "decisions",
+        topic,
+        since=since,
+        until=until,
+        partitions=(events_partition(target, n, cluster.settings.partition_prefix_v6),),
+    )
     with TopicReader(cluster, [src], feed, value_contains=target.encode()) as reader:
         reader.catch_up(timeout)
     out.sort(key=lambda e: e.ts)

@@ -165,3 +165,16 @@ def test_topics_share_the_prefix() -> None:
     assert specs["acme.bans"].config["cleanup.policy"] == "compact"
     assert specs["acme.decisions"].config["retention.ms"] == str(2 * 24 * 3600 * 1000)
     assert specs["acme.events"].partitions == 6
+
+
+def test_events_key_places_an_ipv6_address_by_its_prefix_and_ipv4_by_itself() -> None:
+    from fleet2ban.contract import events_key, events_partition
+
+    assert events_key("2001:db8:0:7::1", 64) == "2001:db8:0:7::/64"
+    assert events_key("2001:db8:0:7::/64", 64) == "2001:db8:0:7::/64"  # a jail's /64 target: the same key
+    assert events_key("2001:db8:0:7::/80", 64) == "2001:db8:0:7::/64"
+    assert events_key("2001:db8:0:7::1", 128) == "2001:db8:0:7::1"  # by address, as before the setting
+    assert events_key("192.0.2.7", 64) == "192.0.2.7"
+    assert {events_partition(f"2001:db8:0:7::{n:x}", 12, 64) for n in range(1, 200)} == {
+        events_partition("2001:db8:0:7::/64", 12, 64)
+    }

@@ -187,6 +187,7 @@ def test_the_shipper_and_the_enforcer_sign_with_the_host_key(tmp_path: Path) -> 
             topic: str,
             value: bytes,
             key: bytes,
+            partition: int = -1,
             on_delivery: Any = None,
             headers: Any = None,
             timestamp: int = 0,

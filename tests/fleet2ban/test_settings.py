@@ -128,3 +128,13 @@ def test_config_env_lists_the_accepted_variables() -> None:
     result = CliRunner().invoke(app, ["config", "env"])
     assert result.exit_code == 0
     assert set(result.output.split()) == env_names()
+
+
+def test_a_jail_counting_a_shorter_v6_prefix_than_events_are_partitioned_by_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"kafka\.partition_prefix_v6"):
+        load_settings(None, {"jails": [{"name": "wide", "ban_prefix_v6": 48}]})
+    s = load_settings(
+        None, {"kafka": {"partition_prefix_v6": 48}, "jails": [{"name": "wide", "ban_prefix_v6": 48}]}
+    )
+    assert s.kafka.partition_prefix_v6 == 48
+    assert Settings().kafka.partition_prefix_v6 == 64  # every jail's default /128 fits

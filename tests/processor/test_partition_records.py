@@ -21,8 +21,8 @@ from fleet2ban.contract import (
     Line,
     decode_events,
     encode,
+    events_partition,
     from_epoch,
-    partition_for,
 )
 from fleet2ban.settings import JailSettings
 from processor.app import Processor
@@ -73,7 +73,7 @@ def records_per_partition(rounds: list[list[Written]], max_lines: int) -> dict[i
     for rnd in rounds:
         open_: dict[tuple[str, int], list[Written]] = {}
         for w in rnd:
-            k = (w.host, partition_for(w.ip, PARTITIONS))
+            k = (w.host, events_partition(w.ip, PARTITIONS, 64))
             rec = open_.setdefault(k, [])
             rec.append(w)
             if len(rec) >= max_lines:
@@ -156,7 +156,7 @@ def test_records_per_partition_decide_exactly_what_replay_decides(
             value = encode(EventBatch(host=host, ip=rec[0].ip, lines=[_v1(line(w)) for w in rec]))
         else:
             value = encode(EventsRecord(host=host, lines=[line(w) for w in rec]))
-        assert {partition_for(w.ip, PARTITIONS) for w in rec} == {p}
+        assert {events_partition(w.ip, PARTITIONS, 64) for w in rec} == {p}
         proc.on_events_record(rec[0].ip.encode(), value, got, partition=p)
     proc.tick(math.inf, lambda key: True, got)
 
@@ -245,8 +245,8 @@ def _chunks(evs: list[Event], cuts: list[int]) -> list[list[Event]]:
 
 def test_lines_of_another_partition_are_refused_and_the_rest_counted() -> None:
     proc = Processor(Policy.from_settings([JailSettings(maxretry=2, findtime=10)], 5.0), {}, partitions=3)
-    mine = next(ip for ip in ADDRESSES if partition_for(ip, 3) == 0)
-    other = next(ip for ip in ADDRESSES if partition_for(ip, 3) != 0)
+    mine = next(ip for ip in ADDRESSES if events_partition(ip, 3, 64) == 0)
+    other = next(ip for ip in ADDRESSES if events_partition(ip, 3, 64) != 0)
     rec = EventsRecord(
         host="h1",
         lines=[
@@ -258,3 +258,29 @@ def test_lines_of_another_partition_are_refused_and_the_rest_counted() -> None:
     proc.on_events_record(mine.encode(), encode(rec), out, partition=0)
     assert [(o.decision.action, o.decision.ip, o.decision.failures) for o in out] == [("ban", mine, 2)]
     assert other not in proc.live
+
+
+def test_the_addresses_of_a_v6_prefix_share_its_partition_and_are_counted_together() -> None:
+    # a jail counting IPv6 clients by /64: failures from many addresses of one /64 arrive in one partition
+    # (the shippers put them there), where the worker owning it counts them as one target
+    jail = JailSettings(name="amps", reasons=["auth"], maxretry=6, findtime=10, bantime=60, ban_prefix_v6=64)
+    proc = Processor(Policy.from_settings([jail], 5.0), {}, partitions=6, prefix_v6=64)
+    addrs = [f"2001:db8:0:7::{n:x}" for n in range(1, 7)] + ["2001:db8:0:7:ffff:ffff:ffff:fffe"]
+    parts = {events_partition(a, 6, 64) for a in addrs}
+    assert len(parts) == 1, "one /64, one partition"
+    (part,) = parts
+    assert {events_partition(a, 6, 128) for a in addrs} != parts, "by address they would spread"
+    assert proc.partition_of("2001:db8:0:7::/64") == part == events_partition("2001:db8:0:7::/64", 6, 64)
+    rec = EventsRecord(
+        host="h1",
+        lines=[
+            AddressLine(a, f"h1:{i}", from_epoch(BASE + i), 1, "c", "auth") for i, a in enumerate(addrs[:6])
+        ],
+    )
+    out: list[Output] = []
+    proc.on_events_record(None, encode(rec), out, partition=part)
+    assert [(o.decision.action, o.decision.ip, o.decision.failures) for o in out] == [
+        ("ban", "2001:db8:0:7::/64", 6)
+    ]
+    # IPv4 keys are the addresses themselves, whatever the prefix
+    assert events_partition("10.0.0.1", 6, 64) == events_partition("10.0.0.1", 6, 128)

@@ -15,6 +15,7 @@ from fleet2ban.contract import (
     decode_events_record,
     decode_report,
     encode,
+    events_partition,
     partition_for,
 )
 from fleet2ban.kafka import Cluster, read_to_end
@@ -199,7 +200,7 @@ def check_shipped(cluster: Cluster, path: Path, max_lines: int) -> list:
     for part, _off, key, b in sorted(batches, key=lambda x: (x[0], x[1])):
         # keyed by its first address; every address it holds is of the partition it is in
         assert key == b.lines[0].ip.encode() and b.host == "h1" and b.instance == "amps"
-        assert {partition_for(ln.ip, n) for ln in b.lines} == {part}
+        assert {events_partition(ln.ip, n, cluster.settings.partition_prefix_v6) for ln in b.lines} == {part}
         assert 1 <= len(b.lines) <= max_lines
         for ln in b.lines:
             per_ip[ln.ip].append(order[ln.id])
@@ -283,7 +284,7 @@ class FakeProducer:
         self.produced: list[bytes] = []
 
     def produce(
-        self, topic: str, value: bytes, key: bytes, on_delivery=None, headers=None, timestamp=0
+        self, topic: str, value: bytes, key: bytes, partition=-1, on_delivery=None, headers=None, timestamp=0
     ) -> None:  # type: ignore[no-untyped-def]
         self.pending.append((topic, value, on_delivery))
         self.produced.append(value)
