@@ -52,6 +52,7 @@ import asyncio
 import heapq
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from functools import partial
 from typing import Any
 
 from fleet2ban import __version__
+from fleet2ban.allowlist import AllowList
 from fleet2ban.contract import (
     BanState,
     ContractError,
@@ -69,12 +71,14 @@ from fleet2ban.contract import (
     decode_decision,
     decode_events,
     encode,
+    from_epoch,
     normalize_target,
     partition_for,
+    target_network,
     utcnow,
 )
 from fleet2ban.identity import Headers, Verifier
-from fleet2ban.kafka import Cluster, ensure_topics_quietly, faust_broker_settings
+from fleet2ban.kafka import Cluster, Source, TopicReader, ensure_topics_quietly, faust_broker_settings
 from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import Settings
 from processor import metrics as m
@@ -290,6 +294,49 @@ class Processor:
         if len(out) > n:
             self._note(out, n)
 
+    def on_allow_record(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        now: float,
+        owned: Callable[[bytes], bool],
+        out: list[Output],
+    ) -> None:
+        """One ``allow`` record (every worker reads the whole topic): the allow-list changes, and when an
+        entry in force was added, the bans in force it covers on this worker's targets are lifted."""
+        allow = self.policy.allow
+        if allow is None:
+            allow = self.policy.allow = AllowList()
+        try:
+            _key, entry = allow.ingest(key, value)
+        except ContractError as exc:
+            m.BAD_RECORDS.labels("allow", "contract").inc()
+            rlog.warning("allow-bad", "skipped an invalid allow record (key %r): %s", key, exc)
+            return
+        self.policy.allow_changed()
+        if entry is None or not entry.active_at(from_epoch(now)):
+            return
+        n = len(out)
+        net = target_network(entry.network)
+        for target in self._owned_targets(owned):
+            try:
+                if not target_network(target).overlaps(net):
+                    continue
+            except (ContractError, TypeError):
+                continue
+            state = self._get(target)
+            if state is None:
+                continue
+            self._put(target, self.policy.lift(state, target, now, out))
+        if len(out) > n:
+            log.info("allow-list entry %s lifted %d ban(s)", entry.network, len(out) - n)
+
+    def _owned_targets(self, owned: Callable[[bytes], bool]) -> list[str]:
+        """Every target this worker holds state for (in memory or in the table) in its own partitions."""
+        targets = [t for t in self.live if owned(t.encode())]
+        targets += [t for k in list(self.table.keys()) if (t := k.decode()) not in self.live and owned(k)]
+        return targets
+
     def on_decision_record(self, value: bytes | None, out: list[Output]) -> None:
         """One ``decisions`` record: operators' (manual) decisions are applied and mirrored."""
         try:
@@ -298,8 +345,8 @@ class Processor:
             m.BAD_RECORDS.labels("decisions", "contract").inc()
             rlog.warning("decisions-bad", "skipped an invalid decisions record: %s", exc)
             return
-        if d.origin != "manual":
-            return
+        if d.origin != "manual" or d.action not in ("ban", "unban"):
+            return  # allow/unallow: audit records (the allow topic carries the entries)
         if d.action == "ban" and d.expires_at is not None and d.expires_at.timestamp() <= time.time():
             # a fresh consumer group reads the retained audit log from its start: a manual ban that has
             # long expired must not be mirrored (and then lifted) again
@@ -319,6 +366,8 @@ class Processor:
 
     def tick(self, now: float, owned: Callable[[bytes], bool], out: list[Output]) -> None:
         """Expire bans due by ``now`` and, when a sweep is due, forget idle state (owned keys only)."""
+        if self.policy._routes_until <= now:  # an allow-list entry expired: route afresh
+            self.policy.allow_changed()
         heap = self.expiries
         while heap and heap[0][0] <= now:
             _, key = heapq.heappop(heap)
@@ -333,8 +382,7 @@ class Processor:
         self._next_sweep = now + self.sweep_every
         bans = keys = 0
         # the targets this worker counts, and those recovered from the changelog not yet seen again
-        targets = [t for t in self.live if owned(t.encode())]
-        targets += [t for k in list(self.table.keys()) if (t := k.decode()) not in self.live and owned(k)]
+        targets = self._owned_targets(owned)
         for target in targets:
             state = self._get(target)
             if state is None:
@@ -343,6 +391,13 @@ class Processor:
             key = target.encode()
             if d is not None and d <= now:
                 self._tick_key(key, now, out)
+                state = self.live.get(target)
+                if state is None:
+                    continue
+            allow = self.policy.allow
+            if allow is not None and allow.entries and any(js.ban for js in state.jails.values()):
+                # a ban an entry covers that was not lifted when the entry came (not owned then)
+                self._put(target, self.policy.lift(state, target, now, out))
                 state = self.live.get(target)
                 if state is None:
                     continue
@@ -644,6 +699,50 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
                 await publish(out)
                 out.clear()
 
+    async def follow_allow() -> None:
+        """Every worker follows the whole ``allow`` topic (no group) in a thread; each record changes the
+        allow-list here, on the event loop, and lifts the bans an entry covers on this worker's targets
+        (not during a rebalance: the sweep after the assignment lifts those)."""
+        loop = asyncio.get_running_loop()
+        pending: list[tuple[bytes | None, bytes | None]] = []
+        wake = asyncio.Event()
+        stop = threading.Event()
+
+        def push(key: bytes | None, value: bytes | None) -> None:
+            pending.append((key, value))
+            wake.set()
+
+        def feed(_kind: str, key: bytes | None, value: bytes | None, _ts: object) -> None:
+            loop.call_soon_threadsafe(push, key, value)
+
+        def run() -> None:
+            while not stop.is_set():
+                try:
+                    with TopicReader(cluster, [Source("allow", topics.allow)], feed) as reader:
+                        while not stop.is_set():
+                            reader.poll(0.5)
+                except Exception as exc:  # a broker outage: read the topic again from its start
+                    rlog.warning("allow-read", "reading %s: %s (retrying)", topics.allow, exc)
+                    stop.wait(2.0)
+
+        thread = threading.Thread(target=run, name="allow-list", daemon=True)
+        thread.start()
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                batch = pending[:]
+                pending.clear()
+                busy = app.rebalancing or getattr(app, "in_recovery", False)
+                own = (lambda _key: False) if busy else owner()
+                out: list[Output] = []
+                for key, value in batch:
+                    proc.on_allow_record(key, value, time.time(), own, out)
+                if out:
+                    await publish(out)
+        finally:
+            stop.set()
+
     async def on_decisions(stream: Any) -> None:
         out: list[Output] = []
         async for event in stream.events():
@@ -800,6 +899,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     app.timer(settings.metrics.heartbeat_interval_s, name="heartbeat")(heartbeat)
     app.timer(STALL_S / 2, name="watchdog")(watchdog)
     app.task(fix_root_logger)
+    app.task(follow_allow)
     return FaustProcessor(app, proc, settings, cluster)
 
 
