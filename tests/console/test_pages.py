@@ -200,8 +200,14 @@ def test_sessions_csrf_and_redirects() -> None:
     assert s.new_session() != session  # one per login
     assert s.check_csrf(s.csrf_token(session), session) and not s.check_csrf(None)
     assert not s.check_csrf(s.csrf_token(session), s.new_session())  # bound to its session
+    other = s.new_session()
+    assert s.csrf_token(session) != s.csrf_token(other)  # one token per session, drawn at random
+    assert s.csrf_token("no-such-session") == "" and not s.check_csrf("", "no-such-session")
     s.end_session(session)
     assert not s.check_session(session)
+    assert not s.check_csrf(s.csrf_token(other), session)  # an ended session's forms are refused
+    # a server restart draws new tokens: the same cookie value is worth nothing on another server
+    assert Secrets(None).csrf_token(other) == ""
     assert not Secrets(None).required and Secrets(None).check_token(None)
     assert same_origin("http://127.0.0.1:8080", "127.0.0.1:8080")
     assert not same_origin("null", "127.0.0.1:8080") and not same_origin("http://evil", "127.0.0.1:8080")
