@@ -62,6 +62,7 @@ from typing import Any
 from fleet2ban import __version__
 from fleet2ban.allowlist import AllowList
 from fleet2ban.contract import (
+    AllowEntry,
     BanState,
     ContractError,
     Decision,
@@ -302,8 +303,14 @@ class Processor:
         owned: Callable[[bytes], bool],
         out: list[Output],
     ) -> None:
-        """One ``allow`` record (every worker reads the whole topic): the allow-list changes, and when an
-        entry in force was added, the bans in force it covers on this worker's targets are lifted."""
+        """One ``allow`` record: :meth:`ingest_allow`, then :meth:`lift_covered` for a new entry."""
+        entry = self.ingest_allow(key, value, now)
+        if entry is not None:
+            self.lift_covered([entry], now, owned, out)
+
+    def ingest_allow(self, key: bytes | None, value: bytes | None, now: float) -> AllowEntry | None:
+        """One ``allow`` record (every worker reads the whole topic) into the allow-list; returns the
+        entry it put in force (None: a tombstone, an expired entry, or an invalid record, counted)."""
         allow = self.policy.allow
         if allow is None:
             allow = self.policy.allow = AllowList()
@@ -312,24 +319,39 @@ class Processor:
         except ContractError as exc:
             m.BAD_RECORDS.labels("allow", "contract").inc()
             rlog.warning("allow-bad", "skipped an invalid allow record (key %r): %s", key, exc)
-            return
+            return None
         self.policy.allow_changed()
         if entry is None or not entry.active_at(from_epoch(now)):
+            return None
+        return entry
+
+    def lift_covered(
+        self, entries: list[AllowEntry], now: float, owned: Callable[[bytes], bool], out: list[Output]
+    ) -> None:
+        """Lift the bans in force that ``entries`` cover on this worker's targets: one pass over them
+        (a batch of records, e.g. the whole topic read at start, costs one pass, not one per entry)."""
+        if not entries:
             return
+        nets = [target_network(e.network) for e in entries]
         n = len(out)
-        net = target_network(entry.network)
         for target in self._owned_targets(owned):
             try:
-                if not target_network(target).overlaps(net):
-                    continue
-            except (ContractError, TypeError):
+                tnet = target_network(target)
+            except (ContractError, ValueError):
+                continue
+            if not any(tnet.version == net.version and tnet.overlaps(net) for net in nets):
                 continue
             state = self._get(target)
             if state is None:
                 continue
             self._put(target, self.policy.lift(state, target, now, out))
         if len(out) > n:
-            log.info("allow-list entry %s lifted %d ban(s)", entry.network, len(out) - n)
+            log.info(
+                "allow-list entr%s %s lifted %d ban(s)",
+                "y" if len(entries) == 1 else "ies",
+                ", ".join(e.network for e in entries[:5]),
+                len(out) - n,
+            )
 
     def _owned_targets(self, owned: Callable[[bytes], bool]) -> list[str]:
         """Every target this worker holds state for (in memory or in the table) in its own partitions."""
@@ -719,6 +741,9 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
             while not stop.is_set():
                 try:
                     with TopicReader(cluster, [Source("allow", topics.allow)], feed) as reader:
+                        if not reader.partitions.get(topics.allow):  # not created yet: look again
+                            stop.wait(10.0)
+                            continue
                         while not stop.is_set():
                             reader.poll(0.5)
                 except Exception as exc:  # a broker outage: read the topic again from its start
@@ -736,8 +761,9 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
                 busy = app.rebalancing or getattr(app, "in_recovery", False)
                 own = (lambda _key: False) if busy else owner()
                 out: list[Output] = []
-                for key, value in batch:
-                    proc.on_allow_record(key, value, time.time(), own, out)
+                now = time.time()
+                fresh = [e for key, value in batch if (e := proc.ingest_allow(key, value, now)) is not None]
+                proc.lift_covered(fresh, now, own, out)
                 if out:
                     await publish(out)
         finally:

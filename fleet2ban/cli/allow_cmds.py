@@ -7,6 +7,7 @@ entry that is not there; 2 usage, configuration or an unreachable broker.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -18,7 +19,15 @@ from fleet2ban.audit.timeparse import parse_duration
 from fleet2ban.audit.writer import publish_allow, read_allow_list
 from fleet2ban.cli.audit_cmds import JsonOpt, _add_row, _connect, _operator, _out, _rel, _s, _when
 from fleet2ban.cli.common import EXIT_FINDINGS, echo_json_line, handle_errors, settings_for
-from fleet2ban.contract import ALL_JAILS, ContractError, allow_decision, allow_key, normalize_target, utcnow
+from fleet2ban.contract import (
+    ALL_JAILS,
+    AllowEntry,
+    ContractError,
+    allow_decision,
+    allow_key,
+    normalize_target,
+    utcnow,
+)
 from fleet2ban.exceptions import ConfigError
 
 allow_app = typer.Typer(
@@ -40,17 +49,21 @@ def allow_add(
 ) -> None:
     """Never ban NETWORK (in every jail, or one): bans in force that it covers are lifted everywhere."""
     settings = settings_for(ctx)
-    now = utcnow()
-    entry = new_entry(
-        network,
-        jail=jail,
-        ttl=parse_duration(ttl) if ttl else None,
-        reason=reason,
-        by=_operator(by),
-        now=now,
-        jails=[j.name for j in settings.jails],
-    )
+
+    def build(now: datetime) -> AllowEntry:
+        return new_entry(
+            network,
+            jail=jail,
+            ttl=parse_duration(ttl) if ttl else None,
+            reason=reason,
+            by=_operator(by),
+            now=now,
+            jails=[j.name for j in settings.jails],
+        )
+
+    build(utcnow())  # bad input is refused before any broker is asked
     cluster = _connect(settings)
+    entry = build(utcnow())  # dated when it is written, the connection made
     publish_allow(cluster, entry.key(), entry, allow_decision(entry, "allow"))
     if as_json:
         echo_json_line(to_json(entry))
@@ -78,11 +91,13 @@ def allow_remove(
     name = jail_name(jail, [j.name for j in settings.jails])
     cluster = _connect(settings)
     key = allow_key(name, net)
-    current = read_allow_list(cluster).entries.get(key)
+    allow = read_allow_list(cluster)
+    current = allow.entries.get(key)
     if current is None:
-        _out().print(
-            f"no allow-list entry for {_s(net)} in {_s('every jail' if name == ALL_JAILS else name)}"
-        )
+        others = sorted(e.jail for e in allow.entries.values() if e.network == net)
+        hint = f" (there is one in: {', '.join(others)}; give --jail)" if others else ""
+        where = "every jail" if name == ALL_JAILS else f"jail {name}"
+        _out().print(f"no allow-list entry for {_s(net)} in {_s(where)}{_s(hint)}")
         raise typer.Exit(EXIT_FINDINGS)
     now = utcnow()
     audit = allow_decision(
