@@ -388,8 +388,7 @@ class Processor:
 
     def tick(self, now: float, owned: Callable[[bytes], bool], out: list[Output]) -> None:
         """Expire bans due by ``now`` and, when a sweep is due, forget idle state (owned keys only)."""
-        if self.policy._routes_until <= now:  # an allow-list entry expired: route afresh
-            self.policy.allow_changed()
+        self.policy.allow_expiry(now)
         heap = self.expiries
         while heap and heap[0][0] <= now:
             _, key = heapq.heappop(heap)

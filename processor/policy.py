@@ -451,6 +451,11 @@ class Policy:
         nxt = allow.next_expiry(from_epoch(self.clock())) if allow is not None else None
         self._routes_until = math.inf if nxt is None else nxt.timestamp()
 
+    def allow_expiry(self, now: float) -> None:
+        """Route afresh once an allow-list entry the cached routes depend on has expired (the timer)."""
+        if self._routes_until <= now:
+            self.allow_changed()
+
     def allowed(self, jail: str, target: str, now: float | None = None) -> AllowEntry | None:
         """The allow-list entry in force (at ``now``, default the clock) covering ``target`` in ``jail``."""
         allow = self.allow
