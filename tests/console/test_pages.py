@@ -134,8 +134,9 @@ def test_history_page_counts_and_chart() -> None:
     ds = [decision(f"192.0.2.{i}", at=NOW - timedelta(minutes=i)) for i in range(1, 11)]
     ds.append(decision("192.0.2.1", action="unban", at=NOW))
     ds.append(decision("192.0.2.99", at=NOW - timedelta(hours=5)))
+    ds.append(decision("198.51.100.0/24", action="allow", jail="*", at=NOW - timedelta(seconds=5)))
     h = pages.history_page(ds, NOW - timedelta(hours=1), NOW)
-    assert (h.total, h.bans, h.unbans) == (11, 10, 1)
+    assert (h.total, h.bans, h.unbans) == (12, 10, 1)  # an allow-list change is listed, neither ban nor unban
     assert h.decisions[0].action == "unban"  # newest first
     assert h.chart.bucket_s == 60 and h.chart.total == 10 and len(h.chart.rects) == 10
 
