@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fleet2ban.allowlist import AllowList, entry_text, jail_name, new_entry, new_entry_id
 from fleet2ban.audit.exceptions import BadTimeError, RailRefusedError
 from fleet2ban.audit.failures import read_failures
-from fleet2ban.audit.manual import manual_ban, manual_unban
+from fleet2ban.audit.manual import check_not_allowed, manual_ban, manual_unban
 from fleet2ban.audit.reader import TargetRecords, read_decisions, read_target
 from fleet2ban.audit.timeparse import format_duration, parse_duration, parse_when
 from fleet2ban.audit.writer import publish_allow, publish_decision, read_allow_list
@@ -597,6 +597,8 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
                     now=now,
                 )
             cluster = need_cluster()
+            if decision.action == "ban":
+                check_not_allowed(decision, await run_in_threadpool(rd.allow_list, cluster), now)
             await run_in_threadpool(rd.publish, cluster, decision)
         except (RailRefusedError, ConfigError, BrokerError) as exc:
             WRITES.labels(action, "refused").inc()

@@ -102,6 +102,9 @@ def test_allow_list_lifts_bans_everywhere_and_is_a_rail_on_every_enforcer(fleet:
     (e,) = f.js("allow", "list")
     assert (e["network"], e["by"], e["reason"], e["active"]) == (ALLOWED, "alice", "partner office", True)
     assert "partner office" in f.cli("allow", "list").stdout
+    # a manual ban of an allowed address is refused before it is written
+    refused = f.cli("bans", "add", "198.51.100.12", "--reason", "x", code=1).stderr
+    assert "allowed: allow-list entry 198.51.100.0/24" in refused
     hist = f.js("bans", "history", "--since", "10m", "--origin", "manual")
     assert [(d["action"], d["ip"], d["by"]) for d in hist if d["action"] == "allow"] == [
         ("allow", ALLOWED, "alice")

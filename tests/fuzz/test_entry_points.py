@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 
 from enforcer.plan import JailSpec, desired_state
 from fleet2ban import contract as c
+from fleet2ban.allowlist import AllowList
 from fleet2ban.audit.view import FleetView
 from fleet2ban.cli.main import app as cli_app
 from fleet2ban.console.app import ConsoleConfig, create_app
@@ -354,6 +355,9 @@ def test_replay_flags(no_kafka: None, maxretry: str, seconds: str) -> None:
 class _Published:
     def __init__(self) -> None:
         self.decisions: list[c.Decision] = []
+
+    def allow_list(self, cluster: Cluster) -> AllowList:
+        return AllowList()
 
     def publish(self, cluster: Cluster, decision: c.Decision) -> None:
         self.decisions.append(decision)
