@@ -398,6 +398,8 @@ class Policy:
     allow: AllowList | None = None
     """The live allow-list (None: none); call :meth:`allow_changed` after changing it."""
     _routes: dict[str, Route] = field(default_factory=dict, repr=False)
+    _routes_until: float = field(default=math.inf, repr=False)
+    """When the cached routes go stale: the next allow-list expiry they depend on."""
     event_jails: tuple[Jail, ...] = field(default=(), init=False, repr=False)
     """The jails that count failures in events (``source: events``)."""
     recidive: dict[str, tuple[Jail, ...]] = field(default_factory=dict, init=False, repr=False)
@@ -411,9 +413,6 @@ class Policy:
         for r in self.jails:
             for name in r.counts if r.source == "bans" else ():
                 self.recidive[name] = (*self.recidive.get(name, ()), r)
-
-    _routes_until: float = math.inf
-    """When the cached routes go stale: the next allow-list expiry they depend on."""
 
     @classmethod
     def from_settings(
