@@ -36,7 +36,7 @@ from fleet2ban.audit.timeparse import format_duration, parse_duration, parse_whe
 from fleet2ban.audit.writer import publish_decision, read_allow_list, wait_for_mirror
 from fleet2ban.cli.common import EXIT_FINDINGS, echo_json_line, handle_errors, settings_for
 from fleet2ban.contract import ContractError, Decision, Origin, utcnow
-from fleet2ban.exceptions import ConfigError
+from fleet2ban.exceptions import BrokerError, ConfigError
 from fleet2ban.identity import Verifier
 from fleet2ban.kafka import Cluster
 from fleet2ban.safetext import printable
@@ -404,7 +404,12 @@ def bans_remove(
 def _write(settings: Settings, decision: Decision, wait: float, as_json: bool, now: datetime) -> None:
     cluster = _connect(settings)
     if decision.action == "ban":
-        check_not_allowed(decision, read_allow_list(cluster), now)
+        try:
+            allow = read_allow_list(cluster)
+        except BrokerError:  # e.g. no Read on the allow topic: the processor and the enforcers check it
+            allow = None
+        if allow is not None:
+            check_not_allowed(decision, allow, now)
     written = publish_decision(cluster, decision)
     mirrored: bool | None = None
     if wait > 0:
