@@ -49,6 +49,7 @@ from enforcer.plan import (
     plan,
 )
 from fleet2ban import __version__
+from fleet2ban.allowlist import AllowList, entry_text
 from fleet2ban.contract import (
     BanState,
     ContractError,
@@ -174,6 +175,12 @@ class Enforcer:
         self._expiries: list[tuple[datetime, Key]] = []
         """Heap of (expires_at, key) of the wanted bans; an entry is stale when the key's want has another
         expiry or there is none."""
+        self.allow = AllowList()
+        """The live allow-list (the ``allow`` topic): a rail, re-applied to every ban when it changes."""
+        self._allow_seen = -1
+        """``allow.version`` the kept desired state was computed with."""
+        self._allow_until: datetime | None = None
+        """When the next allow-list entry in force expires (the desired state of every ban is computed then)."""
         self._kept_for: tuple[Rails, frozenset[str]] | None = None
         """The rails and jails ``last_desired`` was computed with; None: recompute it in full."""
         self._cap_refused = 0
@@ -208,6 +215,19 @@ class Enforcer:
             self.counters["out_of_scope"] += 1
             return
         self.bans[(jail, target)] = ban
+
+    def ingest_allow(self, key: bytes | str | None, value: bytes | None) -> None:
+        """Apply one ``allow`` record to the allow-list. Never raises."""
+        try:
+            _key, entry = self.allow.ingest(key, value)
+        except ContractError as exc:
+            INVALID.inc()
+            self.counters["invalid_allow"] += 1
+            rlog.warning("invalid-allow", "skipping an invalid allow record: %s", exc)
+            return
+        self.counters["allow_records"] += 1
+        if entry is not None:
+            log.info("allow-list: %s", entry_text(entry))
 
     def _invalid(self, jail: str, target: str, error: str) -> None:
         INVALID.inc()
@@ -259,9 +279,18 @@ class Enforcer:
     # -- reconcile
 
     def due(self) -> datetime | None:
-        """When the next ban in force expires (reconcile then, to lift it)."""
+        """When the next ban in force expires (reconcile then, to lift it), or an allow-list entry does
+        (reconcile then, to apply the bans it held back)."""
         if self.last_desired is None:
             return None
+        ban_due = self._ban_due()
+        allow_due = self._allow_until
+        if ban_due is None or (allow_due is not None and allow_due < ban_due):
+            return allow_due
+        return ban_due
+
+    def _ban_due(self) -> datetime | None:
+        assert self.last_desired is not None
         wants, heap = self.last_desired.wants, self._expiries
         while heap:
             at, key = heap[0]
@@ -296,7 +325,9 @@ class Enforcer:
 
     def _recompute(self, now: datetime) -> Desired:
         """The desired state of every ban; the expiry heap rebuilt from it."""
-        desired = desired_state(self.bans, now, self.rails, self.jails)
+        desired = desired_state(self.bans, now, self.rails, self.jails, self.allow)
+        self._allow_seen = self.allow.version
+        self._allow_until = self.allow.next_expiry(now)
         self.last_desired = desired
         self._cap_refused = sum(1 for r in desired.refused.values() if r.rule == "cap")
         self._rebuild_expiries(desired.wants)
@@ -311,8 +342,8 @@ class Enforcer:
         play: the desired state of every ban must be computed instead."""
         if self._cap_refused:
             return False
-        bans, rails = self.bans, self.rails
-        verdicts = {key: desired_one(key, bans.get(key), now, rails, known) for key in keys}
+        bans, rails, allow = self.bans, self.rails, self.allow
+        verdicts = {key: desired_one(key, bans.get(key), now, rails, known, allow) for key in keys}
         wants, refused = kept.wants, kept.refused
         count = len(wants)
         for key, verdict in verdicts.items():
@@ -357,7 +388,16 @@ class Enforcer:
         known = frozenset(j.name for j in self.jails)
         kept = self.last_desired
         keys: set[Key] | None = None  # the keys this pass evaluates; None: every key
-        if self.incremental and not full and kept is not None and self._kept_for == (self.rails, known):
+        allow_fresh = self._allow_seen == self.allow.version and (
+            self._allow_until is None or self._allow_until > now
+        )
+        if (
+            self.incremental
+            and not full
+            and kept is not None
+            and allow_fresh
+            and self._kept_for == (self.rails, known)
+        ):
             keys = self._dirty | self._retry | self._watch | self._pop_due(now, kept.wants)
             if not self._update(kept, keys, now, known):
                 keys = None
@@ -573,7 +613,10 @@ class Agent:
                 len(parts),
             )
             reader = TopicReader(
-                self.cluster, [Source("bans", topics.bans)], self._ingest, track_positions=False
+                self.cluster,
+                [Source("bans", topics.bans), Source("allow", topics.allow)],
+                self._ingest,
+                track_positions=False,
             )
             sync_started = time.monotonic()
             interval = self.settings.enforcer.reconcile_interval_s
@@ -641,8 +684,11 @@ class Agent:
             self.stop_event.wait(1.0)
         return []
 
-    def _ingest(self, _kind: str, key: bytes | None, value: bytes | None, _ts: object) -> None:
-        self.enforcer.ingest(key, value)
+    def _ingest(self, kind: str, key: bytes | None, value: bytes | None, _ts: object) -> None:
+        if kind == "allow":
+            self.enforcer.ingest_allow(key, value)
+        else:
+            self.enforcer.ingest(key, value)
         self._ingested += 1
 
     def _drain(self, reader: TopicReader) -> int:
@@ -717,7 +763,8 @@ class Agent:
         at = utcnow()
         # every bans record read so far is reconciled by now (the loop reconciles before it beats)
         positions = reader.positions()
-        offsets = {p: off for (_t, p), off in positions.items()} if positions else None
+        bans_topic = self.cluster.topics.bans
+        offsets = {p: off for (t, p), off in positions.items() if t == bans_topic} if positions else None
         hb = Heartbeat(
             host=self.host,
             role="enforcer",

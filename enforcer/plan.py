@@ -7,6 +7,9 @@ No Kafka, no kernel: plain data in, plain data out.
   refuse what must never be banned (:class:`Rails`: ignoreip, the host's own and the brokers' addresses,
   loopback, link-local, too-wide prefixes, unknown jails, the cap on active bans). :class:`Rails` lives in
   :mod:`fleet2ban.rails` because the processor applies the same rails before it mirrors a ban.
+  The live allow-list (:class:`fleet2ban.allowlist.AllowList`, issue 18) is a rail too: a ban whose
+  target an entry in force covers (by the enforcer's clock) is refused (``allowed``), whatever ``bans``
+  says, so an entry wins even over a stale ban.
   :func:`desired_one` is the same verdict for one ban: an incremental reconcile evaluates only the bans
   that changed (or expired) since the last one; the cap, a rule over every ban, is desired_state's alone.
 - :func:`plan` compares that with what a backend lists from the kernel and returns one batch of
@@ -23,6 +26,7 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from fleet2ban.allowlist import AllowList, entry_text
 from fleet2ban.contract import BanState
 from fleet2ban.rails import Rails
 from fleet2ban.settings import JailSettings
@@ -149,7 +153,12 @@ def kernel_timeout(expires_at: datetime | None, now: datetime) -> int | None:
 
 
 def desired_one(
-    key: Key, ban: BanState | None, now: datetime, rails: Rails, known: Container[str]
+    key: Key,
+    ban: BanState | None,
+    now: datetime,
+    rails: Rails,
+    known: Container[str],
+    allow: AllowList | None = None,
 ) -> Want | Refusal | None:
     """What one ban in the active set means at ``now``: a :class:`Want`, a :class:`Refusal` by a rail
     (``unknown-jail`` or a :mod:`fleet2ban.rails` kind; never ``cap``, which is a rule over every ban:
@@ -164,6 +173,10 @@ def desired_one(
     reason = rails.refusal(jail, target)
     if reason is not None:
         return Refusal(jail, target, ban.decision_id, reason.split(":", 1)[0], reason)
+    if allow is not None and allow.entries:
+        entry = allow.match(jail, target, now)
+        if entry is not None:
+            return Refusal(jail, target, ban.decision_id, "allowed", f"allowed: {entry_text(entry)}")
     return Want(jail, target, family_of(target), ban.expires_at, ban.decision_id)
 
 
@@ -178,7 +191,11 @@ def cap_refusal(want: Want, max_bans: int) -> Refusal:
 
 
 def desired_state(
-    bans: Mapping[Key, BanState], now: datetime, rails: Rails, jails: Iterable[JailSpec]
+    bans: Mapping[Key, BanState],
+    now: datetime,
+    rails: Rails,
+    jails: Iterable[JailSpec],
+    allow: AllowList | None = None,
 ) -> Desired:
     """The entries that should be in force at ``now``; refused bans with the rule that refused them.
 
@@ -190,7 +207,7 @@ def desired_state(
     refused: dict[Key, Refusal] = {}
     expired = 0
     for key, ban in bans.items():
-        verdict = desired_one(key, ban, now, rails, known)
+        verdict = desired_one(key, ban, now, rails, known, allow)
         if verdict is None:
             expired += 1
         elif isinstance(verdict, Refusal):

@@ -12,6 +12,12 @@ Everything that reads or writes a topic imports this module; nothing else define
   of one partition, keyed by the first line's address (so the key alone places the record where its
   lines' addresses hash). The earlier shape (``"v": 1``, :class:`EventBatch`: one address per record)
   is still read (:func:`decode_events` takes both) while shippers are upgraded.
+- ``allow`` (compacted, one partition, :class:`AllowEntry`, key ``JAIL|NETWORK`` with ``*`` for every jail):
+  the live allow-list. Operators write it (``fleet2ban allow add|remove``, the console); a tombstone
+  removes an entry. The processor (every worker) and every enforcer read it whole from the beginning and
+  follow it live; an entry stops applying at its ``expires_at`` by each reader's clock. Each change is
+  also written to ``decisions`` as an audit record (:func:`allow_decision`: action ``allow`` or
+  ``unallow``, origin ``manual``, jail ``*`` for every jail), so it shows in the audit views.
 - Decoding is strict: a record that is not JSON, lacks a required field or has a field of the wrong type
   raises :class:`ContractError`, one clear error type that callers log, count and skip.
 """
@@ -48,7 +54,12 @@ JAIL_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,24}")
 
 Time = Annotated[datetime, msgspec.Meta(tz=True)]
 """A timezone-aware time (a naive one is rejected on decode)."""
-Action = Literal["ban", "unban"]
+Action = Literal["ban", "unban", "allow", "unallow"]
+"""``ban``/``unban``: a ban decided or lifted; ``allow``/``unallow``: an allow-list entry added or removed
+(audit records; the entry itself lives on the ``allow`` topic)."""
+ALL_JAILS: Final = "*"
+"""The jail of an allow-list entry that applies in every jail."""
+ALLOW_ACTIONS: Final = frozenset({"allow", "unallow"})
 Origin = Literal["auto", "manual"]
 ReportKind = Literal["applied", "removed", "failed", "skipped"]
 Role = Literal["shipper", "processor", "enforcer", "cli", "console", "notifier"]
@@ -229,6 +240,29 @@ class BanState(msgspec.Struct, frozen=True):
         return self.expires_at is None or self.expires_at > now
 
 
+class AllowEntry(msgspec.Struct, frozen=True):
+    """The ``allow`` value (key ``JAIL|NETWORK``, :func:`allow_key`): never ban ``network`` in ``jail``
+    (``*``: in every jail) until ``expires_at`` (None: until removed). A tombstone removes it."""
+
+    id: str
+    network: str
+    at: Time
+    jail: str = ALL_JAILS
+    expires_at: Time | None = None
+    by: str | None = None
+    reason: str | None = None
+    v: int = SCHEMA_VERSION
+
+    def key(self) -> str:
+        return allow_key(self.jail, self.network)
+
+    def active_at(self, now: datetime) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+    def applies_to(self, jail: str) -> bool:
+        return self.jail in (ALL_JAILS, jail)
+
+
 class Report(msgspec.Struct, frozen=True, tag="report", tag_field="type"):
     """On ``reports`` (key: host): what one enforcer did about one ban."""
 
@@ -280,6 +314,7 @@ _encoder = msgspec.json.Encoder()
 _batch_decoder = msgspec.json.Decoder(EventBatch)
 _decision_decoder = msgspec.json.Decoder(Decision)
 _ban_decoder = msgspec.json.Decoder(BanState)
+_allow_decoder = msgspec.json.Decoder(AllowEntry)
 _reports_decoder: msgspec.json.Decoder[ReportsRecord] = msgspec.json.Decoder(ReportsRecord)
 _event_decoder = msgspec.json.Decoder(Event)
 
@@ -401,7 +436,8 @@ def decode_event(data: bytes | str | None) -> Event:
 def decode_decision(data: bytes | str | None) -> Decision:
     rec: Decision = _decode(_decision_decoder, data, "decision")
     _check_canonical(rec.ip, normalize_target, "decision")
-    check_jail_name(rec.jail)
+    if not (rec.jail == ALL_JAILS and rec.action in ALLOW_ACTIONS):
+        check_jail_name(rec.jail)
     for p in rec.ports:
         _check_port(p, "decision")
     _check_duration(rec.at, rec.expires_at, "decision")
@@ -416,6 +452,52 @@ def decode_ban(data: bytes | str | None) -> BanState:
         _check_port(p, "ban state")
     _check_duration(rec.at, rec.expires_at, "ban state")
     return rec
+
+
+def decode_allow(data: bytes | str | None) -> AllowEntry:
+    """An ``allow`` value; ContractError for anything else (a network not canonical, a bad jail)."""
+    rec: AllowEntry = _decode(_allow_decoder, data, "allow entry")
+    _check_canonical(rec.network, normalize_target, "allow entry")
+    if rec.jail != ALL_JAILS:
+        check_jail_name(rec.jail)
+    _check_duration(rec.at, rec.expires_at, "allow entry")
+    return rec
+
+
+def allow_key(jail: str, network: str) -> str:
+    """The ``allow`` key of one entry: ``JAIL|NETWORK`` (``*|NETWORK`` for every jail)."""
+    return f"{jail}|{network}"
+
+
+def split_allow_key(key: bytes | str) -> tuple[str, str]:
+    """(jail or ``*``, canonical network) of an ``allow`` key; ContractError when it is not one."""
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    jail, sep, net = text.rpartition("|")
+    if not sep or not jail:
+        raise ContractError(f"allow key is not JAIL|NETWORK: {text[:80]!r}")
+    if jail != ALL_JAILS:
+        check_jail_name(jail)
+    network = normalize_target(net)
+    if network != net:
+        raise ContractError(f"allow key {text[:80]!r}: network not in canonical form")
+    return jail, network
+
+
+def allow_decision(entry: AllowEntry, action: Literal["allow", "unallow"], **changes: Any) -> Decision:
+    """The audit record on ``decisions`` of an allow-list change (``unallow``: pass its own ``id``,
+    ``at``, ``by`` and ``reason``)."""
+    d = Decision(
+        id=entry.id,
+        action=action,
+        ip=entry.network,
+        jail=entry.jail,
+        at=entry.at,
+        expires_at=entry.expires_at if action == "allow" else None,
+        origin="manual",
+        by=entry.by,
+        reason=entry.reason,
+    )
+    return msgspec.structs.replace(d, **changes) if changes else d
 
 
 _LONGEST_BAN: Final = timedelta(seconds=MAX_BAN_SECONDS, days=1)
@@ -542,7 +624,7 @@ class Topics:
     """The topic names under one prefix (default ``fleet2ban.``)."""
 
     prefix: str = DEFAULT_TOPIC_PREFIX
-    SUFFIXES: ClassVar[tuple[str, ...]] = ("events", "decisions", "bans", "reports", "deadletter")
+    SUFFIXES: ClassVar[tuple[str, ...]] = ("events", "decisions", "bans", "reports", "deadletter", "allow")
 
     @property
     def events(self) -> str:
@@ -563,6 +645,10 @@ class Topics:
     @property
     def deadletter(self) -> str:
         return f"{self.prefix}deadletter"
+
+    @property
+    def allow(self) -> str:
+        return f"{self.prefix}allow"
 
     def specs(
         self,
@@ -591,6 +677,7 @@ class Topics:
                 {"cleanup.policy": "delete", "retention.ms": str(int(reports_retention_days * day_ms))},
             ),
             TopicSpec(self.deadletter, 1, {"cleanup.policy": "delete", "retention.ms": str(7 * day_ms)}),
+            TopicSpec(self.allow, 1, {"cleanup.policy": "compact"}),
         ]
 
 

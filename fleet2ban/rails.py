@@ -10,6 +10,11 @@ Kafka or the kernel: callers pass what they protect.
 - The processor applies the same :class:`Rails` to every decision it would mirror to ``bans``, manual or
   automatic, so the audit never shows in force what every enforcer refuses (DESIGN §8).
 
+The live allow-list (:mod:`fleet2ban.allowlist`, the ``allow`` topic) is a rail of the same kind that
+changes while components run and expires by clock: the processor asks it in its core, every enforcer in
+:func:`enforcer.plan.desired_one` (rule ``allowed``), and the CLI and the console before a manual ban
+(:func:`fleet2ban.audit.manual.check_not_allowed`).
+
 What is refused, always: loopback, link-local, unspecified (``0.0.0.0/8`` "this network", ``::``),
 multicast and broadcast addresses; a target that overlaps (contains or lies inside) a protected/ignored
 network; a network wider than the configured minimum prefix length; a target that is not in the

@@ -372,7 +372,9 @@ class DestinationSettings(_Section):
     )
     to: list[str] = Field(default_factory=list, description="email: recipients")
     jails: list[str] = Field(default_factory=list, description="only these jails (empty: all)")
-    actions: list[Literal["ban", "unban"]] = Field(default_factory=list, description="empty: all")
+    actions: list[Literal["ban", "unban", "allow", "unallow"]] = Field(
+        default_factory=list, description="empty: all"
+    )
     origins: list[Literal["auto", "manual"]] = Field(default_factory=list, description="empty: all")
     digest_interval_s: float = Field(
         10.0, ge=0, le=86_400, description="at most one message per this interval; more become a digest"

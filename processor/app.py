@@ -23,11 +23,12 @@ window. Memory follows the addresses active within findtime + lateness, plus ban
 within their retention (``Policy.tick``, driven by the timer).
 
 Partitioning: the table uses ``use_partitioner=True`` (the timer writes outside stream iteration), keyed
-by the target's text, so aiokafka's murmur2 puts each key's changelog in the partition
-``fleet2ban.contract.partition_for`` gives the address. An ``events`` record (v2,
+by the target's text, and each key's changelog partition is the events partition
+``fleet2ban.contract.events_partition`` gives the target (``table_partition``: an IPv4 address itself, an
+IPv6 one or network by its ``kafka.partition_prefix_v6`` network). An ``events`` record (v2,
 ``fleet2ban.contract.EventsRecord``) holds the lines of one host's round for the addresses of one
-partition, keyed by its first line's address and produced to that partition (the shippers compute it
-with the same function; librdkafka's ``murmur2_random`` agrees): every address a record holds has its
+partition, keyed by its first line's address and produced to that partition by name (the shippers
+compute it with the same function): every address a record holds has its
 table entry in the partition number the record is in. A line whose address hashes elsewhere (a writer
 that broke the contract) is refused and counted (``bad_records_total{why="partition"}``), never counted into
 state this worker may not own. A worker therefore recovers exactly the state of the partitions it is
@@ -52,6 +53,7 @@ import asyncio
 import heapq
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,7 +61,9 @@ from functools import partial
 from typing import Any
 
 from fleet2ban import __version__
+from fleet2ban.allowlist import AllowList
 from fleet2ban.contract import (
+    AllowEntry,
     BanState,
     ContractError,
     Decision,
@@ -70,12 +74,14 @@ from fleet2ban.contract import (
     decode_events,
     encode,
     events_partition,
+    from_epoch,
     normalize_target,
     partition_for,
+    target_network,
     utcnow,
 )
 from fleet2ban.identity import Headers, Verifier
-from fleet2ban.kafka import Cluster, ensure_topics_quietly, faust_broker_settings
+from fleet2ban.kafka import Cluster, Source, TopicReader, ensure_topics_quietly, faust_broker_settings
 from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import Settings
 from processor import metrics as m
@@ -156,7 +162,7 @@ class Processor:
     _next_sweep: float = 0.0
 
     def partition_of(self, ip: str) -> int:
-        """The events partition of an address (cached ``partition_for``)."""
+        """The events partition of an address or target (cached ``events_partition``)."""
         p = self._parts.get(ip)
         if p is None:
             if len(self._parts) >= PARTITION_CACHE_MAX:
@@ -293,6 +299,70 @@ class Processor:
         if len(out) > n:
             self._note(out, n)
 
+    def on_allow_record(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        now: float,
+        owned: Callable[[bytes], bool],
+        out: list[Output],
+    ) -> None:
+        """One ``allow`` record: :meth:`ingest_allow`, then :meth:`lift_covered` for a new entry."""
+        entry = self.ingest_allow(key, value, now)
+        if entry is not None:
+            self.lift_covered([entry], now, owned, out)
+
+    def ingest_allow(self, key: bytes | None, value: bytes | None, now: float) -> AllowEntry | None:
+        """One ``allow`` record (every worker reads the whole topic) into the allow-list; returns the
+        entry it put in force (None: a tombstone, an expired entry, or an invalid record, counted)."""
+        allow = self.policy.allow
+        if allow is None:
+            allow = self.policy.allow = AllowList()
+        try:
+            _key, entry = allow.ingest(key, value)
+        except ContractError as exc:
+            m.BAD_RECORDS.labels("allow", "contract").inc()
+            rlog.warning("allow-bad", "skipped an invalid allow record (key %r): %s", key, exc)
+            return None
+        self.policy.allow_changed()
+        if entry is None or not entry.active_at(from_epoch(now)):
+            return None
+        return entry
+
+    def lift_covered(
+        self, entries: list[AllowEntry], now: float, owned: Callable[[bytes], bool], out: list[Output]
+    ) -> None:
+        """Lift the bans in force that ``entries`` cover on this worker's targets: one pass over them
+        (a batch of records, e.g. the whole topic read at start, costs one pass, not one per entry)."""
+        if not entries:
+            return
+        nets = [target_network(e.network) for e in entries]
+        n = len(out)
+        for target in self._owned_targets(owned):
+            try:
+                tnet = target_network(target)
+            except (ContractError, ValueError):
+                continue
+            if not any(tnet.version == net.version and tnet.overlaps(net) for net in nets):
+                continue
+            state = self._get(target)
+            if state is None:
+                continue
+            self._put(target, self.policy.lift(state, target, now, out))
+        if len(out) > n:
+            log.info(
+                "allow-list entr%s %s lifted %d ban(s)",
+                "y" if len(entries) == 1 else "ies",
+                ", ".join(e.network for e in entries[:5]),
+                len(out) - n,
+            )
+
+    def _owned_targets(self, owned: Callable[[bytes], bool]) -> list[str]:
+        """Every target this worker holds state for (in memory or in the table) in its own partitions."""
+        targets = [t for t in self.live if owned(t.encode())]
+        targets += [t for k in list(self.table.keys()) if (t := k.decode()) not in self.live and owned(k)]
+        return targets
+
     def on_decision_record(self, value: bytes | None, out: list[Output]) -> None:
         """One ``decisions`` record: operators' (manual) decisions are applied and mirrored."""
         try:
@@ -301,8 +371,8 @@ class Processor:
             m.BAD_RECORDS.labels("decisions", "contract").inc()
             rlog.warning("decisions-bad", "skipped an invalid decisions record: %s", exc)
             return
-        if d.origin != "manual":
-            return
+        if d.origin != "manual" or d.action not in ("ban", "unban"):
+            return  # allow/unallow: audit records (the allow topic carries the entries)
         if d.action == "ban" and d.expires_at is not None and d.expires_at.timestamp() <= time.time():
             # a fresh consumer group reads the retained audit log from its start: a manual ban that has
             # long expired must not be mirrored (and then lifted) again
@@ -322,6 +392,7 @@ class Processor:
 
     def tick(self, now: float, owned: Callable[[bytes], bool], out: list[Output]) -> None:
         """Expire bans due by ``now`` and, when a sweep is due, forget idle state (owned keys only)."""
+        self.policy.allow_expiry(now)
         heap = self.expiries
         while heap and heap[0][0] <= now:
             _, key = heapq.heappop(heap)
@@ -336,8 +407,7 @@ class Processor:
         self._next_sweep = now + self.sweep_every
         bans = keys = 0
         # the targets this worker counts, and those recovered from the changelog not yet seen again
-        targets = [t for t in self.live if owned(t.encode())]
-        targets += [t for k in list(self.table.keys()) if (t := k.decode()) not in self.live and owned(k)]
+        targets = self._owned_targets(owned)
         for target in targets:
             state = self._get(target)
             if state is None:
@@ -346,6 +416,13 @@ class Processor:
             key = target.encode()
             if d is not None and d <= now:
                 self._tick_key(key, now, out)
+                state = self.live.get(target)
+                if state is None:
+                    continue
+            allow = self.policy.allow
+            if allow is not None and allow.entries and any(js.ban for js in state.jails.values()):
+                # a ban an entry covers that was not lifted when the entry came (not owned then)
+                self._put(target, self.policy.lift(state, target, now, out))
                 state = self.live.get(target)
                 if state is None:
                     continue
@@ -655,6 +732,54 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
                 await publish(out)
                 out.clear()
 
+    async def follow_allow() -> None:
+        """Every worker follows the whole ``allow`` topic (no group) in a thread; each record changes the
+        allow-list here, on the event loop, and lifts the bans an entry covers on this worker's targets
+        (not during a rebalance: the sweep after the assignment lifts those)."""
+        loop = asyncio.get_running_loop()
+        pending: list[tuple[bytes | None, bytes | None]] = []
+        wake = asyncio.Event()
+        stop = threading.Event()
+
+        def push(key: bytes | None, value: bytes | None) -> None:
+            pending.append((key, value))
+            wake.set()
+
+        def feed(_kind: str, key: bytes | None, value: bytes | None, _ts: object) -> None:
+            loop.call_soon_threadsafe(push, key, value)
+
+        def run() -> None:
+            while not stop.is_set():
+                try:
+                    with TopicReader(cluster, [Source("allow", topics.allow)], feed) as reader:
+                        if not reader.partitions.get(topics.allow):  # not created yet: look again
+                            stop.wait(10.0)
+                            continue
+                        while not stop.is_set():
+                            reader.poll(0.5)
+                except Exception as exc:  # a broker outage: read the topic again from its start
+                    rlog.warning("allow-read", "reading %s: %s (retrying)", topics.allow, exc)
+                    stop.wait(2.0)
+
+        thread = threading.Thread(target=run, name="allow-list", daemon=True)
+        thread.start()
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                batch = pending[:]
+                pending.clear()
+                busy = app.rebalancing or getattr(app, "in_recovery", False)
+                own = (lambda _key: False) if busy else owner()
+                out: list[Output] = []
+                now = time.time()
+                fresh = [e for key, value in batch if (e := proc.ingest_allow(key, value, now)) is not None]
+                proc.lift_covered(fresh, now, own, out)
+                if out:
+                    await publish(out)
+        finally:
+            stop.set()
+
     async def on_decisions(stream: Any) -> None:
         out: list[Output] = []
         async for event in stream.events():
@@ -811,6 +936,7 @@ def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
     app.timer(settings.metrics.heartbeat_interval_s, name="heartbeat")(heartbeat)
     app.timer(STALL_S / 2, name="watchdog")(watchdog)
     app.task(fix_root_logger)
+    app.task(follow_allow)
     return FaustProcessor(app, proc, settings, cluster)
 
 

@@ -38,7 +38,7 @@ LINES = Counter("fleet2ban_processor_lines_total", "07-0013 lines consumed (insi
 CORE = Counter(
     "fleet2ban_processor_core_total",
     "what the jail core saw: failures counted, duplicates, late (not counted), evidence (while banned), "
-    "ignored (ignoreip), not_failure (reason not in the jail), bans, unbans, manual",
+    "ignored (ignoreip), allowed (the live allow-list), not_failure (reason not in the jail), bans, unbans, manual",
     ["what"],
 )
 DECISIONS = Counter(

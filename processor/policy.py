@@ -60,6 +60,11 @@ Semantics, per (jail, target):
   Manual bans do not count (an operator's ban already says how long; ``bans import`` writes manual bans).
   Events never reach it (``event_jails``). Its window is kept in the durable part of the state
   (``durable_part(keep_windows=...)``): it changes only when a ban does, which writes the state anyway.
+- The live allow-list (``allow``, :class:`~fleet2ban.allowlist.AllowList`, issue 18): a failure of a
+  target that an entry in force covers (by ``clock``) in a jail is not counted there (``allowed``: the
+  line stays on ``events`` as evidence), and a manual ban of it is not applied. :meth:`Policy.lift`
+  ends a ban in force that a new entry covers, with an ``unban`` that names the entry. Routes are cached:
+  the caller calls :meth:`Policy.allow_changed` when the list changes or an entry expires.
 
 Decisions have deterministic ids: a ban's from (jail, target, triggering line id), an expiry unban's from
 the ban's id. Replaying the same events therefore gives the same decisions, and a re-emitted decision
@@ -78,9 +83,11 @@ from operator import itemgetter
 
 import msgspec
 
+from fleet2ban.allowlist import AllowList, entry_text
 from fleet2ban.contract import (
     EVIDENCE_MAX,
     RAW_LINE_MAX,
+    AllowEntry,
     ContractError,
     Decision,
     Event,
@@ -229,6 +236,8 @@ class Counters:
     """Failures of targets, and manual decisions, that the rails refuse: never banned."""
     bans_counted: int = 0
     """Automatic bans fed to ``source: bans`` jails as their failures (also in ``failures`` etc.)."""
+    allowed: int = 0
+    """Failures of targets (per jail), and manual bans, that an allow-list entry covers: never banned."""
     future_hosts: dict[str, int] = field(default_factory=dict)
     """``future`` by sending host (bounded: beyond :data:`FUTURE_HOSTS_MAX` hosts, under ``"(other)"``)."""
 
@@ -313,6 +322,8 @@ class Route:
     """Jails that do not count this address: ignoreip, or a target the rails refuse."""
     refused: int = 0
     """Of ``ignored``: jails whose target the rails refuse."""
+    allowed: int = 0
+    """Of ``ignored``: jails whose target an allow-list entry covers."""
 
     @property
     def single(self) -> tuple[str, tuple[Jail, ...]] | None:
@@ -384,7 +395,11 @@ class Policy:
     max_future_s: float = math.inf
     """Failures and manual decisions dated further than this ahead of ``clock()`` are not applied."""
     clock: Callable[[], float] = time.time
+    allow: AllowList | None = None
+    """The live allow-list (None: none); call :meth:`allow_changed` after changing it."""
     _routes: dict[str, Route] = field(default_factory=dict, repr=False)
+    _routes_until: float = field(default=math.inf, repr=False)
+    """When the cached routes go stale: the next allow-list expiry they depend on."""
     event_jails: tuple[Jail, ...] = field(default=(), init=False, repr=False)
     """The jails that count failures in events (``source: events``)."""
     recidive: dict[str, tuple[Jail, ...]] = field(default_factory=dict, init=False, repr=False)
@@ -428,22 +443,44 @@ class Policy:
 
     # -------------------------------------------------------------------------------------- routing
 
+    def allow_changed(self) -> None:
+        """The allow-list changed (or an entry expired): routes are computed afresh."""
+        self._routes.clear()
+        allow = self.allow
+        nxt = allow.next_expiry(from_epoch(self.clock())) if allow is not None else None
+        self._routes_until = math.inf if nxt is None else nxt.timestamp()
+
+    def allow_expiry(self, now: float) -> None:
+        """Route afresh once an allow-list entry the cached routes depend on has expired (the timer)."""
+        if self._routes_until <= now:
+            self.allow_changed()
+
+    def allowed(self, jail: str, target: str, now: float | None = None) -> AllowEntry | None:
+        """The allow-list entry in force (at ``now``, default the clock) covering ``target`` in ``jail``."""
+        allow = self.allow
+        if allow is None or not allow.entries:
+            return None
+        return allow.match(jail, target, from_epoch(self.clock() if now is None else now))
+
     def route(self, ip: str) -> Route:
         """Targets of an address (cached). Raises ContractError when ``ip`` is not an address."""
         r = self._routes.get(ip)
         if r is None:
             norm = normalize_ip(ip)
             targets: dict[str, list[Jail]] = {}
-            ignored = 0
+            ignored = allowed = 0
             rails = self.rails
             for j in self.event_jails:
                 t = j.target(norm)
                 if t is None or (rails is not None and rails.refusal(j.name, t) is not None):
                     ignored += 1  # ignoreip, or a target no enforcer would ban (counted apart below)
+                elif self.allowed(j.name, t) is not None:
+                    ignored += 1
+                    allowed += 1
                 else:
                     targets.setdefault(t, []).append(j)
-            refused = ignored - sum(1 for j in self.event_jails if j.target(norm) is None)
-            r = Route(norm, {t: tuple(js) for t, js in targets.items()}, ignored, refused)
+            refused = ignored - allowed - sum(1 for j in self.event_jails if j.target(norm) is None)
+            r = Route(norm, {t: tuple(js) for t, js in targets.items()}, ignored, refused, allowed)
             if len(self._routes) > 100_000:
                 self._routes.clear()
             self._routes[ip] = r
@@ -520,8 +557,9 @@ class Policy:
         c = self.counters
         c.events += len(events)
         if r.ignored:
-            c.ignored += (r.ignored - r.refused) * len(events)
+            c.ignored += (r.ignored - r.refused - r.allowed) * len(events)
             c.refused += r.refused * len(events)
+            c.allowed += r.allowed * len(events)
         for target, jails in r.targets.items():
             state = get(target)
             new = self.apply(state, target, events, out, jails)
@@ -811,11 +849,16 @@ class Policy:
         if decision.at.timestamp() > self.future_limit():
             c.note_future(f"manual by {decision.by or '?'}")
             return state
+        if decision.action not in ("ban", "unban"):
+            return state  # allow-list audit records: the allow topic carries the entries
         j = self.jail(decision.jail)
         if j is None or (
             decision.action == "ban" and self.rails is not None and self.rails.refusal(j.name, target)
         ):
             c.refused += 1
+            return state
+        if decision.action == "ban" and self.allowed(j.name, target) is not None:
+            c.allowed += 1
             return state
         if state is None:
             state = TargetState()
@@ -848,6 +891,43 @@ class Policy:
         if target != decision.ip:
             decision = msgspec.structs.replace(decision, ip=target)
         out.append(Output(decision, publish=False))
+        return state
+
+    def lift(
+        self, state: TargetState | None, target: str, now: float, out: list[Output]
+    ) -> TargetState | None:
+        """End the bans in force on ``target`` that an allow-list entry covers at ``now``: an ``unban``
+        (published and tombstoned) whose reason names the entry, and the window forgiven as after a
+        manual unban. The entry's id makes the decision's id, so a repeated lift is recognised."""
+        if state is None:
+            return None
+        for name, js in state.jails.items():
+            ban = js.ban
+            if ban is None or (ban.expires_at is not None and ban.expires_at <= now):
+                continue  # expired ones are tick's
+            entry = self.allowed(name, target, now)
+            if entry is None:
+                continue
+            out.append(
+                Output(
+                    Decision(
+                        id=auto_decision_id(name, target, f"{entry.id}|{ban.decision_id}", "unban"),
+                        action="unban",
+                        ip=target,
+                        jail=name,
+                        at=from_epoch(now),
+                        ports=list(ban.ports),
+                        ban_count=ban.ban_count,
+                        origin="auto",
+                        by=entry.by,
+                        reason=entry_text(entry),
+                    )
+                )
+            )
+            js.ban = None
+            js.window = []
+            js.floor = max(js.floor, js.watermark + EPSILON, now)
+            self.counters.unbans += 1
         return state
 
 

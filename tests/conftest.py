@@ -118,6 +118,7 @@ def wait_for_leaders(c: Cluster, timeout: float = 30.0) -> None:
             for name in names:
                 for p in range(c.settings.partitions):
                     consumer.get_watermark_offsets(TopicPartition(name, p), timeout=2)
+            consumer.get_watermark_offsets(TopicPartition(c.topics.allow, 0), timeout=2)
         except KafkaException:
             return False
         return True

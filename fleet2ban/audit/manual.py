@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from fleet2ban.allowlist import AllowList, entry_text
 from fleet2ban.audit.exceptions import RailRefusedError
 from fleet2ban.contract import ContractError, Decision, normalize_target
 from fleet2ban.exceptions import ConfigError
@@ -104,6 +105,19 @@ def manual_unban(
         by=by,
         reason=reason.strip(),
     )
+
+
+def check_not_allowed(decision: Decision, allow: AllowList, now: datetime) -> None:
+    """Raise :class:`RailRefusedError` when ``decision`` is a ban of a target an allow-list entry in force
+    covers (the processor would not apply it, and every enforcer would refuse it)."""
+    if decision.action != "ban":
+        return
+    entry = allow.match(decision.jail, decision.ip, now)
+    if entry is not None:
+        raise RailRefusedError(
+            f"refusing to ban {decision.ip} in jail {decision.jail}: allowed: {entry_text(entry)}"
+            " (fleet2ban allow remove first)"
+        )
 
 
 def _default_jail(settings: Settings) -> JailSettings:

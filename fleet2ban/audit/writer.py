@@ -3,11 +3,23 @@ optionally wait until the processor has mirrored them to ``bans``."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from fleet2ban.contract import BanState, ContractError, Decision, ban_key, decode_ban, encode, split_ban_key
+from fleet2ban.allowlist import AllowList
+from fleet2ban.contract import (
+    AllowEntry,
+    BanState,
+    ContractError,
+    Decision,
+    ban_key,
+    decode_ban,
+    encode,
+    split_ban_key,
+)
 from fleet2ban.exceptions import BrokerError
 from fleet2ban.kafka import Cluster, KafkaAuthorizationError, Source, TopicReader, producer_config
 
@@ -115,3 +127,59 @@ def publish_decisions(cluster: Cluster, decisions: list[Decision], timeout: floa
     if failures:
         raise BrokerError(f"{len(failures)} of {len(decisions)} decisions were not written: {failures[0]}")
     return len(decisions)
+
+
+def publish_allow(
+    cluster: Cluster, key: str, entry: AllowEntry | None, audit: Decision, timeout: float = 10.0
+) -> None:
+    """Write one allow-list change: the entry (or a tombstone for ``key``) to ``allow``, and its audit
+    record (``allow``/``unallow``) to ``decisions``, and wait for the broker to acknowledge both.
+    Raises :class:`BrokerError` (or :class:`KafkaAuthorizationError`) naming what was not written."""
+    from confluent_kafka import KafkaException, Producer
+
+    results: dict[str, object] = {}
+
+    def delivered(what: str) -> Any:
+        def cb(err: object, _msg: object) -> None:
+            results[what] = err
+
+        return cb
+
+    topics = cluster.topics
+    producer = Producer({**producer_config(cluster, linger_ms=0), "log_level": 0})
+    try:
+        value = None if entry is None else encode(entry)
+        producer.produce(topics.allow, key=key.encode(), value=value, on_delivery=delivered(topics.allow))
+        producer.produce(
+            topics.decisions,
+            key=audit.ip.encode(),
+            value=encode(audit),
+            on_delivery=delivered(topics.decisions),
+        )
+        remaining = producer.flush(timeout)
+    except KafkaException as exc:
+        raise BrokerError(f"writing the allow-list change failed: {exc}") from None
+    if remaining or len(results) < 2:
+        raise BrokerError(f"the broker did not acknowledge the allow-list change within {timeout:g}s")
+    for topic, err in results.items():
+        if err is None:
+            continue
+        if "AUTHORIZATION_FAILED" in str(err):
+            raise KafkaAuthorizationError(
+                f"{cluster.principal} may not write to topic {topic}: it needs an ACL allowing Write on it"
+                " (the operator role's settings)"
+            )
+        raise BrokerError(f"writing the allow-list change to {topic} failed: {err}")
+
+
+def read_allow_list(cluster: Cluster) -> AllowList:
+    """The ``allow`` topic read to its end (invalid records are skipped)."""
+    allow = AllowList()
+
+    def feed(_kind: str, key: bytes | None, value: bytes | None, _ts: datetime | None) -> None:
+        with contextlib.suppress(ContractError):
+            allow.ingest(key, value)
+
+    with TopicReader(cluster, [Source("allow", cluster.topics.allow)], feed) as reader:
+        reader.catch_up()
+    return allow

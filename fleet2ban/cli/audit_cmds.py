@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fleet2ban.audit import queries
-from fleet2ban.audit.manual import manual_ban, manual_unban
+from fleet2ban.audit.manual import check_not_allowed, manual_ban, manual_unban
 from fleet2ban.audit.model import BanFilter, BanView, HostStatus, IpHistory, VerifyResult, to_json
 from fleet2ban.audit.reader import (
     Progress,
@@ -33,10 +33,10 @@ from fleet2ban.audit.reader import (
     read_target,
 )
 from fleet2ban.audit.timeparse import format_duration, parse_duration, parse_when
-from fleet2ban.audit.writer import publish_decision, wait_for_mirror
+from fleet2ban.audit.writer import publish_decision, read_allow_list, wait_for_mirror
 from fleet2ban.cli.common import EXIT_FINDINGS, echo_json_line, handle_errors, settings_for
 from fleet2ban.contract import ContractError, Decision, Origin, utcnow
-from fleet2ban.exceptions import ConfigError
+from fleet2ban.exceptions import BrokerError, ConfigError
 from fleet2ban.identity import Verifier
 from fleet2ban.kafka import Cluster
 from fleet2ban.safetext import printable
@@ -403,6 +403,13 @@ def bans_remove(
 
 def _write(settings: Settings, decision: Decision, wait: float, as_json: bool, now: datetime) -> None:
     cluster = _connect(settings)
+    if decision.action == "ban":
+        try:
+            allow = read_allow_list(cluster)
+        except BrokerError:  # e.g. no Read on the allow topic: the processor and the enforcers check it
+            allow = None
+        if allow is not None:
+            check_not_allowed(decision, allow, now)
     written = publish_decision(cluster, decision)
     mirrored: bool | None = None
     if wait > 0:

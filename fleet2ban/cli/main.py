@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from fleet2ban import __version__
 from fleet2ban.cli import (
+    allow_cmds,
     audit_cmds,
     console_cmds,
     dev_cmds,
@@ -109,6 +110,7 @@ for _group in (
     processor_cmds,
     enforcer_cmds,
     audit_cmds,
+    allow_cmds,
     import_cmds,
     notifier_cmds,
     dev_cmds,

@@ -43,12 +43,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fleet2ban.allowlist import AllowList, entry_text, jail_name, new_entry, new_entry_id
 from fleet2ban.audit.exceptions import BadTimeError, RailRefusedError
 from fleet2ban.audit.failures import read_failures
-from fleet2ban.audit.manual import manual_ban, manual_unban
+from fleet2ban.audit.manual import check_not_allowed, manual_ban, manual_unban
 from fleet2ban.audit.reader import TargetRecords, read_decisions, read_target
 from fleet2ban.audit.timeparse import format_duration, parse_duration, parse_when
-from fleet2ban.audit.writer import publish_decision
+from fleet2ban.audit.writer import publish_allow, publish_decision, read_allow_list
 from fleet2ban.console import pages
 from fleet2ban.console.exceptions import BadQueryError
 from fleet2ban.console.live import LiveFleet, LiveStatus
@@ -61,7 +62,17 @@ from fleet2ban.console.security import (
     safe_next,
     same_origin,
 )
-from fleet2ban.contract import ContractError, Decision, Event, normalize_target, rfc3339, utcnow
+from fleet2ban.contract import (
+    AllowEntry,
+    ContractError,
+    Decision,
+    Event,
+    allow_decision,
+    allow_key,
+    normalize_target,
+    rfc3339,
+    utcnow,
+)
 from fleet2ban.exceptions import BrokerError, ConfigError, Fleet2banError
 from fleet2ban.identity import Verifier
 from fleet2ban.kafka import Cluster
@@ -118,6 +129,10 @@ class Readers(Protocol):
     def failures(self, cluster: Cluster, ip: str, since: datetime) -> list[Event]: ...
     def decisions(self, cluster: Cluster, since: datetime, until: datetime) -> list[Decision]: ...
     def publish(self, cluster: Cluster, decision: Decision) -> None: ...
+    def allow_list(self, cluster: Cluster) -> AllowList: ...
+    def publish_allow(
+        self, cluster: Cluster, key: str, entry: AllowEntry | None, audit: Decision
+    ) -> None: ...
 
 
 class KafkaReaders:
@@ -138,6 +153,12 @@ class KafkaReaders:
 
     def publish(self, cluster: Cluster, decision: Decision) -> None:
         publish_decision(cluster, decision)
+
+    def allow_list(self, cluster: Cluster) -> AllowList:
+        return read_allow_list(cluster)
+
+    def publish_allow(self, cluster: Cluster, key: str, entry: AllowEntry | None, audit: Decision) -> None:
+        publish_allow(cluster, key, entry, audit)
 
 
 @dataclass(frozen=True)
@@ -275,13 +296,29 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
     jails = [j.name for j in config.settings.jails]
     bans_jails = {j.name for j in config.settings.jails if j.source == "bans"}  # failures = bans counted
 
+    def set_session(resp: Response, value: str) -> None:
+        resp.set_cookie(
+            SESSION_COOKIE,
+            value,
+            max_age=SESSION_TTL_S,
+            httponly=True,
+            samesite="strict",
+            secure=config.tls,
+            path="/",
+        )
+
     def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        session = request.cookies.get(SESSION_COOKIE)
+        fresh: str | None = None
+        if config.allow_write and not secrets.required and not secrets.check_session(session):
+            # no login on this console: an anonymous session carries this browser's own CSRF token
+            session = fresh = secrets.new_session()
         base = {
             "status": live.status,
             "banner": banner_text(live.status),
             "now": utcnow(),
             "allow_write": config.allow_write,
-            "csrf": secrets.csrf_token(request.cookies.get(SESSION_COOKIE)),
+            "csrf": secrets.csrf_token(session),
             "auth": secrets.required,
             "jails_configured": jails,
             "path": request.url.path,
@@ -289,7 +326,10 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
             "live_on": "",
         }
         base.update(ctx)
-        return HTMLResponse(env.get_template(name).render(base), status)
+        resp = HTMLResponse(env.get_template(name).render(base), status)
+        if fresh is not None:
+            set_session(resp, fresh)
+        return resp
 
     def timed(page: str) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable[..., Any]]:
         def deco(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -482,15 +522,7 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
             await asyncio.sleep(0.5)  # slows guessing; the token is long anyway
             return render(request, "login.html", 401, next=nxt, error="Wrong token.", title="Log in")
         resp = RedirectResponse(nxt, 303)
-        resp.set_cookie(
-            SESSION_COOKIE,
-            secrets.new_session(),
-            max_age=SESSION_TTL_S,
-            httponly=True,
-            samesite="strict",
-            secure=config.tls,
-            path="/",
-        )
+        set_session(resp, secrets.new_session())
         return resp
 
     def form_allowed(request: Request, form: Mapping[str, Any]) -> bool:
@@ -565,6 +597,8 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
                     now=now,
                 )
             cluster = need_cluster()
+            if decision.action == "ban":
+                check_not_allowed(decision, await run_in_threadpool(rd.allow_list, cluster), now)
             await run_in_threadpool(rd.publish, cluster, decision)
         except (RailRefusedError, ConfigError, BrokerError) as exc:
             WRITES.labels(action, "refused").inc()
@@ -588,6 +622,85 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
             decision.reason,
         )
         return RedirectResponse(f"/ip/{quote(decision.ip, safe='/:')}?written={quote(decision.id)}", 303)
+
+    # ---------------------------------------------------------------------------- allow-list
+
+    async def allow_page(
+        request: Request, error: str = "", status: int = 200, form: Mapping[str, str] | None = None
+    ) -> Response:
+        cluster = need_cluster()
+        now = utcnow()
+        allow = await run_in_threadpool(rd.allow_list, cluster)
+        return render(
+            request,
+            "allow.html",
+            status,
+            title="Allow-list",
+            entries=allow.active(now),
+            error=error,
+            form=form or {},
+            written=request.query_params.get("written", ""),
+        )
+
+    @timed("allow")
+    async def allow(request: Request) -> Response:
+        return await allow_page(request)
+
+    @timed("allow_write")
+    async def allow_write(request: Request) -> Response:
+        action = "allow" if request.url.path.endswith("/add") else "unallow"
+        if not config.allow_write:
+            WRITES.labels(action, "read-only").inc()
+            return render(request, "error.html", 403, title="Read-only", message=READ_ONLY)
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        if not form_allowed(request, form):
+            WRITES.labels(action, "csrf").inc()
+            return render(request, "error.html", 403, title="Refused", message="Bad or missing form token.")
+        by = form.get("by", "").strip()
+        now = utcnow()
+        names = [j.name for j in config.settings.jails]
+        try:
+            if not by:
+                raise ConfigError("give your name (operator): every allow-list change records who made it")
+            cluster = need_cluster()
+            if action == "allow":
+                ttl_text = form.get("ttl", "").strip()
+                entry = new_entry(
+                    form.get("network", ""),
+                    jail=form.get("jail") or None,
+                    ttl=parse_duration(ttl_text) if ttl_text else None,
+                    reason=form.get("reason"),
+                    by=by,
+                    now=now,
+                    jails=names,
+                )
+                key, written, audit = entry.key(), entry, allow_decision(entry, "allow")
+            else:
+                try:
+                    net = normalize_target(form.get("network", ""))
+                except ContractError as exc:
+                    raise ConfigError(str(exc)) from None
+                key = allow_key(jail_name(form.get("jail") or None, names), net)
+                current = (await run_in_threadpool(rd.allow_list, cluster)).entries.get(key)
+                if current is None:
+                    raise ConfigError(f"no allow-list entry {key}")
+                reason = form.get("reason", "").strip() or None
+                audit = allow_decision(current, "unallow", id=new_entry_id(), at=now, by=by, reason=reason)
+                written, entry = None, current
+            await run_in_threadpool(rd.publish_allow, cluster, key, written, audit)
+        except (ConfigError, BadTimeError, BrokerError) as exc:
+            WRITES.labels(action, "refused").inc()
+            status = 503 if isinstance(exc, BrokerError) else 400
+            return await allow_page(request, str(exc), status, form)
+        WRITES.labels(action, "ok").inc()
+        log.info(
+            "console: %s %s from %s (decision %s)",
+            "added" if action == "allow" else f"removed by {by}:",
+            entry_text(entry),
+            request.client.host if request.client else "?",
+            audit.id,
+        )
+        return RedirectResponse(f"/allow?written={quote(audit.id)}", 303)
 
     # ------------------------------------------------------------------------------ health
 
@@ -620,6 +733,9 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
         Route("/manual", manual),
         Route("/bans/add", write, methods=["POST"]),
         Route("/bans/remove", write, methods=["POST"]),
+        Route("/allow", allow),
+        Route("/allow/add", allow_write, methods=["POST"]),
+        Route("/allow/remove", allow_write, methods=["POST"]),
         Route("/healthz", healthz),
         Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=static_dir()), name="static"),

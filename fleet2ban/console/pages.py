@@ -350,7 +350,8 @@ def history_page(
     bans = [d for d in found if d.action == "ban"]
     chart = stacked_bars(((d.at, d.jail) for d in bans), since, until, min_bucket_s=60, max_buckets=240)
     newest = list(reversed(found))[:limit]
-    return HistoryPage(since, until, newest, len(found), len(bans), len(found) - len(bans), chart, limit)
+    unbans = sum(1 for d in found if d.action == "unban")  # allow-list changes are neither
+    return HistoryPage(since, until, newest, len(found), len(bans), unbans, chart, limit)
 
 
 # -------------------------------------------------------------------------------------- formatting

@@ -7,8 +7,11 @@
   ``Authorization: Bearer``. Only ``/login``, ``/static/*`` and ``/healthz`` are open (``/healthz`` says
   only ``ok`` without the token). Each login gets its own random session, ended by logout and after
   :data:`SESSION_TTL_S`; the cookie is that random value, never the token.
-- Writes (``--allow-write``) and logout also need a CSRF token bound to the session and the server
-  secret, and a same-origin ``Origin`` header when the browser sends one.
+- Writes (``--allow-write``) and logout also need the CSRF token of the browser's session (a random value
+  drawn for each session, kept with it, never derived from a server-wide secret, so one session's token
+  is worth nothing in another), and a same-origin ``Origin`` header when the browser sends one. Without a
+  token (loopback), a writable console gives each browser an anonymous session (the same cookie) whose
+  only use is that CSRF token.
 - Every response gets the security headers below (CSP without inline script or style).
 """
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import os
 import secrets
 import ssl
 import time
@@ -130,15 +132,15 @@ def require_token_for(host: str, token: str | None, tls: bool = True) -> None:
 
 
 class Secrets:
-    """The server's secrets: the operator token (optional), a random per-process key, and the sessions
-    of logged-in browsers (random values, kept as their SHA-256, each with its expiry)."""
+    """The server's secrets: the operator token (optional) and the sessions of browsers (random values,
+    kept as their SHA-256, each with its expiry and its own random CSRF token)."""
 
     def __init__(
         self, token: str | None, *, ttl_s: float = SESSION_TTL_S, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.token = token
-        self._key = os.urandom(32)
-        self._sessions: dict[bytes, float] = {}
+        self._sessions: dict[bytes, tuple[float, str]] = {}
+        """SHA-256 of the cookie -> (expiry, the session's CSRF token)."""
         self._ttl = ttl_s
         self._clock = clock
 
@@ -157,20 +159,23 @@ class Secrets:
         sessions = self._sessions
         while len(sessions) >= MAX_SESSIONS:
             del sessions[next(iter(sessions))]
-        sessions[_digest(value)] = self._clock() + self._ttl
+        sessions[_digest(value)] = (self._clock() + self._ttl, secrets.token_hex(32))
         return value
 
     def check_session(self, cookie: str | None) -> bool:
+        return self._session(cookie) is not None
+
+    def _session(self, cookie: str | None) -> tuple[float, str] | None:
         if not cookie or len(cookie) > 128:
-            return False
+            return None
         digest = _digest(cookie)
-        expires = self._sessions.get(digest)
-        if expires is None:
-            return False
-        if expires <= self._clock():
+        found = self._sessions.get(digest)
+        if found is None:
+            return None
+        if found[0] <= self._clock():
             del self._sessions[digest]
-            return False
-        return True
+            return None
+        return found
 
     def end_session(self, cookie: str | None) -> None:
         """Logout: the session is no longer valid, whoever holds its cookie."""
@@ -184,11 +189,15 @@ class Secrets:
         return scheme.lower() == "bearer" and self.check_token(value.strip())
 
     def csrf_token(self, session: str | None = None) -> str:
-        """The form token of a page served to ``session`` (the session cookie; None without a token)."""
-        return hmac.new(self._key, b"csrf|" + (session or "").encode(), hashlib.sha256).hexdigest()
+        """The form token of a page served to ``session`` (its cookie): the session's own random token;
+        ``""`` without a valid session (no form of such a page can be accepted)."""
+        found = self._session(session)
+        return "" if found is None else found[1]
 
     def check_csrf(self, given: str | None, session: str | None = None) -> bool:
-        return given is not None and hmac.compare_digest(given.encode(), self.csrf_token(session).encode())
+        """Whether ``given`` is the CSRF token of the valid session ``session``."""
+        expected = self.csrf_token(session)
+        return bool(given) and bool(expected) and hmac.compare_digest(str(given).encode(), expected.encode())
 
 
 def _digest(value: str) -> bytes:

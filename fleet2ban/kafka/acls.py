@@ -28,9 +28,9 @@ group); without this grant the brokers refuse it and librdkafka logs GROUP_AUTHO
 
 ROLE_DESCRIPTIONS = {
     "shipper": "one per AMPS host: writes events and its heartbeats",
-    "processor": "decides bans: reads events and decisions, writes decisions, bans and its heartbeats",
-    "enforcer": "one per AMPS host: reads bans, writes reports",
-    "operator": "people and the console: reads the audit trail, writes manual decisions",
+    "processor": "decides bans: reads events, decisions and the allow-list, writes decisions, bans and its heartbeats",
+    "enforcer": "one per AMPS host: reads bans and the allow-list, writes reports",
+    "operator": "people and the console: reads the audit trail, writes manual decisions and the allow-list",
     "notifier": "sends decisions to webhooks, Slack, e-mail: reads decisions in its group, heartbeats",
     "admin": "the topics Job: creates and checks the topics",
 }
@@ -66,16 +66,22 @@ def fleet_grants(
     notifier = f"{topic_prefix}{notifier_group_id}"
     rows: list[tuple[str, tuple[str, ...], str, list[str], bool]] = [
         ("shipper", ("Write", "Describe"), "topic", [t.events, t.reports], False),
-        ("processor", ("Read", "Describe"), "topic", [t.events, t.decisions], False),
+        ("processor", ("Read", "Describe"), "topic", [t.events, t.decisions, t.allow], False),
         ("processor", ("Write",), "topic", [t.decisions, t.bans, t.reports], False),
         ("processor", ("Read", "Write", "Create", "Describe"), "topic", [app], True),
         ("processor", ("Read",), "group", [app], False),
         ("processor", ("Describe",), "group", [NOGROUP_PREFIX], True),
-        ("enforcer", ("Read", "Describe"), "topic", [t.bans], False),
+        ("enforcer", ("Read", "Describe"), "topic", [t.bans, t.allow], False),
         ("enforcer", ("Write", "Describe"), "topic", [t.reports], False),
         ("enforcer", ("Describe",), "group", [NOGROUP_PREFIX], True),
-        ("operator", ("Write",), "topic", [t.decisions], False),
-        ("operator", ("Read", "Describe"), "topic", [t.decisions, t.bans, t.reports, t.events], False),
+        ("operator", ("Write",), "topic", [t.decisions, t.allow], False),
+        (
+            "operator",
+            ("Read", "Describe"),
+            "topic",
+            [t.decisions, t.bans, t.reports, t.events, t.allow],
+            False,
+        ),
         ("operator", ("Describe",), "group", [NOGROUP_PREFIX], True),
         ("notifier", ("Read", "Describe"), "topic", [t.decisions], False),
         ("notifier", ("Write", "Describe"), "topic", [t.reports], False),

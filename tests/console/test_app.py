@@ -13,12 +13,13 @@ from console_helpers import HOSTILE, decision, failures, heartbeat
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
+from fleet2ban.allowlist import AllowList, new_entry
 from fleet2ban.audit.reader import TargetRecords
 from fleet2ban.audit.view import FleetView
 from fleet2ban.cli.main import app as cli_app
 from fleet2ban.console.app import ConsoleConfig, create_app
 from fleet2ban.console.live import LiveFleet
-from fleet2ban.contract import BanState, Decision, Event, ban_key
+from fleet2ban.contract import BanState, Decision, Event, ban_key, utcnow
 from fleet2ban.kafka import Cluster
 from fleet2ban.settings import KafkaSettings, Settings
 
@@ -30,6 +31,7 @@ class FakeReaders:
         self.published: list[Decision] = []
         self.decisions_list: list[Decision] = []
         self.events: list[Event] = []
+        self.allow = AllowList()
 
     def target(self, cluster: Cluster, target: str, now: datetime, jails: list[str]) -> TargetRecords:
         ds = [d for d in self.decisions_list if d.ip == target]
@@ -40,6 +42,9 @@ class FakeReaders:
 
     def decisions(self, cluster: Cluster, since: datetime, until: datetime) -> list[Decision]:
         return list(self.decisions_list)
+
+    def allow_list(self, cluster: Cluster) -> AllowList:
+        return self.allow
 
     def publish(self, cluster: Cluster, decision: Decision) -> None:
         self.published.append(decision)
@@ -132,6 +137,16 @@ def test_writes_need_allow_write_csrf_and_pass_the_rails() -> None:
     for target, why in (("127.0.0.1", "loopback"), ("10.0.0.0/8", "wider")):
         r = client.post("/bans/add", data={**form, "target": target})
         assert r.status_code == 400 and why in r.text
+    # an allow-list entry in force: the ban is refused before anything is written, naming the entry
+    readers.allow.put(
+        new_entry("203.0.113.0/24", jail=None, ttl=None, reason="lab", by="bob", now=utcnow(), jails=["amps"])
+    )
+    n = len(readers.published)
+    r = client.post("/bans/add", data=form)
+    assert (
+        r.status_code == 400 and "allow-list entry 203.0.113.0/24" in r.text and len(readers.published) == n
+    )
+    readers.allow = AllowList()
     assert client.post("/bans/add", data={**form, "by": ""}).status_code == 400
     r = client.post("/bans/remove", data={**form, "target": "198.51.100.7"}, follow_redirects=False)
     assert r.status_code == 303 and readers.published[-1].action == "unban"

@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
+from fleet2ban.allowlist import AllowList
 from fleet2ban.audit.view import FleetView
 from fleet2ban.cli.main import app as cli_app
 from fleet2ban.console.app import ConsoleConfig, create_app
@@ -31,6 +32,9 @@ TOKEN = "0123456789abcdef-token"
 class Published:
     def __init__(self) -> None:
         self.decisions: list[Decision] = []
+
+    def allow_list(self, cluster: Cluster) -> AllowList:
+        return AllowList()
 
     def publish(self, cluster: Cluster, decision: Decision) -> None:
         self.decisions.append(decision)

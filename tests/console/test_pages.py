@@ -134,8 +134,9 @@ def test_history_page_counts_and_chart() -> None:
     ds = [decision(f"192.0.2.{i}", at=NOW - timedelta(minutes=i)) for i in range(1, 11)]
     ds.append(decision("192.0.2.1", action="unban", at=NOW))
     ds.append(decision("192.0.2.99", at=NOW - timedelta(hours=5)))
+    ds.append(decision("198.51.100.0/24", action="allow", jail="*", at=NOW - timedelta(seconds=5)))
     h = pages.history_page(ds, NOW - timedelta(hours=1), NOW)
-    assert (h.total, h.bans, h.unbans) == (11, 10, 1)
+    assert (h.total, h.bans, h.unbans) == (12, 10, 1)  # an allow-list change is listed, neither ban nor unban
     assert h.decisions[0].action == "unban"  # newest first
     assert h.chart.bucket_s == 60 and h.chart.total == 10 and len(h.chart.rects) == 10
 
@@ -200,8 +201,14 @@ def test_sessions_csrf_and_redirects() -> None:
     assert s.new_session() != session  # one per login
     assert s.check_csrf(s.csrf_token(session), session) and not s.check_csrf(None)
     assert not s.check_csrf(s.csrf_token(session), s.new_session())  # bound to its session
+    other = s.new_session()
+    assert s.csrf_token(session) != s.csrf_token(other)  # one token per session, drawn at random
+    assert s.csrf_token("no-such-session") == "" and not s.check_csrf("", "no-such-session")
     s.end_session(session)
     assert not s.check_session(session)
+    assert not s.check_csrf(s.csrf_token(other), session)  # an ended session's forms are refused
+    # a server restart draws new tokens: the same cookie value is worth nothing on another server
+    assert Secrets(None).csrf_token(other) == ""
     assert not Secrets(None).required and Secrets(None).check_token(None)
     assert same_origin("http://127.0.0.1:8080", "127.0.0.1:8080")
     assert not same_origin("null", "127.0.0.1:8080") and not same_origin("http://evil", "127.0.0.1:8080")

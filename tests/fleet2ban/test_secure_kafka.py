@@ -315,6 +315,10 @@ def test_each_role_writes_only_where_the_doc_says(secure: Secure) -> None:
     assert secure.write(notifier, t.reports) is None
     for topic in (t.decisions, t.bans, t.events):
         assert secure.write(notifier, topic) == denied
+    # the allow-list: the operator's alone to write (it can stop any ban)
+    assert secure.write(operator, t.allow) is None
+    for role in (shipper, enforcer, processor, notifier):
+        assert secure.write(role, t.allow) == denied
 
 
 def test_a_principal_without_acls_gets_nothing(secure: Secure) -> None:

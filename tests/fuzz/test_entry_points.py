@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 
 from enforcer.plan import JailSpec, desired_state
 from fleet2ban import contract as c
+from fleet2ban.allowlist import AllowList
 from fleet2ban.audit.view import FleetView
 from fleet2ban.cli.main import app as cli_app
 from fleet2ban.console.app import ConsoleConfig, create_app
@@ -165,17 +166,26 @@ def topic_values(draw: st.DrawFn) -> bytes:
 @FUZZ
 @given(topic_values())
 def test_every_topic_decoder_refuses_with_contract_error_only(value: bytes) -> None:
-    for decode in (c.decode_batch, c.decode_decision, c.decode_ban, c.decode_report, c.decode_event):
+    decoders = (
+        c.decode_batch,
+        c.decode_decision,
+        c.decode_ban,
+        c.decode_report,
+        c.decode_event,
+        c.decode_allow,
+    )
+    for decode in decoders:
         try:
             rec = decode(value)
         except c.ContractError:
             continue
-        ip = getattr(rec, "ip", None)
+        ip = getattr(rec, "ip", None) or getattr(rec, "network", None)
         if ip is not None and decode is not c.decode_report:
             assert c.normalize_target(ip) == ip
         jail = getattr(rec, "jail", None)
-        if jail is not None and decode in (c.decode_decision, c.decode_ban):
-            assert c.JAIL_NAME.fullmatch(jail)
+        if jail is not None and decode in (c.decode_decision, c.decode_ban, c.decode_allow):
+            every_jail = jail == c.ALL_JAILS and getattr(rec, "action", "allow") in c.ALLOW_ACTIONS
+            assert every_jail or c.JAIL_NAME.fullmatch(jail)
 
 
 @FUZZ
@@ -186,6 +196,22 @@ def test_bans_keys_split_or_refuse(key: str) -> None:
     except c.ContractError:
         return
     assert c.normalize_target(target) == target
+
+
+@FUZZ
+@given(st.text(max_size=60), st.one_of(st.none(), st.binary(max_size=200)))
+def test_allow_records_fold_or_refuse(key: str, value: bytes | None) -> None:
+    from fleet2ban.allowlist import AllowList
+
+    allow = AllowList()
+    try:
+        k, entry = allow.ingest(key, value)
+    except c.ContractError:
+        assert not allow.entries
+        return
+    jail, network = c.split_allow_key(k)
+    assert c.normalize_target(network) == network and (jail == c.ALL_JAILS or c.JAIL_NAME.fullmatch(jail))
+    assert entry is None or entry.key() == k
 
 
 # ---------------------------------------------------------------------------------------- settings
@@ -329,6 +355,9 @@ def test_replay_flags(no_kafka: None, maxretry: str, seconds: str) -> None:
 class _Published:
     def __init__(self) -> None:
         self.decisions: list[c.Decision] = []
+
+    def allow_list(self, cluster: Cluster) -> AllowList:
+        return AllowList()
 
     def publish(self, cluster: Cluster, decision: c.Decision) -> None:
         self.decisions.append(decision)
