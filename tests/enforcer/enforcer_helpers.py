@@ -161,7 +161,10 @@ class ReportsReader:
             self.poll()
             return set(expected) <= self.kinds()
 
-        wait_for(seen, timeout, f"reports {expected} (have {sorted(self.kinds())})")
+        try:
+            wait_for(seen, timeout, f"reports {expected}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; missing {sorted(set(expected) - self.kinds())}") from None
 
     def close(self) -> None:
         self.consumer.close()

@@ -39,7 +39,9 @@ def agent(cluster: Cluster) -> Iterator[Agent]:
 
 def test_agent_reads_to_end_applies_reports_and_follows_live(agent: Agent, cluster: Cluster) -> None:
     writer = BansWriter(cluster)
-    writer.ban("203.0.113.9", expires_in=1.5)  # expires on the enforcer's own clock, no tombstone
+    # expires on the enforcer's own clock, no tombstone; long enough to be applied first however slowly the
+    # agent starts on a loaded machine (1.5 s was seen to run out before the agent had read bans)
+    writer.ban("203.0.113.9", expires_in=8)
     writer.ban("2001:db8::9", expires_in=None)
     writer.ban("127.0.0.1")
     writer.ban("192.0.2.7")  # ignoreip
@@ -62,7 +64,7 @@ def test_agent_reads_to_end_applies_reports_and_follows_live(agent: Agent, clust
         backend = agent.backend
         assert isinstance(backend, DryRunBackend)
         assert ("amps", "198.51.100.1") not in backend.entries
-        reader.wait(("removed", "203.0.113.9"))
+        reader.wait(("removed", "203.0.113.9"), timeout=30)
         removed = next(r for r in reader.reports if r.kind == "removed")
         assert removed.detail == "expired" and removed.host == "h-test" and removed.backend == "dryrun"
         # Live: a new ban, then a tombstone.
