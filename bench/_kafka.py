@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from fleet2ban.kafka import Cluster, ensure_topics, resolve
 from fleet2ban.kafka.local import LocalKafka
+from fleet2ban.settings import KafkaSettings
 
 BOOTSTRAP_ENV = "FLEET2BAN_BENCH_BOOTSTRAP"
 
@@ -23,6 +26,18 @@ class BenchCluster:
     @property
     def ports(self) -> list[int]:
         return [int(a.rpartition(":")[2]) for a in self.bootstrap.split(",")]
+
+    def fresh_topics(self, tag: str, partitions: int = 3) -> Cluster:
+        """The fleet's topics under a prefix of their own (``<tag><6 hex>.``), created on this cluster."""
+        kafka = KafkaSettings(
+            bootstrap_servers=self.bootstrap,
+            topic_prefix=f"{tag}{uuid.uuid4().hex[:6]}.",
+            partitions=partitions,
+            replication_factor=self.replication_factor,
+        )
+        cluster = resolve(kafka)
+        ensure_topics(cluster)
+        return cluster
 
 
 @contextlib.contextmanager

@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,8 +38,8 @@ from fleet2ban.allowlist import new_entry
 from fleet2ban.audit.manual import manual_ban_decision, manual_decision_id
 from fleet2ban.audit.writer import publish_decisions
 from fleet2ban.contract import allow_decision, ban_key, encode, utcnow
-from fleet2ban.kafka import Source, TopicReader, ensure_topics, producer_config, resolve
-from fleet2ban.settings import KafkaSettings, load_settings
+from fleet2ban.kafka import Source, TopicReader, producer_config
+from fleet2ban.settings import load_settings
 from fleet2ban.waiting import wait_for
 
 
@@ -57,15 +56,8 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     logging.getLogger("enforcer.agent").setLevel(logging.ERROR)  # one "refusing" line per ban and host
     with bench_cluster() as broker, tempfile.TemporaryDirectory(prefix="f2b-bench-allow-") as tmp:
-        prefix = f"a{uuid.uuid4().hex[:6]}."
-        kafka = KafkaSettings(
-            bootstrap_servers=broker.bootstrap,
-            topic_prefix=prefix,
-            partitions=3,
-            replication_factor=broker.replication_factor,
-        )
-        cluster = resolve(kafka)
-        ensure_topics(cluster)
+        cluster = broker.fresh_topics("a")
+        kafka = cluster.settings
         base: dict[str, Any] = {
             "kafka": kafka.model_dump(mode="json"),
             "jails": [{"name": "amps", "bantime": 3600}],

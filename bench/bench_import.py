@@ -17,14 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 from confluent_kafka import Producer
 
 from bench._kafka import bench_cluster
-from fleet2ban.kafka import ensure_topics, producer_config, read_to_end, resolve
-from fleet2ban.settings import KafkaSettings
+from fleet2ban.kafka import producer_config, read_to_end
 
 
 def addresses(n: int) -> list[str]:
@@ -43,15 +41,8 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp, bench_cluster() as broker:
         blocklist = Path(tmp) / "blocklist.txt"
         blocklist.write_text("".join(f"{a}\n" for a in addrs))
-        prefix = f"i{uuid.uuid4().hex[:6]}."
-        kafka = KafkaSettings(
-            bootstrap_servers=broker.bootstrap,
-            topic_prefix=prefix,
-            partitions=3,
-            replication_factor=broker.replication_factor,
-        )
-        cluster = resolve(kafka)
-        ensure_topics(cluster)
+        cluster = broker.fresh_topics("i")
+        prefix = cluster.settings.topic_prefix
         env = {k: v for k, v in os.environ.items() if k != "FLEET2BAN_CONFIG"}
         cmd = [sys.executable, "-m", "fleet2ban.cli.main", "-b", broker.bootstrap, "--topic-prefix", prefix]
         cmd += ["bans", "import", str(blocklist), "--format", "lines", "--ttl", "1h", "--by", "bench"]

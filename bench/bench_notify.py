@@ -14,7 +14,6 @@ import argparse
 import json
 import threading
 import time
-import uuid
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,9 +22,9 @@ from confluent_kafka import Producer
 
 from bench._kafka import bench_cluster
 from fleet2ban.contract import Decision, encode, utcnow
-from fleet2ban.kafka import Source, TopicReader, ensure_topics, producer_config, resolve
+from fleet2ban.kafka import Source, TopicReader, producer_config
 from fleet2ban.notify.agent import Notifier
-from fleet2ban.settings import KafkaSettings, load_settings
+from fleet2ban.settings import load_settings
 from fleet2ban.waiting import wait_for
 
 
@@ -56,15 +55,8 @@ def main(argv: list[str]) -> int:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     with bench_cluster() as broker:
-        prefix = f"n{uuid.uuid4().hex[:6]}."
-        kafka = KafkaSettings(
-            bootstrap_servers=broker.bootstrap,
-            topic_prefix=prefix,
-            partitions=3,
-            replication_factor=broker.replication_factor,
-        )
-        cluster = resolve(kafka)
-        ensure_topics(cluster)
+        cluster = broker.fresh_topics("n")
+        kafka = cluster.settings
         settings = load_settings(
             None,
             {

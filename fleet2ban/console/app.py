@@ -561,8 +561,9 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
             },
         )
 
-    async def write(request: Request) -> Response:
-        action = "ban" if request.url.path.endswith("/add") else "unban"
+    async def writable_form(request: Request, action: str) -> dict[str, str] | Response:
+        """The posted form of a write, or the page refusing it (a read-only console; a bad or missing
+        form token), counted under ``action``."""
         if not config.allow_write:
             WRITES.labels(action, "read-only").inc()
             return render(request, "error.html", 403, title="Read-only", message=READ_ONLY)
@@ -570,6 +571,13 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
         if not form_allowed(request, form):
             WRITES.labels(action, "csrf").inc()
             return render(request, "error.html", 403, title="Refused", message="Bad or missing form token.")
+        return form
+
+    async def write(request: Request) -> Response:
+        action = "ban" if request.url.path.endswith("/add") else "unban"
+        form = await writable_form(request, action)
+        if isinstance(form, Response):
+            return form
         by = form.get("by", "").strip()
         now = utcnow()
         try:
@@ -649,13 +657,9 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
     @timed("allow_write")
     async def allow_write(request: Request) -> Response:
         action = "allow" if request.url.path.endswith("/add") else "unallow"
-        if not config.allow_write:
-            WRITES.labels(action, "read-only").inc()
-            return render(request, "error.html", 403, title="Read-only", message=READ_ONLY)
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        if not form_allowed(request, form):
-            WRITES.labels(action, "csrf").inc()
-            return render(request, "error.html", 403, title="Refused", message="Bad or missing form token.")
+        form = await writable_form(request, action)
+        if isinstance(form, Response):
+            return form
         by = form.get("by", "").strip()
         now = utcnow()
         names = [j.name for j in config.settings.jails]
