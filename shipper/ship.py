@@ -479,6 +479,8 @@ class Shipper:
     def producer(self) -> Any:
         if self._producer is None:
             self._producer = self._producer_factory(self._producer_conf())
+            if not self._partitions_checked:  # before the first record is grouped and sent
+                self._check_partitions()
         return self._producer
 
     def _replace_producer(self) -> None:
@@ -514,6 +516,10 @@ class Shipper:
             self.waker.mode,
         )
         try:
+            try:
+                self.producer  # noqa: B018 - made now: it checks the topic's partition count before any line is grouped
+            except Exception as exc:  # the loop makes it again
+                log.debug("producer: %s", exc)
             while not stop.is_set():
                 try:
                     self.step()
@@ -706,7 +712,9 @@ class Shipper:
                 self.topics.events,
                 b.value,
                 b.key,
-                partition=b.partition,
+                # by name: an IPv6 address's partition is its prefix's; a batch grouped by a count the
+                # topic does not have (kafka.partitions wrong, found at start) goes by its key
+                partition=b.partition if b.partition < self.batcher.partitions else -1,
                 on_delivery=functools.partial(self._delivered, b.rid),
                 headers=b.headers,
                 timestamp=int(self.clock() * 1000),
@@ -926,13 +934,13 @@ class Shipper:
         settings (``kafka.partitions``) say otherwise (the processor refuses lines grouped wrongly)."""
         if self._producer is None:
             return
-        self._partitions_checked = True
         try:
             meta = self._producer.list_topics(self.topics.events, timeout=1.0).topics[self.topics.events]
             n = len(meta.partitions)
-        except Exception as exc:  # best effort: checked once
+        except Exception as exc:  # best effort: again once records are acknowledged
             log.debug("partitions of %s: %s", self.topics.events, exc)
             return
+        self._partitions_checked = True
         if n and n != self.batcher.partitions:
             log.error(
                 "%s has %d partitions, kafka.partitions says %d: grouping lines by %d from now on (set"

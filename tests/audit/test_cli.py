@@ -60,6 +60,10 @@ def test_empty_topics_every_command_both_formats(run: Run) -> None:
     assert js(run("audit", "verify", "--json"))["ok"] is True
 
 
+LIVE_S = 120.0
+"""The interval the populated components' heartbeats announce."""
+
+
 def populate(cluster: Cluster) -> dict[str, Any]:
     """A small healthy fleet: 2 enforcers, 1 shipper, 1 processor; 3 bans in force, 1 lifted, 1 old."""
     now = utcnow()
@@ -82,11 +86,16 @@ def populate(cluster: Cluster) -> dict[str, Any]:
         for d in (d1, d2, d3, d4):
             w.report(applied(host, d, d.at + timedelta(seconds=1)), host)
         w.report(applied(host, d4, u4.at + timedelta(seconds=1), kind="removed"), host)
-        w.report(heartbeat(host, now - timedelta(seconds=1), keys=[key(d1), key(d2), key(d3)]), host)
+        # heartbeats every 2 minutes: live for the whole test, however slowly a loaded machine runs it
+        keys = [key(d1), key(d2), key(d3)]
+        w.report(heartbeat(host, now - timedelta(seconds=1), keys=keys, interval=LIVE_S), host)
     w.report(
-        heartbeat("s1", now - timedelta(seconds=2), role="shipper", counters={"events_shipped": 7}), "s1"
+        heartbeat(
+            "s1", now - timedelta(seconds=2), role="shipper", counters={"events_shipped": 7}, interval=LIVE_S
+        ),
+        "s1",
     )
-    w.report(heartbeat("p1", now - timedelta(seconds=2), role="processor", lag=0.25), "p1")
+    w.report(heartbeat("p1", now - timedelta(seconds=2), role="processor", lag=0.25, interval=LIVE_S), "p1")
     w.flush()
     return {"now": now, "d1": d1, "d2": d2, "d3": d3, "d4": d4, "u4": u4, "old": old, "writer": w}
 
