@@ -26,17 +26,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bench._kafka import bench_cluster
+from bench.fleetbench import percentile
 from fleet2ban.contract import Topics
 from fleet2ban.dev.netns import Fleet, Host, entered, unavailable_reason
-from fleet2ban.kafka import consumer_config, ensure_topics, producer_config, resolve
+from fleet2ban.kafka import Cluster, consumer_config, ensure_topics, producer_config, resolve
 from fleet2ban.settings import KafkaSettings
 
 FLEET2BAN = str(Path(sys.executable).with_name("fleet2ban"))
@@ -46,13 +50,14 @@ def targets(n: int) -> list[str]:
     return [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(n)]
 
 
-def kernel_count(host: Host, backend: str, last: str | None = None) -> int:
+def kernel_count(host: Host, backend: str, last: Sequence[str] = ()) -> int:
     """Entries in the kernel, by the system tools; -1 when the tool failed (busy): ask again. For nftables,
-    whose listing of 10,000 elements costs ~0.1 s, ``last`` (the last target published) is looked up
-    first: while it is missing, the count is not taken."""
+    whose listing of 10,000 elements costs ~0.1 s of CPU (taken from the enforcer on a small machine),
+    ``last`` (the last target published to each partition) is looked up first: while one is missing, the
+    count is not taken."""
     if backend == "nftables":
-        if last is not None:
-            probe = ["nft", "get", "element", "inet", "fleet2ban", "f2b-amps-4", f"{{ {last} }}"]
+        if last:
+            probe = ["nft", "get", "element", "inet", "fleet2ban", "f2b-amps-4", f"{{ {', '.join(last)} }}"]
             if host.run(probe, capture_output=True).returncode != 0:
                 return -1
         out = host.run(["nft", "-j", "list", "set", "inet", "fleet2ban", "f2b-amps-4"], capture_output=True)
@@ -72,9 +77,9 @@ def kernel_count(host: Host, backend: str, last: str | None = None) -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("-A f2b-amps -s "))
 
 
-def wait_count(host: Host, backend: str, want: int, timeout: float, last: str | None = None) -> float:
+def wait_count(host: Host, backend: str, want: int, timeout: float, last: Sequence[str] = ()) -> float:
     start = time.perf_counter()
-    while kernel_count(host, backend, last if want else None) != want:
+    while kernel_count(host, backend, last if want else ()) != want:
         if time.perf_counter() - start > timeout:
             raise RuntimeError(f"{backend}: kernel did not reach {want} entries within {timeout}s")
         time.sleep(0.02)
@@ -196,6 +201,79 @@ def kernel_table(fleet: Fleet, backends: list[str], n: int, singles: int) -> Non
         print(f"target {b} < 0.5 s for {n}: {'met' if batch < 0.5 else 'NOT met'} ({batch:.3f} s)")
 
 
+# Run in a fresh interpreter (``python -c``) with PYTHONPATH at one tree or the other, so the code before a
+# change and after it are measured alike: the agent's per-ban work on N bans (ingest every record,
+# reconcile in two batches, take the reports) through a real backend, in CPU seconds of the process.
+_STAGE = """
+import gc, json, sys, time
+from datetime import timedelta
+import enforcer.agent as agent
+from enforcer.agent import Enforcer
+from enforcer.backends import make_backend
+from enforcer.plan import JailSpec, Rails
+from fleet2ban.contract import BanState, ban_key, encode, utcnow
+from fleet2ban.settings import EnforcerSettings, JailSettings
+backend, n = sys.argv[1], int(sys.argv[2])
+gc.set_threshold(*getattr(agent, "GC_THRESHOLDS", gc.get_threshold()))  # as the agent process runs
+jails = [JailSpec("amps", (9007,))]
+settings = EnforcerSettings(target="DROP")
+rails = Rails.build(settings, [JailSettings(name="amps")], own=["10.231.0.1"])
+now = utcnow()
+ips = [f"198.18.{i // 250}.{i % 250 + 1}" for i in range(n)]
+recs = [(ban_key("amps", ip).encode(), encode(BanState(decision_id=f"b-{ip}", ip=ip, jail="amps", at=now,
+        expires_at=now + timedelta(hours=1)))) for ip in ips]
+fw = make_backend(backend, jails, settings)
+fw.check(); fw.ensure()
+e = Enforcer(fw, rails, jails, "bench")
+e.reconcile(full=True); e.take_reports(); e.live = True
+c0, w0 = time.process_time(), time.perf_counter()
+for half in (recs[: n // 2], recs[n // 2 :]):
+    for k, v in half:
+        e.ingest(k, v)
+    e.reconcile(full=False)
+    e.take_reports()
+cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+assert len(fw.list()) == n
+fw.uninstall()
+print(json.dumps({"cpu": cpu, "wall": wall}))
+"""
+
+
+def stage_cost(host: Host, backend: str, n: int, code: Path) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of the agent's work on ``n`` bans, with the code of tree ``code``."""
+    out = host.run(
+        [sys.executable, "-c", _STAGE, backend, str(n)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(code)},
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{backend} stage ({code}): {out.stderr.strip()[-800:]}")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(res["cpu"]), float(res["wall"])
+
+
+def stage_table(fleet: Fleet, backends: list[str], n: int, before: Path, rounds: int) -> None:
+    """The agent's per-ban work, this tree against ``before``, interleaved ``rounds`` times (medians)."""
+    host = fleet.add_host("k2")
+    here = Path(__file__).resolve().parents[1]
+    print(
+        f"\nthe agent's work on {n} bans in process (ingest, 2 reconciles, reports), {rounds} rounds, medians\n"
+    )
+    print(f"{'what':<34} {'CPU s':>7} {'wall s':>7} {'x before CPU':>13}")
+    for b in backends:
+        got: dict[str, list[tuple[float, float]]] = {"now": [], "before": []}
+        for _ in range(rounds):
+            got["before"].append(stage_cost(host, b, n, before))
+            got["now"].append(stage_cost(host, b, n, here))
+        cpu = {k: statistics.median(c for c, _ in v) for k, v in got.items()}
+        wall = {k: statistics.median(w for _, w in v) for k, v in got.items()}
+        print(
+            f"{'enforcer, backend ' + b:<34} {cpu['now']:>7.3f} {wall['now']:>7.3f} {cpu['now'] / cpu['before']:>13.2f}"
+        )
+        print(f"{'before: enforcer, backend ' + b:<34} {cpu['before']:>7.3f} {wall['before']:>7.3f} {'':>13}")
+
+
 def raw_iptc(host: Host, ips: list[str]) -> float:
     import iptc
 
@@ -221,22 +299,38 @@ def raw_iptc(host: Host, ips: list[str]) -> float:
 
 
 def run_backend(
-    backend: str, n: int, bootstrap: str, topics: Topics, fleet: Fleet, workdir: Path
-) -> tuple[float, float]:
+    backend: str,
+    n: int,
+    bootstrap: str,
+    topics: Topics,
+    fleet: Fleet,
+    workdir: Path,
+    code: Path | None = None,
+    tag: str = "",
+    singles: int = 0,
+) -> tuple[float, float, float, list[float]]:
+    """(seconds from the first record produced to all ``n`` in the kernel, to all gone after the
+    tombstones, to the producer's flush of the bans; then, for ``singles`` bans published one at a time,
+    each one's enforce delay: its decision time to the time of its ``applied`` report); ``code``: run the
+    enforcer of that tree."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-    from fleet2ban.contract import BanState, ban_key, decode_report, encode, utcnow
+    from fleet2ban.contract import BanState, ban_key, decode_report, encode, partition_for, utcnow
 
     host = fleet.hosts["h1"]
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=topics.prefix, partitions=3)
     cluster = resolve(settings)
     ensure_topics(cluster)
-    log = open(workdir / f"enforcer-{backend}.log", "wb")  # noqa: SIM115
+    log = open(workdir / f"enforcer-{backend}{tag}.log", "wb")  # noqa: SIM115
     argv = [FLEET2BAN, "-b", bootstrap, "--topic-prefix", topics.prefix, "enforcer", "--backend", backend]
-    proc = host.popen([*argv, "--host", "h1", "--reconcile-interval", "3600"], stdout=log, stderr=log)
+    env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
+    proc = host.popen(
+        [*argv, "--host", "h1", "--reconcile-interval", "3600"], stdout=log, stderr=log, env=env
+    )
     try:
         consumer = Consumer(consumer_config(cluster))
         parts = consumer.list_topics(topics.reports, timeout=10).topics[topics.reports].partitions
+        bans_parts = len(consumer.list_topics(topics.bans, timeout=10).topics[topics.bans].partitions)
         consumer.assign([TopicPartition(topics.reports, p, OFFSET_BEGINNING) for p in parts])
         deadline = time.monotonic() + 30
         synced = False
@@ -246,28 +340,78 @@ def run_backend(
             for msg in consumer.consume(100, 0.2):
                 if msg.error() is None and getattr(decode_report(msg.value()), "role", None) == "enforcer":
                     synced = True
-        consumer.close()
         producer = Producer(producer_config(cluster, linger_ms=5))
+        warm(producer, topics)
         now = utcnow()
         ips = targets(n)
+        records = [  # encoded before the clock starts: what is timed is publishing and applying
+            (
+                ban_key("amps", ip).encode(),
+                encode(BanState(decision_id=f"bench-{ip}", ip=ip, jail="amps", at=now)),
+            )
+            for ip in ips
+        ]
+        lasts = {partition_for(key, bans_parts): ip for ip, (key, _) in zip(ips, records, strict=True)}
         t0 = time.perf_counter()
-        for ip in ips:
-            ban = BanState(decision_id=f"bench-{ip}", ip=ip, jail="amps", at=now)
-            producer.produce(topics.bans, key=ban_key("amps", ip).encode(), value=encode(ban))
+        for key, value in records:
+            producer.produce(topics.bans, key=key, value=value)
             producer.poll(0)
         producer.flush(30)
-        applied = wait_count(host, backend, n, timeout=300, last=ips[-1]) - t0
+        published = time.perf_counter() - t0
+        applied = wait_count(host, backend, n, timeout=300, last=list(lasts.values())) - t0
         t1 = time.perf_counter()
         for ip in ips:
             producer.produce(topics.bans, key=ban_key("amps", ip).encode(), value=None)
             producer.poll(0)
         producer.flush(30)
         lifted = wait_count(host, backend, 0, timeout=300) - t1
-        return applied, lifted
+        return applied, lifted, published, enforce_delays(cluster, consumer, topics, singles, proc)
     finally:
+        consumer.close()
         proc.terminate()
         proc.wait(15)
         host.run([FLEET2BAN, "enforcer", "--backend", backend, "--uninstall"], capture_output=True)
+
+
+def warm(producer: Any, topics: Topics) -> None:
+    """One tombstone for a key never banned, flushed: the producer has its metadata, connections and
+    idempotence id before the clock starts (a fresh producer's first record waits ~0.5 s for them)."""
+    from fleet2ban.contract import ban_key
+
+    producer.produce(topics.bans, key=ban_key("amps", "198.51.255.254").encode(), value=None)
+    producer.flush(30)
+
+
+def enforce_delays(cluster: Cluster, consumer: Any, topics: Topics, n: int, proc: Any) -> list[float]:
+    """Publish ``n`` bans one at a time (each after the last one's report); return each one's seconds from
+    its decision time (``at``, set as it is produced) to its ``applied`` report's time."""
+    from confluent_kafka import Producer
+
+    from fleet2ban.contract import BanState, Report, ban_key, decode_report, encode, utcnow
+
+    producer = Producer(producer_config(cluster, linger_ms=0))
+    warm(producer, topics)
+    out: list[float] = []
+    for i in range(n):
+        ip = f"198.51.{100 + i // 250}.{i % 250 + 1}"
+        at = utcnow()
+        ban = BanState(decision_id=f"single-{ip}", ip=ip, jail="amps", at=at)
+        producer.produce(topics.bans, key=ban_key("amps", ip).encode(), value=encode(ban))
+        producer.flush(10)
+        deadline = time.monotonic() + 10
+        got = None
+        while got is None:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"no applied report for {ip} within 10 s")
+            for msg in consumer.consume(100, 0.05):
+                if msg.error() is not None:
+                    continue
+                rep = decode_report(msg.value())
+                if isinstance(rep, Report) and rep.kind == "applied" and rep.ip == ip:
+                    got = rep
+        out.append((got.at - at).total_seconds())
+        time.sleep(0.02)  # apart, as live bans arrive
+    return out
 
 
 def reconcile_cost(in_force: int, batch: int, passes: int, incremental: bool) -> float:
@@ -330,6 +474,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--reconcile-sizes", default="1000,10000", help="bans in force for the reconcile cost")
     ap.add_argument("--reconcile-batch", type=int, default=5, help="new bans per incremental reconcile")
     ap.add_argument("--reconcile-only", action="store_true", help="only the in-process reconcile cost")
+    ap.add_argument("--rounds", type=int, default=5, help="with --before: in-process rounds of each tree")
+    ap.add_argument(
+        "--delays",
+        type=int,
+        default=100,
+        help="end to end: bans published one at a time for the enforce delay",
+    )
+    ap.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a tree of the code before a change (git archive REF | tar -x -C DIR): end to end, its enforcer"
+        " is measured too, in the same run, as the reference",
+    )
     args = ap.parse_args(argv)
     reconcile_table([int(n) for n in args.reconcile_sizes.split(",") if n], args.reconcile_batch)
     if args.reconcile_only:
@@ -340,6 +498,10 @@ def main(argv: list[str]) -> int:
         return 0
     with Fleet(tag="fbenk") as kfleet:
         kernel_table(kfleet, [b for b in args.backends.split(",") if b], args.bans, args.singles)
+        if args.before is not None:
+            stage_table(
+                kfleet, [b for b in args.backends.split(",") if b], args.bans, args.before, args.rounds
+            )
     if not args.e2e:
         return 0
     backends = [b for b in args.backends.split(",") if b]
@@ -353,23 +515,65 @@ def main(argv: list[str]) -> int:
         ref_ipset = raw_ipset(host, ips)
         ref_iptc = raw_iptc(host, ips)
         ref_nft = raw_nft(host, ips)
-        results: dict[str, tuple[float, float]] = {}
+        results: dict[str, tuple[float, float, float, list[float]]] = {}
+        before: dict[str, tuple[float, float, float, list[float]]] = {}
         for i, b in enumerate(backends):
-            results[b] = run_backend(b, args.bans, broker.bootstrap, Topics(f"bench{i}."), fleet, workdir)
+            if args.before is not None:
+                before[b] = run_backend(
+                    b,
+                    args.bans,
+                    broker.bootstrap,
+                    Topics(f"before{i}."),
+                    fleet,
+                    workdir,
+                    args.before,
+                    "-before",
+                    args.delays,
+                )
+            results[b] = run_backend(
+                b, args.bans, broker.bootstrap, Topics(f"bench{i}."), fleet, workdir, singles=args.delays
+            )
     base = results.get("ipset", next(iter(results.values())))[0]
     print(
         f"\nenforcer apply rate, {args.bans} bans (published -> all in the kernel; tombstones -> all gone)\n"
     )
-    print(f"{'what':<34} {'apply s':>9} {'lift s':>9} {'bans/s':>10} {'x ipset':>8} {'x raw tool':>10}")
-    for b, (applied, lifted) in results.items():
+    print(
+        f"{'what':<34} {'apply s':>9} {'lift s':>9} {'publish s':>9} {'bans/s':>10} {'x ipset':>8}"
+        f" {'x raw tool':>10} {'x before':>9}"
+    )
+    rows = [(f"enforcer, backend {b}", b, r, before.get(b)) for b, r in results.items()]
+    rows += [(f"before: enforcer, backend {b}", b, r, None) for b, r in before.items()]
+    for what, b, (applied, lifted, published, _), ref in rows:
         raw = {"ipset": ref_ipset, "nftables": ref_nft}.get(b, ref_iptc)
+        vs = f"{applied / ref[0]:.2f}" if ref is not None else ""
         print(
-            f"{'enforcer, backend ' + b:<34} {applied:>9.3f} {lifted:>9.3f} {args.bans / applied:>10.0f}"
-            f" {applied / base:>8.2f} {applied / raw:>10.1f}"
+            f"{what:<34} {applied:>9.3f} {lifted:>9.3f} {published:>9.3f} {args.bans / applied:>10.0f}"
+            f" {applied / base:>8.2f} {applied / raw:>10.1f} {vs:>9}"
         )
-    print(f"{'raw: ipset restore (one batch)':<34} {ref_ipset:>9.3f} {'':>9} {args.bans / ref_ipset:>10.0f}")
-    print(f"{'raw: python-iptables, one commit':<34} {ref_iptc:>9.3f} {'':>9} {args.bans / ref_iptc:>10.0f}")
-    print(f"{'raw: nft -f (one batch)':<34} {ref_nft:>9.3f} {'':>9} {args.bans / ref_nft:>10.0f}")
+    pad = f"{'':>9} {'':>9}"
+    print(f"{'raw: ipset restore (one batch)':<34} {ref_ipset:>9.3f} {pad} {args.bans / ref_ipset:>10.0f}")
+    print(f"{'raw: python-iptables, one commit':<34} {ref_iptc:>9.3f} {pad} {args.bans / ref_iptc:>10.0f}")
+    print(f"{'raw: nft -f (one batch)':<34} {ref_nft:>9.3f} {pad} {args.bans / ref_nft:>10.0f}")
+    print("apply s: from the first record produced to all in the kernel; publish s: to the producer's flush")
+    for b, (applied, _, _, _) in results.items():
+        print(
+            f"target {b} < 0.5 s for {args.bans}: {'met' if applied < 0.5 else 'NOT met'} ({applied:.3f} s)"
+        )
+    if args.delays:
+        print(
+            f"\nenforce delay, {args.delays} bans one at a time (decision time -> applied report time), ms\n"
+        )
+        print(f"{'what':<34} {'p50':>7} {'p99':>7} {'max':>7} {'x before p50':>13}")
+        drows = [(f"enforcer, backend {b}", r[3], before.get(b)) for b, r in results.items()]
+        drows += [(f"before: enforcer, backend {b}", r[3], None) for b, r in before.items()]
+        for what, ds, ref in drows:
+            p50, p99 = percentile(ds, 50), percentile(ds, 99)
+            vs = f"{p50 / percentile(ref[3], 50):.2f}" if ref is not None else ""
+            print(f"{what:<34} {p50 * 1e3:>7.2f} {p99 * 1e3:>7.2f} {max(ds) * 1e3:>7.2f} {vs:>13}")
+        for b, r in results.items():
+            p50, p99 = percentile(r[3], 50), percentile(r[3], 99)
+            ok = p50 < 0.003 and p99 < 0.010
+            print(f"target {b} p50 < 3 ms, p99 < 10 ms: {'met' if ok else 'NOT met'}")
     if "ipset" in results:
         ok = results["ipset"][0] < 2.0
         print(f"\ntarget ipset < 2 s for 10,000: {'met' if ok else 'NOT met'} ({results['ipset'][0]:.2f} s)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -165,19 +166,22 @@ class Rails:
         ranges); everything else goes through :func:`check_target` for the verdict and its words."""
         if "/" in target or "%" in target:
             return False
-        try:
-            addr = ipaddress.ip_address(target)
-        except ValueError:
-            return False
-        if str(addr) != target:  # not canonical (e.g. IPv4-mapped, upper case): the full check says so
-            return False
+        try:  # a dotted quad without leading zeros is canonical IPv4 (inet_pton refuses anything else)
+            value, version = int.from_bytes(socket.inet_pton(socket.AF_INET, target)), 4
+        except OSError:
+            try:
+                addr = ipaddress.ip_address(target)
+            except ValueError:
+                return False
+            if str(addr) != target:  # not canonical (e.g. IPv4-mapped, upper case): the full check says so
+                return False
+            value, version = int(addr), addr.version
         ranges = self._ranges.get(jail)
         if ranges is None:
             nets = (*FAST_PATH_SPECIAL, *self.protect, *self.ignore.get(jail, ()))
             ranges = self._ranges[jail] = [
                 (n.version, int(n.network_address), int(n.broadcast_address)) for n in nets
             ]
-        value, version = int(addr), addr.version
         return not any(v == version and lo <= value <= hi for v, lo, hi in ranges)
 
     @property

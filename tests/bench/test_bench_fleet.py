@@ -112,3 +112,33 @@ def test_sustained_smoke() -> None:
     rss = res["rss"]
     assert isinstance(rss, list) and rss and "processor" in rss[0]
     assert not _left_behind(stdout)
+
+
+@pytest.mark.skipif(shutil.which("fail2ban-client") is None, reason="fail2ban is not installed")
+def test_footprint_smoke() -> None:
+    res, stdout = _bench(
+        "footprint",
+        "--rates",
+        "300",
+        "--duration",
+        "1",
+        "--idle",
+        "1",
+        "--settle",
+        "0.5",
+        "--addresses",
+        "50",
+    )
+    phases = res["phases"]
+    assert isinstance(phases, list)
+    assert [p["name"] for p in phases] == ["idle", "300/s"]
+    idle, load = phases
+    assert idle["lines"] == 0 and load["lines"] == 300, "every line of the phase was written"
+    for p in phases:
+        assert set(p["cpu"]) == set(p["rss"]) == {"shipper", "enforcer", "fail2ban"}
+        assert all(0 <= v < 2.5 for v in p["cpu"].values()), p["cpu"]
+        assert all(5 < v < 2000 for v in p["rss"].values()), "every process was found and measured"
+    # both followed the log: reading and parsing 300 lines costs each some CPU
+    assert load["cpu"]["shipper"] > 0 and load["cpu"]["fail2ban"] > 0
+    assert "ratio" in stdout and "fail2ban's file backend" in stdout
+    assert not _left_behind(stdout)
