@@ -54,6 +54,7 @@ from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import Settings
 from shipper import metrics as m
 from shipper.exceptions import CheckpointError, ShipperError
+from shipper.fileid import FileId
 from shipper.parse import (
     SUSPECT_MARK,
     TOO_LONG,
@@ -426,8 +427,8 @@ class Shipper:
         self._fatal = False
         self._outage_since: float | None = None
         self._last_ack = time.monotonic()
-        self._file_ids: dict[int, str] = {}
-        self._carries: dict[str, Continuation] = {}
+        self._file_ids: dict[int, FileId] = {}
+        self._carries: dict[FileId, Continuation] = {}
         self._checkpoint: Pos | None = None
         self._last_cp_write = 0.0
         self._last_cp_sync = 0.0
@@ -582,7 +583,7 @@ class Shipper:
             self._fatal = True
             self._rl.warning("poll", "kafka producer failed (%s): replacing it", exc)
 
-    def _carry(self, fid: str) -> Continuation:
+    def _carry(self, fid: FileId) -> Continuation:
         """The file's :class:`Continuation` (which lines follow an unterminated 07-0013 record), kept across
         reads; a few files at most (the current one and those rotated away that are still being read)."""
         carry = self._carries.get(fid)
@@ -840,7 +841,7 @@ class Shipper:
             if file_id is None:
                 return
         path, dev, ino = ident
-        fp = file_id.rsplit("-", 1)[1] if offset else ""
+        fp = file_id.fp if offset else ""
         save_checkpoint(self.checkpoint_path, Checkpoint(path, dev, ino, fp, offset), sync=sync)
         self._checkpoint = pos
         self._last_cp_write = now
