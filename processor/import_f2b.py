@@ -248,7 +248,7 @@ def _recidive(values: dict[str, str], own: set[str], out: dict[str, Any], notes:
     )
 
 
-def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | None = None) -> ImportResult:
+def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | None = None) -> ImportResult:  # noqa: C901  # one jail's many fail2ban options, one branch each; splitting it is left for after the processor work (#19)
     """Read one jail section (and its filter) and return fleet2ban settings plus what was left out."""
     cp = read_config(jail_file)
     sections = [s for s in cp.sections() if s not in ("INCLUDES", "Definition", "Init")]

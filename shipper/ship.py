@@ -593,9 +593,37 @@ class Shipper:
             carry = self._carries[fid] = Continuation()
         return carry
 
+    def _parse_other(self, text: str, too_long: bool, limit: int) -> ParseResult:
+        """A line the block scanner did not take, by the configured parser."""
+        if too_long:
+            return Rejected(TOO_LONG, f"line longer than {limit} bytes")
+        if text.startswith(SUSPECT_MARK):  # whatever the parser: a fail2ban filter would take it
+            return parse_line(text)
+        return self.parser(text)
+
+    def _note_not_event(self, result: ParseResult, off: int) -> None:
+        """Count a liveness line or a rejection (logged, rate-limited)."""
+        stats = self.stats
+        if type(result) is Liveness:
+            stats.liveness += 1
+            stats.last_liveness_ts = result.ts
+            m.LIVENESS.inc()
+            m.LAST_LIVENESS_TIME.set(result.ts.timestamp())
+            return
+        assert isinstance(result, Rejected)
+        stats.rejected[result.kind] += 1
+        m.REJECTED.labels(result.kind).inc()
+        self._rl_parse.warning(
+            f"reject-{result.kind}",
+            "%s: line at byte %d rejected (%s): %s",
+            self.path,
+            off,
+            result.kind,
+            result.detail,
+        )
+
     def _process(self, items: list[TailItem], now: float) -> None:
         """Parse what the tailer read; events join their IP's batch (full batches go out at once)."""
-        stats = self.stats
         limit = self.tailer.max_line_bytes
         counts = [0, 0]  # lines, events
         host, batcher, tracker, file_ids = self.host, self.batcher, self.tracker, self._file_ids
@@ -639,32 +667,12 @@ class Shipper:
 
             def on_other(off: int, text: str, too_long: bool) -> None:
                 counts[0] += 1
-                if too_long:
-                    result: ParseResult = Rejected(TOO_LONG, f"line longer than {limit} bytes")
-                elif text.startswith(SUSPECT_MARK):  # whatever the parser: a fail2ban filter would take it
-                    result = parse_line(text)
-                else:
-                    result = self.parser(text)
+                result = self._parse_other(text, too_long, limit)
                 if type(result) is ParsedLine:
                     counts[1] += 1
                     on_fast(off, result.ts, result.ip, result.port, result.client, result.reason, result.raw)
-                elif type(result) is Liveness:
-                    stats.liveness += 1
-                    stats.last_liveness_ts = result.ts
-                    m.LIVENESS.inc()
-                    m.LAST_LIVENESS_TIME.set(result.ts.timestamp())
                 else:
-                    assert isinstance(result, Rejected)
-                    stats.rejected[result.kind] += 1
-                    m.REJECTED.labels(result.kind).inc()
-                    self._rl_parse.warning(
-                        f"reject-{result.kind}",
-                        "%s: line at byte %d rejected (%s): %s",
-                        self.path,
-                        off,
-                        result.kind,
-                        result.detail,
-                    )
+                    self._note_not_event(result, off)
 
             if isinstance(item, TailLine):
                 text = "" if item.too_long else decode_line(item.data)
@@ -678,7 +686,15 @@ class Shipper:
                     text = "" if ln.too_long else decode_line(ln.data)
                     on_other(ln.offset, _checked(carry, text, ln.too_long), ln.too_long)
         batcher.last_ts = last_ts
-        lines, events = counts
+        self._note_read(*counts)
+        cur = self.tailer.position[0]
+        if cur not in file_ids:
+            cur_fid = self.tailer.current_file_id()
+            if cur_fid is not None:
+                file_ids[cur] = cur_fid
+
+    def _note_read(self, lines: int, events: int) -> None:
+        stats = self.stats
         stats.lines += lines
         stats.events += events
         self.pending_lines += events
@@ -688,11 +704,6 @@ class Shipper:
             if self.batcher.last_ts is not None:
                 stats.last_event_ts = self.batcher.last_ts
                 m.LAST_EVENT_TIME.set(self.batcher.last_ts.timestamp())
-        cur = self.tailer.position[0]
-        if cur not in file_ids:
-            cur_fid = self.tailer.current_file_id()
-            if cur_fid is not None:
-                file_ids[cur] = cur_fid
 
     def _send(self, b: Pending) -> None:
         b.value = encode(EventsRecord(host=self.host, lines=b.lines, instance=self.instance))
