@@ -398,7 +398,7 @@ class Enforcer:
             why = f"refused: {refusal.detail}" if refusal else "no longer wanted"
         self._report("removed", key[0], key[1], decision, why, at)
 
-    def reconcile(self, full: bool) -> Outcome:
+    def reconcile(self, full: bool) -> Outcome:  # noqa: C901  # being split into rooms (core, agent, discovery, metrics) by the enforcer engineer, #19
         """Bring the kernel to the active set in one batch; with ``full``, re-read and repair the kernel
         first. Raises :class:`BackendError` when the backend cannot even list or repair."""
         started = time.perf_counter()

@@ -107,3 +107,53 @@ def _expand(
     if len(result) > MAX_VALUE:
         raise IniError(f"{what}: %(name)s references expand beyond {MAX_VALUE} characters")
     return result
+
+
+# ---------------------------------------------------------------- the one reader of jails and filters
+
+INLINE_COMMENT: Final = (";",)
+"""fail2ban's parser (SafeConfigParserWithIncludes) takes ``;`` after whitespace as the start of an inline
+comment; ``#`` starts a comment only at the start of a line."""
+
+
+def read_config(path: Path) -> configparser.RawConfigParser:
+    """A fail2ban jail or filter file as fail2ban reads it: ``NAME.conf``, then ``NAME.local`` over it when
+    that exists (or a ``.local`` alone); inline ``;`` comments; names keep their case; values raw, their
+    ``%(name)s`` references left for :func:`interpolate`. ``import-fail2ban`` (jails and their filters) and
+    the shipper's ``--filter`` both read through here, so both see the same values."""
+    cp = configparser.RawConfigParser(
+        strict=False, inline_comment_prefixes=INLINE_COMMENT, interpolation=None
+    )
+    local = path.with_suffix(".local")
+    return read_ini(path, *([local] if local != path else []), parser=cp)
+
+
+def find_config(directory: Path, name: str) -> Path | None:
+    """The file fail2ban reads for ``name`` in ``directory`` (``NAME.conf``, else ``NAME.local``), or None."""
+    for p in (directory / f"{name}.conf", directory / f"{name}.local"):
+        if p.is_file():
+            return p
+    return None
+
+
+def filter_scope(cp: configparser.RawConfigParser) -> dict[str, str]:
+    """The raw values a filter's ``[Definition]`` options are read and interpolated from: ``[DEFAULT]``, then
+    ``[Init]``, then ``[Definition]`` (a later section's name wins)."""
+    scope = dict(cp.defaults())
+    for section in ("Init", "Definition"):
+        if cp.has_section(section):
+            scope.update(dict(cp.items(section)))
+    return scope
+
+
+def filter_option(scope: Mapping[str, str], option: str, *, what: str) -> str | None:
+    """A filter option interpolated from its scope (:func:`filter_scope`), or None when it is not set."""
+    return interpolate(scope[option], scope, what=f"{what} {option}") if option in scope else None
+
+
+def regex_lines(value: str | None) -> list[str]:
+    """The regexes of a multi-line ``failregex``/``ignoreregex`` value: one a line, blank and ``#`` lines
+    left out."""
+    if not value:
+        return []
+    return [ln.strip() for ln in value.splitlines() if ln.strip() and not ln.strip().startswith("#")]

@@ -214,7 +214,7 @@ class Processor:
         for expires, target in ban_expiries(out, start):
             heapq.heappush(self.expiries, (expires, target.encode()))
 
-    def on_events_record(
+    def on_events_record(  # noqa: C901  # Faust wiring, being rewritten as named objects by the processor engineer (#19)
         self,
         key: bytes | None,
         value: bytes | None,
@@ -505,7 +505,7 @@ def changelog_spec(settings: Settings) -> TopicSpec:
     )
 
 
-def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:
+def build_app(settings: Settings, cluster: Cluster) -> FaustProcessor:  # noqa: C901  # Faust composition root, being rewritten as named objects by the processor engineer (#19)
     p = settings.processor
     conf = faust_broker_settings(cluster, p)
     data_dir = p.data_dir or (settings.resolved_state_dir() / "processor")

@@ -52,7 +52,7 @@ class Engine:
         for item in ban_expiries(out, start):
             heapq.heappush(self._expiries, item)
 
-    def feed(self, events: Iterable[Event], out: list[Output] | None = None) -> list[Output]:
+    def feed(self, events: Iterable[Event], out: list[Output] | None = None) -> list[Output]:  # noqa: C901  # the batched policy driver, being merged with Policy by the processor engineer (#19)
         """Apply events one by one (any mix of addresses), moving the clock with them."""
         out = [] if out is None else out
         policy = self.policy

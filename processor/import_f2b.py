@@ -16,7 +16,6 @@ jails, as fleet2ban decides them. What it leaves unset takes jail.conf's ``[reci
 
 from __future__ import annotations
 
-import configparser
 import math
 import re
 import socket
@@ -27,7 +26,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from fleet2ban.contract import ContractError, target_network
-from fleet2ban.f2bini import interpolate, one_line, read_ini
+from fleet2ban.f2bini import (
+    filter_option,
+    filter_scope,
+    find_config,
+    interpolate,
+    one_line,
+    read_config,
+    regex_lines,
+)
 from fleet2ban.settings import JailSettings, format_validation_error
 from processor.exceptions import ImportFail2banError
 
@@ -193,12 +200,6 @@ def parse_ignoreip(text: str, notes: list[str]) -> list[str]:
     return out
 
 
-def _read_ini(path: Path) -> configparser.RawConfigParser:
-    cp = configparser.RawConfigParser(strict=False, inline_comment_prefixes=(" #", " ;"), interpolation=None)
-    local = path.with_suffix(".local")
-    return read_ini(path, *([local] if local != path else []), parser=cp)
-
-
 def _reasons_from_regex(regexes: list[str]) -> list[str] | None:
     """The alternatives of the first unnamed group of each failregex, when they are plain words."""
     reasons: list[str] = []
@@ -247,9 +248,9 @@ def _recidive(values: dict[str, str], own: set[str], out: dict[str, Any], notes:
     )
 
 
-def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | None = None) -> ImportResult:
+def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | None = None) -> ImportResult:  # noqa: C901  # one jail's many fail2ban options, one branch each; splitting it is left for after the processor work (#19)
     """Read one jail section (and its filter) and return fleet2ban settings plus what was left out."""
-    cp = _read_ini(jail_file)
+    cp = read_config(jail_file)
     sections = [s for s in cp.sections() if s not in ("INCLUDES", "Definition", "Init")]
     if jail is None:
         enabled = [s for s in sections if cp.get(s, "enabled", fallback="false").strip().lower() == "true"]
@@ -299,15 +300,10 @@ def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | Non
     # jail.conf's [DEFAULT] says filter = %(__name__)s[mode=...]: the section's own name
     filter_name = values.get("filter", jail).replace("%(__name__)s", jail).split("[", 1)[0].strip()
     fdir = filter_dir or (jail_file.parent / "filter.d")
-    fpath = next(
-        (p for p in (fdir / f"{filter_name}.local", fdir / f"{filter_name}.conf") if p.is_file()), None
-    )
+    fpath = find_config(fdir, filter_name)
     fscope: dict[str, str] = {}
     if fpath is not None and filter_name != "recidive":
-        fcp = _read_ini(fpath)
-        fscope = {**fcp.defaults(), **(dict(fcp.items("Init")) if fcp.has_section("Init") else {})}
-        if fcp.has_section("Definition"):
-            fscope.update(dict(fcp.items("Definition")))
+        fscope = filter_scope(read_config(fpath))  # as the shipper's --filter reads it
     if filter_name == "recidive" or _BAN_LINE.search(fscope.get("failregex", "")):
         own = set(getattr(cp, "_sections", {}).get(jail, {}))  # the section's own keys, not [DEFAULT]'s
         _recidive(values, own, out, notes)
@@ -322,8 +318,7 @@ def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | Non
         if fpath is None:
             notes.append(f"filter {filter_name!r} not found in {fdir}: kept the built-in AMPS parser")
         else:
-            failregex = interpolate(fscope.get("failregex", ""), fscope, what=f"{fpath} failregex")
-            regexes = [ln.strip() for ln in failregex.splitlines() if ln.strip()]
+            regexes = regex_lines(filter_option(fscope, "failregex", what=str(fpath)))
             seed = [SEED_REGEX.search(rx) for rx in regexes]
             if regexes and all(seed):
                 reasons = [r for m in seed if m for r in m.group(1).split("|")]

@@ -53,7 +53,7 @@ def _jitter(seed: str, rndtime: float) -> float:
     return int.from_bytes(digest, "big") / 2**64 * rndtime
 
 
-def compile_increment(opts: IncrementSettings) -> BanTimeFn | None:
+def compile_increment(opts: IncrementSettings) -> BanTimeFn | None:  # noqa: C901  # fail2ban's bantime.increment options, one branch each; processor engineer's
     """A function ``(bantime, earlier_bans, seed) -> seconds``; None when the increment is off.
 
     Raises :class:`IncrementConfigError` when the formula does not evaluate.

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from fleet2ban.contract import RAW_LINE_MAX
-from fleet2ban.f2bini import IniError, interpolate, one_line, read_ini
+from fleet2ban.f2bini import IniError, filter_option, filter_scope, one_line, read_config, regex_lines
 from shipper.exceptions import FilterError
 from shipper.parse import (
     BAD_ADDRESS,
@@ -145,31 +145,24 @@ def _first_unnamed(m: re.Match[str]) -> str | None:
     return None
 
 
-def _regex_lines(value: str | None) -> list[str]:
-    if not value:
-        return []
-    return [ln.strip() for ln in value.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-
-
 def load_filter(path: Path, *, warn: bool = True) -> Fail2banFilter:
     """Read a fail2ban filter file. Raises :class:`FilterError` (one line) when it cannot be used: not
     readable, binary, not UTF-8, not INI, a recursive or exploding ``%(name)s``, a bad regex."""
     try:
-        cp = read_ini(path)
+        cp = read_config(path)
     except IniError as exc:
         raise FilterError(f"filter {exc}") from None
     if not cp.has_section("Definition"):
         raise FilterError(f"filter {path}: no [Definition] section")
-    scope = {**cp.defaults(), **(dict(cp.items("Init")) if cp.has_section("Init") else {})}
-    scope.update(dict(cp.items("Definition")))
+    scope = filter_scope(cp)
 
     def compile_all(option: str) -> tuple[re.Pattern[str], ...]:
         try:
-            raw = interpolate(scope[option], scope, what=f"{path} {option}") if option in scope else None
+            raw = filter_option(scope, option, what=str(path))
         except IniError as exc:
             raise FilterError(f"filter {exc}") from None
         out = []
-        for text in _regex_lines(raw):
+        for text in regex_lines(raw):
             try:
                 out.append(re.compile(expand_tags(text)))
             except (re.error, RecursionError, OverflowError) as exc:

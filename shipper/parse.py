@@ -14,16 +14,18 @@ parentheses. No client name, however built, can move that anchor.
 ``00-0015`` line) or a :class:`Rejected` with a ``kind`` that is counted and logged by the caller.
 :func:`iter_file_events` reads a whole file into wire :class:`~fleet2ban.contract.Event` records (the
 offline path used by ``fleet2ban replay``); :func:`write_file_json` writes the same events as JSON lines
-(``fleet2ban parse``). Both, and the shipper, take well-formed lines by :func:`scan_block`'s one-regex block
-scan and every other line through :func:`parse_line`; tests/shipper/test_parse_json.py holds them to
-giving exactly what :func:`parse_line` gives line by line.
+(``fleet2ban parse``).
+
+One recogniser of a well-formed ``07-0013`` line, :func:`_scan` (one regex scan per block of lines plus
+the checks that keep it within what the general path accepts), serves every reader: :func:`scan_block`
+(the shipper, replay), the JSON writer and :func:`parse_line` (the scan over one line). Every other line
+is classified by :func:`_classify`, the general path that names rejections;
+tests/shipper/test_parse_json.py and test_sample_log.py hold the two to the same answers.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ from typing import BinaryIO, Final, Protocol
 import msgspec
 
 from fleet2ban.contract import RAW_LINE_MAX, ContractError, Event, normalize_ip
+from shipper.fileid import FileId
 
 LINE_MAX: Final = 4096
 """Default bound on one line (characters for :func:`parse_line`, bytes when reading files)."""
@@ -98,12 +101,6 @@ _LINE = re.compile(r"(\S+) \[[^\]\s]*\] [A-Za-z]+: (\d\d-\d\d\d\d)(?: (.*))?", r
 # client[NAME](HOST:PORT) disconnected: REASON.   -- NAME is greedy; the tail holds no parenthesis,
 # so the only split that can match is at the last "(" of the line.
 _EVENT = re.compile(r"client\[(.*)\]\(([^()]*)\) disconnected: ([^()]*)\.", re.DOTALL)
-# The fast path: the fixed head matched from the start, the tail found from the end with string
-# operations (the last "(" of the line), so a well-formed line costs one short anchored match. Anything
-# else takes the general path, which also names the rejection. Both accept exactly the same lines.
-_HEAD = re.compile(
-    r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d) \[[^\]\s]*\] [A-Za-z]+: 07-0013 client\["
-)
 _DISC = ") disconnected: "
 _TS = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:(Z)|([+-])(\d\d):?(\d\d))", re.ASCII
@@ -242,63 +239,49 @@ def parse_hostport(text: str) -> tuple[str, int] | Rejected:
     return ip, port
 
 
-FastEvent = tuple[datetime, str, int, str, str]
-
-
-def _fast(line: str) -> FastEvent | None:
-    """(ts, ip, port, client, reason) of a well-formed 07-0013 line; None: ask the general path."""
-    m = _HEAD.match(line)
-    if m is None:
-        return None
-    p = line.rfind("(")
-    if p <= m.end() or line[p - 1] != "]":
-        return None
-    q = line.find(_DISC, p)
-    if q < 0:
-        return None
-    end = len(line) - 1 if line[-1] != "\r" else len(line) - 2
-    if end <= q + 16 or line[end] != "." or line.find(")", q + 1, end) >= 0:
-        return None
-    sec, frac, off = m.groups()
-    base = _ts_cache.get(sec + off)
-    if base is None:
-        return None
-    if frac:
-        us = int(frac[:6]) if len(frac) >= 6 else int(frac.ljust(6, "0"))
-        ts = base + timedelta(0, 0, us) if us else base
-    else:
-        ts = base
-    if line[p + 1] == "[":
-        addr, sep, port_text = line[p + 2 : q].partition("]:")
-        if not sep:
-            return None
-    else:
-        addr, _, port_text = line[p + 1 : q].rpartition(":")
-    ip = _ip_cache.get(addr)
-    if ip is None or not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5):
-        return None
-    port = int(port_text)
-    if not 0 < port < 65536:
-        return None
-    return ts, ip, port, line[m.end() : p - 1], line[q + 16 : end]
-
-
 def parse_line(line: str, max_len: int = LINE_MAX) -> ParseResult:
-    """Parse one line of the AMPS ban log (a trailing ``\\n``/``\\r\\n`` is ignored)."""
+    """Parse one line of the AMPS ban log (a trailing ``\\n``/``\\r\\n`` is ignored).
+
+    A well-formed ``07-0013`` line is recognised by the block scanner over this one line
+    (:func:`_scan_one`), as every reader recognises it; any other line is classified by
+    :func:`_classify`, which names its rejection."""
     if line.startswith(SUSPECT_MARK):
         return Rejected(SUSPECT, "follows an unterminated 07-0013 record (a client name with a newline?)")
-    if len(line) <= max_len:
-        fast = _fast(line)
-        if fast is not None:
-            if line.endswith("\r"):
-                line = line[:-1]
-            return ParsedLine(fast[0], fast[1], fast[2], fast[3], fast[4], line[:RAW_LINE_MAX])
     if line.endswith("\n"):
         line = line[:-1]
     if line.endswith("\r"):
         line = line[:-1]
     if len(line) > max_len:
         return Rejected(TOO_LONG, f"{len(line)} characters (bound {max_len})")
+    return _scan_one(line) or _classify(line)
+
+
+def _scan_one(line: str) -> ParsedLine | None:
+    """:func:`_scan` over the one line ``line`` (no newline): its event, or None (the general path)."""
+    if "\n" in line or line[-1:] == "\r" or "07-0013" not in line:
+        return None
+    try:
+        data = line.encode() + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate: not text a log holds
+        return None
+    got: list[ParsedLine] = []
+
+    def take(_s: int, _end: int, g: tuple[str, ...], u: tuple[str, datetime], ip: str, _escape: bool) -> None:
+        us = g[2]
+        ts = u[1] + timedelta(0, 0, int(us)) if us != "000000" else u[1]
+        got.append(ParsedLine(ts, ip, int(g[6]), g[4], g[7], g[0]))
+
+    _scan(data, LINE_MAX, _NO_CARRY, _ASCII, take, _skip)
+    return got[0] if got else None
+
+
+def _skip(_start: int, _end: int) -> None:
+    pass
+
+
+def _classify(line: str) -> ParseResult:
+    """The general path: any line (no newline, within the length bound) as an event, liveness or the
+    rejection it is counted under."""
     m = _LINE.fullmatch(line)
     if m is None:
         return _unrecognised(line)
@@ -376,29 +359,9 @@ class ParseStats:
         )
 
 
-FINGERPRINT_BYTES: Final = 256
-
-
-def fingerprint(fd: int) -> str:
-    """CRC-32 of a file's first line (at most 256 bytes), or "" while that line is not complete.
-
-    Part of the file identity, because inode numbers are reused: a log rolled over by delete-and-recreate,
-    or truncated in place, often gets the inode (and offsets) of the file before it. Its first line, which
-    starts with a 100 ns timestamp, tells the two apart, so their line ids never collide.
-    """
-    head = os.pread(fd, FINGERPRINT_BYTES, 0)
-    nl = head.find(b"\n")
-    if nl >= 0:
-        head = head[:nl]
-    elif len(head) < FINGERPRINT_BYTES:
-        return ""
-    return f"{zlib.crc32(head):08x}"
-
-
-def file_identity(fd: int) -> str:
-    """Identity of one open file (not of its name): device, inode and first-line fingerprint."""
-    st = os.fstat(fd)
-    return f"{st.st_dev}-{st.st_ino}-{fingerprint(fd)}"
+def file_identity(fd: int) -> FileId:
+    """Identity of one open file (not of its name): :meth:`FileId.of`."""
+    return FileId.of(fd)
 
 
 def read_lines(f: BinaryIO, max_bytes: int = LINE_MAX, offset: int = 0) -> Iterator[tuple[int, bytes, bool]]:
@@ -517,6 +480,9 @@ _ASCII: Final = bytes(range(0x80))
 
 BLOCK = 1 << 20
 
+_NO_CARRY: Final = Continuation()
+"""For :func:`_scan_one`: a line read on its own follows nothing (its ``left`` stays 0)."""
+
 
 OnFast = Callable[[int, datetime, str, int, str, str, str], None]
 """(byte offset, ts, ip, port, client, reason, raw) of one well-formed 07-0013 line."""
@@ -524,28 +490,28 @@ OnOther = Callable[[int, str, bool], None]
 """(byte offset, line text, too long) of any other line: for the general path (:func:`parse_line`)."""
 
 
-def scan_block(
-    block: bytes,
-    base: int,
-    limit: int,
-    on_fast: OnFast,
-    on_other: OnOther,
-    carry: Continuation | None = None,
-) -> int:
-    """Hand every line of ``block`` (complete lines, each ending in a newline; the first at byte ``base``)
-    to ``on_fast`` or ``on_other``, in file order. Returns how many went to ``on_fast``.
+Take = Callable[[int, int, "tuple[str, ...]", "tuple[str, datetime]", str, bool], None]
+"""(start, end, groups, utc, ip, escape) of one well-formed 07-0013 line ``block[start:end]`` (its
+newline included): :data:`_FAST_EVENT`'s groups (raw, second, microseconds, offset, client, address,
+port, reason), the cached UTC second (:func:`_utc_of`), the canonical address, and whether the line holds
+bytes outside the scan's ``allowed`` set (its groups are then the line's UTF-8 text)."""
+Other = Callable[[int, int], None]
+"""(start, end) of complete lines ``block[start:end]`` that the general path (:func:`parse_line`) takes."""
+
+
+def _scan(block: bytes, limit: int, carry: Continuation, allowed: bytes, take: Take, other: Other) -> int:
+    """The one recogniser of well-formed 07-0013 lines: every line of ``block`` (complete lines, each
+    ending in a newline) goes, in file order, to ``take`` (well-formed) or ``other`` (the general path).
+    Returns how many went to ``take``. :func:`scan_block`, :func:`parse_line` and the JSON writer are this
+    scan with their own ``take``.
 
     One regex scan (:data:`_FAST_EVENT`) over the block (as Latin-1: offsets are byte offsets) finds the
-    well-formed 07-0013 lines; a line with non-ASCII bytes is matched again as UTF-8 text. One whose
-    time, address, port, reason or length the checks do not pass, or that is not UTF-8, goes to
-    ``on_other`` (normally :func:`parse_line`), like every line the regex does not take.
-
-    ``carry``: the file's :class:`Continuation` (kept across blocks); without it, suspect lines are found
-    within the block only. A suspect line goes to ``on_other`` marked with :data:`SUSPECT_MARK`.
+    candidates; a line with a byte not in ``allowed`` is matched again as UTF-8 text (not UTF-8: general
+    path). A candidate is taken when its time and address are valid (cached :func:`parse_timestamp`,
+    :func:`_canonical_ip`), its reason holds no parenthesis, its port is at most 65535, it needs no
+    cutting (``limit``, :data:`RAW_LINE_MAX`) and it does not follow an unterminated record (``carry``).
     """
-    if carry is None:
-        carry = Continuation()
-    odd = None if block.isascii() else _lines_with_others(block, _ASCII)
+    odd = None if allowed is _ASCII and block.isascii() else _lines_with_others(block, allowed)
     text = block.decode("latin-1")  # one character per byte: match offsets are byte offsets
     bound = min(limit, RAW_LINE_MAX, LINE_MAX) + 1  # a line's bytes and its newline
     utc, ips = _utc, _fast_ip
@@ -555,20 +521,22 @@ def scan_block(
     for m in _FAST_EVENT.finditer(text):
         s = m.start()
         if s != pos:
-            _other_lines(block, pos, s, base, limit, on_other, carry)
+            other(pos, s)
         pos = m.end() + 1
         if carry.left:  # follows an unterminated 07-0013 record: not to be trusted
-            _other_lines(block, s, pos, base, limit, on_other, carry)
+            other(s, pos)
             continue
-        if odd is not None and s in odd:  # not ASCII: the same checks on the line's UTF-8 text
+        if odd is not None and s in odd:  # the same checks on the line's UTF-8 text
             mu = _utf8_match(block, s, pos - 1)
             if mu is None:
-                _other_lines(block, s, pos, base, limit, on_other, carry)
+                other(s, pos)
                 continue
             groups = mu.groups()
+            escape = True
         else:
             groups = m.groups()
-        raw, sec, us, off, client, addr, port, reason = groups
+            escape = False
+        sec, off, addr, port, reason = groups[1], groups[3], groups[5], groups[6], groups[7]
         if sec != last_sec or off != last_off:  # consecutive lines mostly share their second
             u = utc.get(sec + off)
             if u is None and sec + off not in utc:
@@ -587,21 +555,52 @@ def scan_block(
             or ")" in reason
             or (len(port) == 5 and port > "65535")
         ):
-            _other_lines(block, s, pos, base, limit, on_other, carry)
+            other(s, pos)
             continue
         fast += 1
+        take(s, pos, groups, u, ip, escape)
+    if pos < len(block):
+        other(pos, len(block))
+    return fast
+
+
+def scan_block(
+    block: bytes,
+    base: int,
+    limit: int,
+    on_fast: OnFast,
+    on_other: OnOther,
+    carry: Continuation | None = None,
+) -> int:
+    """Hand every line of ``block`` (complete lines, each ending in a newline; the first at byte ``base``)
+    to ``on_fast`` or ``on_other``, in file order. Returns how many went to ``on_fast``.
+
+    :func:`_scan` decides which: ``on_fast`` gets the well-formed 07-0013 lines, ``on_other`` (normally
+    :func:`parse_line`) every other line, and every line a check does not pass.
+
+    ``carry``: the file's :class:`Continuation` (kept across blocks); without it, suspect lines are found
+    within the block only. A suspect line goes to ``on_other`` marked with :data:`SUSPECT_MARK`.
+    """
+    if carry is None:
+        carry = Continuation()
+    c = carry
+
+    def take(s: int, _end: int, g: tuple[str, ...], u: tuple[str, datetime], ip: str, _escape: bool) -> None:
+        us = g[2]
         on_fast(
             base + s,
             u[1] + timedelta(0, 0, int(us)) if us != "000000" else u[1],
             ip,
-            int(port),
-            client,
-            reason,
-            raw,
+            int(g[6]),
+            g[4],
+            g[7],
+            g[0],
         )
-    if pos < len(block):
-        _other_lines(block, pos, len(block), base, limit, on_other, carry)
-    return fast
+
+    def other(start: int, end: int) -> None:
+        _other_lines(block, start, end, base, limit, on_other, c)
+
+    return _scan(block, limit, carry, _ASCII, take, other)
 
 
 def _utf8_match(block: bytes, start: int, end: int) -> re.Match[str] | None:
@@ -632,7 +631,7 @@ class _FileParse:
         self,
         host: str,
         instance: str,
-        file_id: str,
+        file_id: FileId,
         stats: ParseStats | None,
         parser: Parser,
         max_line_bytes: int,
@@ -802,7 +801,7 @@ class _JsonFile(_FileParse):
         self,
         host: str,
         instance: str,
-        file_id: str,
+        file_id: FileId,
         stats: ParseStats | None,
         max_line_bytes: int,
         on_reject: Callable[[int, Rejected], None] | None,
@@ -827,75 +826,26 @@ class _JsonFile(_FileParse):
 
     def json_block(self, block: bytes, base: int) -> list[str]:
         """The JSON lines of the events among the complete lines ``block``, whose first is at ``base``
-        (pieces of text; :func:`write_parts` writes them)."""
+        (pieces of text; :func:`write_parts` writes them): :func:`_scan` with the JSON text built directly
+        for the well-formed lines that need no escaping, and msgspec encoding the others."""
         parts: list[str] = []
         append = parts.append
-        unsafe = _lines_with_others(block, _JSON_SAFE)
-        text = block.decode("latin-1")  # one character per byte: match offsets are byte offsets
-        bound = min(self.max_line_bytes, RAW_LINE_MAX, LINE_MAX) + 1  # a line's bytes and its newline
-        utc, ips = _utc, _fast_ip
+        encode = self.encode
         head = '{"host":' + self.head + ',"ip":"'
         id_head = '","id":' + self.id_head
         tail = '","instance":' + self.tail + "}\n"
-        pos = fast = 0
-        last_sec = last_off = ""
-        last_u: tuple[str, datetime] | None = None
-        for m in _FAST_EVENT.finditer(text):
-            s = m.start()
-            if s != pos:
-                self.general(block, pos, s, base, parts)
-            pos = m.end() + 1
-            if self.carry.left:  # follows an unterminated 07-0013 record: not to be trusted
-                self.general(block, s, pos, base, parts)
-                continue
-            if unsafe is not None and s in unsafe:  # JSON must escape it: msgspec will, below
-                mu = _utf8_match(block, s, pos - 1)
-                if mu is None:
-                    self.general(block, s, pos, base, parts)
-                    continue
-                groups = mu.groups()
-                escape = True
-            else:
-                groups = m.groups()
-                escape = False
-            raw, sec, us, off, client, addr, port, reason = groups
-            if sec != last_sec or off != last_off:  # consecutive lines mostly share their second
-                u = utc.get(sec + off)
-                if u is None and sec + off not in utc:
-                    u = _utc_of(sec, off)
-                last_sec, last_off, last_u = sec, off, u
-            else:
-                u = last_u
-            ip = ips.get(addr)
-            if ip is None and addr not in ips:
-                ip = _fast_ip_of(addr)
-            if (
-                u is None
-                or ip is None
-                or pos - s > bound
-                or "(" in reason
-                or ")" in reason
-                or (len(port) == 5 and port > "65535")
-            ):
-                self.general(block, s, pos, base, parts)
-                continue
-            fast += 1
-            if escape:
-                ev = Event(
-                    self.host,
-                    ip,
-                    f"{self.prefix}{base + s}",
-                    u[1] + timedelta(0, 0, int(us)) if us != "000000" else u[1],
-                    int(port),
-                    client,
-                    reason,
-                    raw,
-                    self.instance,
-                )
-                append(self.encode(ev).decode())
+        host, instance, prefix = self.host, self.instance, self.prefix
+
+        def take(
+            s: int, _end: int, g: tuple[str, ...], u: tuple[str, datetime], ip: str, escape: bool
+        ) -> None:
+            raw, _sec, us, _off, client, _addr, port, reason = g
+            if escape:  # JSON must escape it: msgspec does
+                ts = u[1] + timedelta(0, 0, int(us)) if us != "000000" else u[1]
+                ev = Event(host, ip, f"{prefix}{base + s}", ts, int(port), client, reason, raw, instance)
+                append(encode(ev).decode())
                 append("\n")
-                continue
-            if us != "000000":
+            elif us != "000000":
                 append(
                     f'{head}{ip}{id_head}{base + s}","ts":"{u[0]}.{us}Z","port":{port},"client":"{client}",'
                     f'"reason":"{reason}","raw":"{raw}{tail}'
@@ -905,8 +855,11 @@ class _JsonFile(_FileParse):
                     f'{head}{ip}{id_head}{base + s}","ts":"{u[0]}Z","port":{port},"client":"{client}",'
                     f'"reason":"{reason}","raw":"{raw}{tail}'
                 )
-        if pos < len(block):
-            self.general(block, pos, len(block), base, parts)
+
+        def other(start: int, end: int) -> None:
+            self.general(block, start, end, base, parts)
+
+        fast = _scan(block, self.max_line_bytes, self.carry, _JSON_SAFE, take, other)
         self.stats.lines += fast
         self.stats.events += fast
         return parts

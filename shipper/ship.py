@@ -54,6 +54,7 @@ from fleet2ban.logs import RateLimitedLog
 from fleet2ban.settings import Settings
 from shipper import metrics as m
 from shipper.exceptions import CheckpointError, ShipperError
+from shipper.fileid import FileId
 from shipper.parse import (
     SUSPECT_MARK,
     TOO_LONG,
@@ -426,8 +427,8 @@ class Shipper:
         self._fatal = False
         self._outage_since: float | None = None
         self._last_ack = time.monotonic()
-        self._file_ids: dict[int, str] = {}
-        self._carries: dict[str, Continuation] = {}
+        self._file_ids: dict[int, FileId] = {}
+        self._carries: dict[FileId, Continuation] = {}
         self._checkpoint: Pos | None = None
         self._last_cp_write = 0.0
         self._last_cp_sync = 0.0
@@ -588,7 +589,7 @@ class Shipper:
             self._fatal = True
             self._rl.warning("poll", "kafka producer failed (%s): replacing it", exc)
 
-    def _carry(self, fid: str) -> Continuation:
+    def _carry(self, fid: FileId) -> Continuation:
         """The file's :class:`Continuation` (which lines follow an unterminated 07-0013 record), kept across
         reads; a few files at most (the current one and those rotated away that are still being read)."""
         carry = self._carries.get(fid)
@@ -598,9 +599,37 @@ class Shipper:
             carry = self._carries[fid] = Continuation()
         return carry
 
+    def _parse_other(self, text: str, too_long: bool, limit: int) -> ParseResult:
+        """A line the block scanner did not take, by the configured parser."""
+        if too_long:
+            return Rejected(TOO_LONG, f"line longer than {limit} bytes")
+        if text.startswith(SUSPECT_MARK):  # whatever the parser: a fail2ban filter would take it
+            return parse_line(text)
+        return self.parser(text)
+
+    def _note_not_event(self, result: ParseResult, off: int) -> None:
+        """Count a liveness line or a rejection (logged, rate-limited)."""
+        stats = self.stats
+        if type(result) is Liveness:
+            stats.liveness += 1
+            stats.last_liveness_ts = result.ts
+            m.LIVENESS.inc()
+            m.LAST_LIVENESS_TIME.set(result.ts.timestamp())
+            return
+        assert isinstance(result, Rejected)
+        stats.rejected[result.kind] += 1
+        m.REJECTED.labels(result.kind).inc()
+        self._rl_parse.warning(
+            f"reject-{result.kind}",
+            "%s: line at byte %d rejected (%s): %s",
+            self.path,
+            off,
+            result.kind,
+            result.detail,
+        )
+
     def _process(self, items: list[TailItem], now: float) -> None:
         """Parse what the tailer read; events join their IP's batch (full batches go out at once)."""
-        stats = self.stats
         limit = self.tailer.max_line_bytes
         counts = [0, 0]  # lines, events
         host, batcher, tracker, file_ids = self.host, self.batcher, self.tracker, self._file_ids
@@ -644,32 +673,12 @@ class Shipper:
 
             def on_other(off: int, text: str, too_long: bool) -> None:
                 counts[0] += 1
-                if too_long:
-                    result: ParseResult = Rejected(TOO_LONG, f"line longer than {limit} bytes")
-                elif text.startswith(SUSPECT_MARK):  # whatever the parser: a fail2ban filter would take it
-                    result = parse_line(text)
-                else:
-                    result = self.parser(text)
+                result = self._parse_other(text, too_long, limit)
                 if type(result) is ParsedLine:
                     counts[1] += 1
                     on_fast(off, result.ts, result.ip, result.port, result.client, result.reason, result.raw)
-                elif type(result) is Liveness:
-                    stats.liveness += 1
-                    stats.last_liveness_ts = result.ts
-                    m.LIVENESS.inc()
-                    m.LAST_LIVENESS_TIME.set(result.ts.timestamp())
                 else:
-                    assert isinstance(result, Rejected)
-                    stats.rejected[result.kind] += 1
-                    m.REJECTED.labels(result.kind).inc()
-                    self._rl_parse.warning(
-                        f"reject-{result.kind}",
-                        "%s: line at byte %d rejected (%s): %s",
-                        self.path,
-                        off,
-                        result.kind,
-                        result.detail,
-                    )
+                    self._note_not_event(result, off)
 
             if isinstance(item, TailLine):
                 text = "" if item.too_long else decode_line(item.data)
@@ -683,7 +692,15 @@ class Shipper:
                     text = "" if ln.too_long else decode_line(ln.data)
                     on_other(ln.offset, _checked(carry, text, ln.too_long), ln.too_long)
         batcher.last_ts = last_ts
-        lines, events = counts
+        self._note_read(*counts)
+        cur = self.tailer.position[0]
+        if cur not in file_ids:
+            cur_fid = self.tailer.current_file_id()
+            if cur_fid is not None:
+                file_ids[cur] = cur_fid
+
+    def _note_read(self, lines: int, events: int) -> None:
+        stats = self.stats
         stats.lines += lines
         stats.events += events
         self.pending_lines += events
@@ -693,11 +710,6 @@ class Shipper:
             if self.batcher.last_ts is not None:
                 stats.last_event_ts = self.batcher.last_ts
                 m.LAST_EVENT_TIME.set(self.batcher.last_ts.timestamp())
-        cur = self.tailer.position[0]
-        if cur not in file_ids:
-            cur_fid = self.tailer.current_file_id()
-            if cur_fid is not None:
-                file_ids[cur] = cur_fid
 
     def _send(self, b: Pending) -> None:
         b.value = encode(EventsRecord(host=self.host, lines=b.lines, instance=self.instance))
@@ -848,7 +860,7 @@ class Shipper:
             if file_id is None:
                 return
         path, dev, ino = ident
-        fp = file_id.rsplit("-", 1)[1] if offset else ""
+        fp = file_id.fp if offset else ""
         save_checkpoint(self.checkpoint_path, Checkpoint(path, dev, ino, fp, offset), sync=sync)
         self._checkpoint = pos
         self._last_cp_write = now

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from shipper.exceptions import CheckpointError
-from shipper.parse import LINE_MAX, fingerprint
+from shipper.fileid import FileId, fingerprint
+from shipper.parse import LINE_MAX
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ class Checkpoint:
     offset: int
 
     @property
-    def file_id(self) -> str:
-        return f"{self.dev}-{self.ino}-{self.fp}"
+    def file_id(self) -> FileId:
+        return FileId(self.dev, self.ino, self.fp)
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:
@@ -84,7 +85,7 @@ class TailLine(NamedTuple):
     """One complete line: which file (``seq`` counts files this tailer opened), where, and its bytes."""
 
     seq: int
-    file_id: str
+    file_id: FileId
     offset: int
     end: int
     data: bytes
@@ -99,7 +100,7 @@ class TailChunk(NamedTuple):
     """
 
     seq: int
-    file_id: str
+    file_id: FileId
     offset: int
     data: bytes
 
@@ -136,10 +137,10 @@ class _File:
         os.lseek(fd, offset, os.SEEK_SET)
 
     @property
-    def file_id(self) -> str:
+    def file_id(self) -> FileId:
         if not self.fp:
             self.fp = fingerprint(self.fd)
-        return f"{self.dev}-{self.ino}-{self.fp}"
+        return FileId(self.dev, self.ino, self.fp)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -296,7 +297,7 @@ class Tailer:
         """The last read reached the end of the file (more data needs a write, not another read)."""
         return self._file is None or self._file.at_eof
 
-    def current_file_id(self) -> str | None:
+    def current_file_id(self) -> FileId | None:
         return self._file.file_id if self._file is not None else None
 
     def lag_bytes(self) -> int:

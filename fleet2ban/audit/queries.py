@@ -184,12 +184,33 @@ def verify(view: FleetView, decisions: Iterable[Decision], now: datetime, within
         if d.action == "ban":
             ban_ids.add(d.id)
             banned_keys.add(ban_key(d.jail, d.ip))
-    found: list[Discrepancy] = []
-    reports_checked = 0
+    enforcers = sorted(view.enforcers)
+    live_states = view.live_enforcers(now)
+    live = [e.host for e in live_states]
+    found, reports_checked = _untraced(view, live_states, ban_ids, banned_keys)
+    unapplied, bans_checked = _unapplied(view, enforcers, now, bound)
+    found += unapplied
+    found += _lingering(view, live_states, now, bound)
+    return VerifyResult(
+        as_of=now,
+        within_s=bound,
+        bans_checked=bans_checked,
+        enforcers=enforcers,
+        live=live,
+        reports_checked=reports_checked,
+        discrepancies=found,
+    )
 
-    # 1. traceability
+
+def _untraced(
+    view: FleetView, live_states: list[EnforcerState], ban_ids: set[str], banned_keys: set[str]
+) -> tuple[list[Discrepancy], int]:
+    """Check 1 of :func:`verify`: applied bans that trace to no ``ban`` decision; and how many reports
+    were checked."""
+    found: list[Discrepancy] = []
+    checked = 0
     for did, rep in sorted(view.referenced.items()):
-        reports_checked += 1
+        checked += 1
         if did not in ban_ids:
             found.append(
                 Discrepancy(
@@ -202,14 +223,11 @@ def verify(view: FleetView, decisions: Iterable[Decision], now: datetime, within
                 )
             )
     for host, key in sorted(view.unreferenced_applied):
-        reports_checked += 1
+        checked += 1
         if key not in banned_keys:
             found.append(
                 Discrepancy("untraced", host, f"{host} reported {key} applied; no ban decision for it", key)
             )
-    enforcers = sorted(view.enforcers)
-    live_states = view.live_enforcers(now)
-    live = [e.host for e in live_states]
     for e in live_states:
         for key in sorted(e.applied):
             if e.applied[key].decision_id is None and key not in banned_keys:
@@ -218,74 +236,89 @@ def verify(view: FleetView, decisions: Iterable[Decision], now: datetime, within
                         "untraced", e.host, f"{e.host} has {key} applied; no ban decision for it", key
                     )
                 )
+    return found, checked
 
-    # 2. every ban in force is applied everywhere within the bound
-    silent_hosts: dict[str, datetime | None] = {}
+
+def _unapplied(
+    view: FleetView, enforcers: list[str], now: datetime, bound: float
+) -> tuple[list[Discrepancy], int]:
+    """Check 2 of :func:`verify`: silent enforcers, then every ban in force for longer than ``bound`` that
+    an enforcer it applies on has not applied (or applied late, or failed to); and how many bans were
+    checked."""
+    found: list[Discrepancy] = []
+    silent_hosts: set[str] = set()
     for host in enforcers:
         enf = view.enforcers[host]
         if enf.heartbeat is None or view.is_silent(enf.heartbeat, now):
             last = enf.heartbeat.at if enf.heartbeat else enf.last_report_at
-            silent_hosts[host] = last
+            silent_hosts.add(host)
             since = f"since {last.isoformat(timespec='seconds')}" if last else "(no heartbeat seen)"
             found.append(Discrepancy("silent", host, f"enforcer {host} is silent {since}"))
-    bans_checked = 0
+    checked = 0
     for key in sorted(view.active(now)):
         entry = view.bans[key]
-        st = entry.state
-        recorded = entry.recorded_at or st.at
+        recorded = entry.recorded_at or entry.state.at
         age = (now - recorded).total_seconds()
         if age <= bound:
             continue
-        bans_checked += 1
+        checked += 1
         for host in enforcers:
-            enf = view.enforcers[host]
-            info = enf.applied.get(key)
-            if info is None and not st.applies_on(host):
-                continue  # a scoped ban (jail min_hosts): not missing where its scope does not reach
-            if info is not None:
-                if info.at is not None and info.decision_id in (None, st.decision_id):
-                    # an enforcer (re)started after the ban applies it at start: measure from there
-                    base = recorded
-                    started = enf.heartbeat.started_at if enf.heartbeat is not None else None
-                    if started is not None and recorded < started <= info.at:
-                        base = started
-                    delay = (info.at - base).total_seconds()
-                    if delay > bound:
-                        found.append(
-                            Discrepancy(
-                                "late",
-                                host,
-                                f"{host} applied {key} {delay:.1f}s after it was recorded (bound {bound:g}s)",
-                                key,
-                                st.decision_id,
-                            )
-                        )
-                continue
-            if key in enf.skipped:
-                continue  # the host's own rails declined it (its own address, a broker ...): by design
-            if key in enf.failed:
-                found.append(
-                    Discrepancy(
-                        "failed",
-                        host,
-                        f"{host} failed to apply {key}: {enf.failed[key].detail or 'no detail'}",
-                        key,
-                        st.decision_id,
-                    )
-                )
-                continue
-            note = " (enforcer silent)" if host in silent_hosts else ""
-            found.append(
-                Discrepancy(
-                    "missing",
-                    host,
-                    f"{host} has not applied {key}, in force for {age:.0f}s{note}",
-                    key,
-                    st.decision_id,
-                )
+            d = _ban_on_host(
+                view.enforcers[host], key, entry.state, recorded, age, bound, host in silent_hosts
             )
+            if d is not None:
+                found.append(d)
+    return found, checked
 
-    # 3. lifted bans still applied
+
+def _ban_on_host(
+    enf: EnforcerState, key: str, st: BanState, recorded: datetime, age: float, bound: float, silent: bool
+) -> Discrepancy | None:
+    """What is wrong with ban ``key`` (in force for ``age`` seconds since ``recorded``) on one enforcer."""
+    host = enf.host
+    info = enf.applied.get(key)
+    if info is None and not st.applies_on(host):
+        return None  # a scoped ban (jail min_hosts): not missing where its scope does not reach
+    if info is not None:
+        if info.at is None or info.decision_id not in (None, st.decision_id):
+            return None
+        # an enforcer (re)started after the ban applies it at start: measure from there
+        base = recorded
+        started = enf.heartbeat.started_at if enf.heartbeat is not None else None
+        if started is not None and recorded < started <= info.at:
+            base = started
+        delay = (info.at - base).total_seconds()
+        if delay <= bound:
+            return None
+        return Discrepancy(
+            "late",
+            host,
+            f"{host} applied {key} {delay:.1f}s after it was recorded (bound {bound:g}s)",
+            key,
+            st.decision_id,
+        )
+    if key in enf.skipped:
+        return None  # the host's own rails declined it (its own address, a broker ...): by design
+    if key in enf.failed:
+        return Discrepancy(
+            "failed",
+            host,
+            f"{host} failed to apply {key}: {enf.failed[key].detail or 'no detail'}",
+            key,
+            st.decision_id,
+        )
+    note = " (enforcer silent)" if silent else ""
+    return Discrepancy(
+        "missing", host, f"{host} has not applied {key}, in force for {age:.0f}s{note}", key, st.decision_id
+    )
+
+
+def _lingering(
+    view: FleetView, live_states: list[EnforcerState], now: datetime, bound: float
+) -> list[Discrepancy]:
+    """Check 3 of :func:`verify`: a live enforcer that keeps a ban applied longer than ``bound`` after it
+    was lifted or expired (only a heartbeat sent after the bound can prove it)."""
+    found: list[Discrepancy] = []
     for e in live_states:
         for key in sorted(e.applied):
             if key in view.bans:
@@ -299,24 +332,14 @@ def verify(view: FleetView, decisions: Iterable[Decision], now: datetime, within
                 continue
             if gone_at is None or e.heartbeat is None:
                 continue
-            # only a heartbeat sent after the bound can prove it lingers
-            if (e.heartbeat.at - gone_at).total_seconds() > bound:
+            lingered = (e.heartbeat.at - gone_at).total_seconds()
+            if lingered > bound:
                 found.append(
                     Discrepancy(
                         "lingering",
                         e.host,
-                        f"{e.host} still has {key} applied {(e.heartbeat.at - gone_at).total_seconds():.0f}s "
-                        "after it was lifted",
+                        f"{e.host} still has {key} applied {lingered:.0f}s after it was lifted",
                         key,
                     )
                 )
-
-    return VerifyResult(
-        as_of=now,
-        within_s=bound,
-        bans_checked=bans_checked,
-        enforcers=enforcers,
-        live=live,
-        reports_checked=reports_checked,
-        discrepancies=found,
-    )
+    return found

@@ -287,7 +287,7 @@ def static_dir() -> Path:
     return Path(str(resources.files("fleet2ban.console") / "static"))
 
 
-def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None = None) -> Starlette:
+def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None = None) -> Starlette:  # noqa: C901  # composition root as closures: module-level handlers are the console engineer's part of #19
     """The console app over a started (or starting) :class:`LiveFleet`."""
     env = _templates()
     secrets = Secrets(config.token)

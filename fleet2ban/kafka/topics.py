@@ -52,7 +52,7 @@ def _kafka_error(exc: BaseException) -> Any:
     return exc.args[0] if exc.args else exc
 
 
-def ensure_topics(
+def ensure_topics(  # noqa: C901  # create-or-check of every topic and its configs; kafka layer not in this change
     cluster: Cluster,
     timeout: float = 15.0,
     *,

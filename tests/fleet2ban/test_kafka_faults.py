@@ -86,7 +86,7 @@ def kafka(tmp_path: Path) -> Iterator[LocalKafka]:
         yield k
 
 
-def test_leader_kill_9_in_a_flood_loses_no_line_and_bans_once_everywhere(
+def test_leader_kill_9_in_a_flood_loses_no_line_and_bans_once_everywhere(  # noqa: C901  # one end-to-end fault scenario, its steps in order
     kafka: LocalKafka, tmp_path: Path
 ) -> None:
     ks = KafkaSettings(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import zlib
 from pathlib import Path
 
 from fleet2ban.waiting import wait_for
+from shipper.fileid import FileId
 from shipper.tail import Checkpoint, Tailer, TailLine, Waker, load_checkpoint, save_checkpoint
 
 
@@ -111,7 +114,7 @@ def test_checkpoint_resume_and_rotation_while_stopped(tmp_path: Path) -> None:
     t = Tailer(p, from_start=True)
     lines = t.read_lines()
     path, dev, ino = t.identity(lines[0].seq)  # type: ignore[misc]
-    cp = Checkpoint(path, dev, ino, lines[0].file_id.rsplit("-", 1)[1], lines[0].end)
+    cp = Checkpoint(path, dev, ino, lines[0].file_id.fp, lines[0].end)
     t.close()
     save_checkpoint(tmp_path / "cp", cp)
     assert load_checkpoint(tmp_path / "cp") == cp
@@ -162,3 +165,40 @@ def test_truncated_and_refilled_past_the_offset_is_seen_by_its_first_line(tmp_pa
     append(p, b"gen2 first line, longer\ngen2 b\n")
     got = read_all(t, want=2)
     assert [ln.data for ln in got] == [b"gen2 first line, longer", b"gen2 b"]
+
+
+def test_file_identity_is_typed_and_its_text_is_the_line_id_prefix(tmp_path: Path) -> None:
+    p = tmp_path / "ban.log"
+    p.write_bytes(b"first line\nsecond\n")
+    st = p.stat()
+    t = Tailer(p, from_start=True)
+    got = read_all(t, 2)
+    fid = got[0].file_id
+    assert isinstance(fid, FileId) and fid == t.current_file_id()
+    assert (fid.dev, fid.ino, fid.fp) == (st.st_dev, st.st_ino, f"{zlib.crc32(b'first line'):08x}")
+    assert str(fid) == f"{st.st_dev}-{st.st_ino}-{fid.fp}"  # the FILE-ID of line ids, unchanged
+    with open(p, "rb") as f:
+        assert FileId.of(f.fileno()) == fid
+
+
+def test_a_checkpoint_written_before_file_ids_were_typed_still_loads(tmp_path: Path) -> None:
+    p = tmp_path / "ban.log"
+    p.write_bytes(b"first line\nsecond\nthird\n")
+    st = p.stat()
+    fp = f"{zlib.crc32(b'first line'):08x}"
+    cpath = tmp_path / "cp.json"
+    cpath.write_text(
+        f'{{"path": "{p}", "dev": {st.st_dev}, "ino": {st.st_ino}, "fp": "{fp}", "offset": 11}}',
+        encoding="utf-8",
+    )
+    cp = load_checkpoint(cpath)
+    assert cp is not None and cp.file_id == FileId(st.st_dev, st.st_ino, fp)
+    save_checkpoint(cpath, cp)
+    assert json.loads(cpath.read_text(encoding="utf-8")) == {
+        "path": str(p),
+        "dev": st.st_dev,
+        "ino": st.st_ino,
+        "fp": fp,
+        "offset": 11,
+    }
+    assert [ln.data for ln in read_all(Tailer(p, cp), 2)] == [b"second", b"third"]
