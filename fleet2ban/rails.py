@@ -168,7 +168,7 @@ class Rails:
             return False
         try:  # a dotted quad without leading zeros is canonical IPv4 (inet_pton refuses anything else)
             value, version = int.from_bytes(socket.inet_pton(socket.AF_INET, target)), 4
-        except OSError:
+        except (OSError, ValueError):  # ValueError: an embedded NUL (hostile input reaches here)
             try:
                 addr = ipaddress.ip_address(target)
             except ValueError:

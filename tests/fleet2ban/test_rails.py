@@ -133,3 +133,11 @@ def test_refusal_memo_and_fast_path_agree_with_the_full_check() -> None:
         "amps",
         "::ffff:10.9.0.1",
     ).startswith("invalid: ")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("target", ["\x00", "1.2.3.4\x00", "\x00::1", "1.2.3.4\n", " 1.2.3.4"])
+def test_a_hostile_target_is_refused_never_raises(target: str) -> None:
+    # the fast path for plain IPv4 asked inet_pton, which raises ValueError on an embedded NUL: one such
+    # record made every reconcile fail (found by tests/fuzz)
+    rails = Rails.build(EnforcerSettings(host="x"), [JailSettings()])
+    assert rails.refusal("amps", target) is not None
