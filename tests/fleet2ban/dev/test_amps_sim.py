@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 from fleet2ban.dev.amps_sim import amps_timestamp, format_disconnect
 from fleet2ban.dev.traffic import attempts
 from fleet2ban.kafka.local import free_port
+from fleet2ban.waiting import wait_for
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}[+-]\d\d:\d\d \[\d+\] info: 07-0013 client\[(?P<name>.*)\]"
@@ -68,12 +68,11 @@ def _lines(path: Path) -> list[re.Match[str]]:
 
 
 def _wait_lines(path: Path, n: int) -> list[re.Match[str]]:
-    for _ in range(100):
+    def enough() -> list[re.Match[str]] | None:
         got = _lines(path)
-        if len(got) >= n:
-            return got
-        threading.Event().wait(0.05)
-    return _lines(path)
+        return got if len(got) >= n else None
+
+    return wait_for(enough, 5.0, f"{n} lines in {path}")
 
 
 def test_logon_outcomes_are_logged_with_reasons(sim: int, tmp_path: Path) -> None:
@@ -118,11 +117,7 @@ def test_loopback_fleet_without_namespaces_decides_bans(tmp_path: Path) -> None:
                 for _k, v in iter_all(cluster, "decisions", cluster.topics.decisions)
             )
 
-        for _ in range(300):
-            if banned():
-                break
-            threading.Event().wait(0.1)
-        assert banned()
+        wait_for(banned, 30.0, f"a ban decision for {att.address}", every=0.1)
         (ban,) = [
             decode_decision(v)
             for _k, v in iter_all(cluster, "decisions", cluster.topics.decisions)
