@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from enforcer_helpers import BansWriter, ReportsReader, ban_record, wait_for
 
-from enforcer.agent import DELAY_SECONDS, Agent
+from enforcer.agent import Agent
 from enforcer.backends.dryrun import DryRunBackend
+from enforcer.metrics import DELAY_SECONDS
 from enforcer.plan import JailSpec, KernelEntry
 from fleet2ban.contract import Heartbeat
 from fleet2ban.kafka import Cluster
