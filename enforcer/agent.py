@@ -17,13 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from enforcer.backends.base import Backend
 from enforcer.core import Enforcer
 from enforcer.exceptions import BackendError
 from enforcer.hostaddrs import broker_addresses, own_addresses
-from enforcer.metrics import BACKEND, RECONCILES, SYNCED
+from enforcer.metrics import BACKEND, RECEIVE_SECONDS, RECONCILES, SYNCED
 from enforcer.plan import JailSpec, Rails
 from fleet2ban import __version__
 from fleet2ban.contract import Heartbeat, ban_key, encode, utcnow
@@ -180,11 +181,13 @@ class Agent:
             self.stop_event.wait(1.0)
         return []
 
-    def _ingest(self, kind: str, key: bytes | None, value: bytes | None, _ts: object) -> None:
+    def _ingest(self, kind: str, key: bytes | None, value: bytes | None, ts: datetime | None) -> None:
         if kind == "allow":
             self.enforcer.ingest_allow(key, value)
         else:
             self.enforcer.ingest(key, value)
+            if self.synced and ts is not None:
+                RECEIVE_SECONDS.observe(max(0.0, time.time() - ts.timestamp()))
         self._ingested += 1
 
     def _drain(self, reader: TopicReader) -> int:

@@ -22,6 +22,12 @@ DELAY_SECONDS = Histogram(
     "from a ban's decision time to its entry in this host's kernel (live bans only)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+RECEIVE_SECONDS = Histogram(
+    "fleet2ban_enforcer_bans_receive_seconds",
+    "from a bans record's timestamp (the processor writing it) to this enforcer reading it, once synced:"
+    " the Kafka hop of the enforce stage (clocks of two hosts)",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 CORRECTIONS = Counter(
     "fleet2ban_enforcer_reconcile_corrections_total",
     "drift a full reconcile found and repaired",
