@@ -650,9 +650,7 @@ class Shipper:
         limit = self.tailer.max_line_bytes
         counts = [0, 0]  # lines, events
         host, batcher, tracker, file_ids = self.host, self.batcher, self.tracker, self._file_ids
-        opened, max_lines, send = batcher.open_batches, batcher.max_lines, self._send
-        max_bytes, parts = batcher.max_bytes, batcher.parts
-        last_ts = batcher.last_ts
+        add, send = batcher.add, self._send
         for item in items:
             seq, fid = item.seq, item.file_id
             if seq not in file_ids:
@@ -671,21 +669,12 @@ class Shipper:
                 seq: int = seq,
                 id_prefix: str = id_prefix,
             ) -> None:
-                # Batcher.add, inlined: this runs once per line
-                nonlocal last_ts
-                last_ts = ts
-                part = parts.get(ip)
-                if part is None:
-                    part = batcher.partition_of(ip)
-                b = opened.get(part)
-                if b is None:
-                    b = batcher.open(part, ip.encode(), (seq, off), now)
+                b, new, full = add(
+                    AddressLine(ip, f"{id_prefix}{off}", ts, port, client, reason, raw), (seq, off), now
+                )
+                if new:
                     tracker.open(b.rid, b.first)
-                lines = b.lines
-                lines.append(AddressLine(ip, f"{id_prefix}{off}", ts, port, client, reason, raw))
-                b.size += LINE_OVERHEAD + len(client) + len(raw)
-                if len(lines) >= max_lines or b.size >= max_bytes:
-                    del opened[part]
+                if full:
                     send(b)
 
             def on_other(off: int, text: str, too_long: bool) -> None:
@@ -708,7 +697,6 @@ class Shipper:
                 for ln in chunk_lines(item, limit):
                     text = "" if ln.too_long else decode_line(ln.data)
                     on_other(ln.offset, _checked(carry, text, ln.too_long), ln.too_long)
-        batcher.last_ts = last_ts
         self._note_read(*counts)
         cur = self.tailer.position[0]
         if cur not in file_ids:
