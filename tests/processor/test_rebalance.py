@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from fleet2ban.contract import EventBatch, Line, encode, from_epoch
 from fleet2ban.settings import JailSettings
 from processor.agents import Agents
-from processor.driver import Processor, StateStore
+from processor.driver import Processor
 from processor.policy import Output, Policy
 from processor.rebalance import Rebalancer
 from processor.rebuild import RebuildError, Span
@@ -101,15 +101,6 @@ def metric(name: str, **labels: str) -> float:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-def test_a_dict_and_a_faust_table_are_state_stores() -> None:
-    from processor import faust_adapter as fa
-
-    app = fa.app_class()("t-store", broker="kafka://localhost:1", store="memory://")
-    table = fa.create_table(app, "targets", 4, lambda _key: 3)
-    assert isinstance({}, StateStore) and isinstance(table, StateStore)
-    assert table.partition_for_key(b"10.0.0.1") == 3  # the contract's partition, not aiokafka's
 
 
 def test_first_record_rebuilds_the_window_from_the_records_before_it() -> None:
