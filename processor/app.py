@@ -207,6 +207,7 @@ def run_worker(settings: Settings, cluster: Cluster) -> None:
     """Run one worker in this process until SIGINT/SIGTERM."""
     from fleet2ban.metrics import serve_metrics
 
+    fa.load()
     use_event_loop(settings.processor.event_loop)
     ensure_topics_quietly(cluster, uses=(), extra=[changelog_spec(settings)])
     fp = build_app(settings, cluster)

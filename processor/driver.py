@@ -1,6 +1,8 @@
-"""The worker's driver: ``events``, ``decisions`` and ``allow`` records and the clock through the jail
-core (``processor.policy``), over a :class:`StateStore` of durable state. No Faust here: ``processor.app``
-gives it a Faust table, tests and tools a plain dict.
+"""One driver of the jail core (``processor.policy``) over a store of target states (:class:`Driver`), and
+the worker's: ``events``, ``decisions`` and ``allow`` records and the wall clock (:class:`Processor`),
+over a :class:`StateStore` of durable state. No Faust here: ``processor.app`` gives the Processor a Faust
+table, tests and tools a plain dict; ``processor.engine.Engine`` (replay, benchmarks) is the same driver
+over a dict of states on the events' own clock.
 
 The failure windows of every target live in memory (``Processor.live``), rebuilt from the events topic
 after an assignment (``processor.rebalance``); only what the events cannot give back (bans, ban counts,
@@ -13,7 +15,8 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Callable, Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -21,6 +24,7 @@ from fleet2ban.allowlist import AllowList
 from fleet2ban.contract import (
     AllowEntry,
     ContractError,
+    Decision,
     Event,
     decode_decision,
     decode_events,
@@ -32,7 +36,6 @@ from fleet2ban.contract import (
 from fleet2ban.identity import Headers, Verifier
 from fleet2ban.logs import RateLimitedLog
 from processor import metrics as m
-from processor.engine import ban_expiries
 from processor.policy import (
     NEG_INF,
     Output,
@@ -73,9 +76,64 @@ PARTITION_CACHE_MAX = 200_000
 # ------------------------------------------------------------------------------------- the processor
 
 
+def ban_expiries(outs: list[Output], start: int = 0) -> Iterator[tuple[float, str]]:
+    """(expires_at, target) of the bans among ``outs[start:]`` that will need lifting."""
+    for o in outs[start:]:
+        d = o.decision
+        if d.action == "ban" and d.expires_at is not None:
+            yield d.expires_at.timestamp(), d.ip
+
+
 @dataclass
-class Processor:
-    """Record handling around the core; Faust-independent apart from the table mapping it is given.
+class Driver(ABC):
+    """The jail core driven over a store of target states, noting the expiry of each ban it decides: one
+    driver for the worker (:class:`Processor`: the wall clock, durable state in a :class:`StateStore`)
+    and for ``fleet2ban replay`` and the benchmarks (``processor.engine.Engine``: the events' clock, a
+    dict of states). A subclass says how a target's state is read and written (``_get``, ``_put``:
+    ``Policy``'s get/put) and how a ban's expiry is remembered (``_expire_at``)."""
+
+    policy: Policy
+
+    @abstractmethod
+    def _get(self, target: str) -> TargetState | None: ...
+
+    @abstractmethod
+    def _put(self, target: str, state: TargetState | None) -> None: ...
+
+    @abstractmethod
+    def _expire_at(self, expires: float, target: str) -> None: ...
+
+    def _note(self, out: list[Output], start: int) -> None:
+        for expires, target in ban_expiries(out, start):
+            self._expire_at(expires, target)
+
+    def feed_record(self, events: Sequence[Event], out: list[Output]) -> None:
+        """Apply the events of one ``events`` record (any mix of addresses, in order:
+        ``Policy.process_events``), without moving the clock."""
+        n = len(out)
+        self.policy.process_events(self._get, self._put, events, out)
+        if len(out) > n:
+            self._note(out, n)
+
+    def feed_batch(self, ip: str, events: Sequence[Event], out: list[Output]) -> None:
+        """Apply the events of one address, without moving the clock."""
+        n = len(out)
+        self.policy.process(self._get, self._put, ip, events, out)
+        if len(out) > n:
+            self._note(out, n)
+
+    def apply_manual(self, decision: Decision, out: list[Output]) -> None:
+        """An operator's decision (``Policy.manual``) on its target's state."""
+        target = normalize_target(decision.ip)
+        n = len(out)
+        self._put(target, self.policy.manual(self._get(target), decision, out))
+        self._note(out, n)
+
+
+@dataclass
+class Processor(Driver):
+    """The worker's driver: records of each kind and the wall clock through the core, over a
+    :class:`StateStore` (the Faust table in the worker, a dict in tests and tools).
 
     Ban expiries are kept in a heap filled from the decisions the core emits; everything else that the
     clock can change (idle state to forget, bans recovered from the changelog after a restart or a
@@ -83,7 +141,6 @@ class Processor:
     partition assignment (``sweep_due``).
     """
 
-    policy: Policy
     table: StateStore
     """The changelogged durable part of each state (``durable_part``): bans, ban counts, floors."""
     partitions: int = 1
@@ -162,9 +219,8 @@ class Processor:
             self.watermarks.pop(p, None)
         return len(gone)
 
-    def _note(self, out: list[Output], start: int) -> None:
-        for expires, target in ban_expiries(out, start):
-            heapq.heappush(self.expiries, (expires, target.encode()))
+    def _expire_at(self, expires: float, target: str) -> None:
+        heapq.heappush(self.expiries, (expires, target.encode()))
 
     def on_events_record(
         self,
@@ -196,10 +252,7 @@ class Processor:
             newest = max(ev.ts for ev in events).timestamp()
             if newest > self.watermarks.get(partition, NEG_INF):
                 self.watermarks[partition] = newest
-        n = len(out)
-        self.policy.process_events(self._get, self._put, events, out)
-        if len(out) > n:
-            self._note(out, n)
+        self.feed_record(events, out)
 
     def _decode(
         self, key: bytes | None, value: bytes | None, replay: bool, headers: Headers
@@ -352,10 +405,7 @@ class Processor:
             # long expired must not be mirrored (and then lifted) again
             m.DECISIONS.labels("expired_manual_skipped", "manual").inc()
             return
-        target = normalize_target(d.ip)
-        n = len(out)
-        self._put(target, self.policy.manual(self._get(target), d, out))
-        self._note(out, n)
+        self.apply_manual(d, out)
 
     def _tick_key(self, key: bytes, now: float, out: list[Output]) -> None:
         target = key.decode()

@@ -178,6 +178,11 @@ def on_assigned(app: Any, topic: str, handler: Callable[[set[int]], Awaitable[No
     app.on_partitions_assigned.connect(receiver, weak=False)
 
 
+def load() -> None:
+    """Import Faust (a worker imports it before choosing its event loop, as it always has)."""
+    import faust  # noqa: F401
+
+
 def run(app: Any, loglevel: str) -> None:
     """Run ``app`` as a worker in this process until SIGINT/SIGTERM, fleet2ban's logging kept."""
     import faust
