@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from fleet2ban.contract import RAW_LINE_MAX, ContractError, Decision, Event
+from fleet2ban.contract import ContractError, Decision, Event
 from processor.driver import Driver, ban_expiries
-from processor.policy import _HI, Jail, JailState, Output, TargetState
+from processor.policy import Jail, JailState, Output, TargetState
 
 __all__ = ["Engine", "ban_expiries"]
 
@@ -47,13 +46,12 @@ class Engine(Driver):
     def _expire_at(self, expires: float, target: str) -> None:
         heapq.heappush(self._expiries, (expires, target))
 
-    def feed(self, events: Iterable[Event], out: list[Output] | None = None) -> list[Output]:  # noqa: C901  # the batched policy driver, being merged with Policy by the processor engineer (#19)
+    def feed(self, events: Iterable[Event], out: list[Output] | None = None) -> list[Output]:
         """Apply events one by one (any mix of addresses), moving the clock with them."""
         out = [] if out is None else out
         policy = self.policy
         process = policy.process
-        general = policy._failure
-        lateness = policy.lateness
+        failure = policy._failure
         counters = policy.counters
         routes = policy._routes
         singles: dict[str, tuple[str, tuple[Jail, ...]] | None] = {}
@@ -85,9 +83,7 @@ class Engine(Driver):
                 single = singles[ip] = route.single
             if single is None:  # ignored by a jail, or several targets: the general path
                 process(get, put, ip, (ev,), out)
-            else:
-                # The same rules as Policy.process, inlined for the common case: a failure newer than
-                # everything seen for the target, no ban in force (see Policy._failure for the rest).
+            else:  # one target: Policy.apply without its routing, each failure through Policy._failure
                 counters.events += 1
                 target, jails = single
                 state = states.get(target)
@@ -101,29 +97,7 @@ class Engine(Driver):
                     js = state.jails.get(j.name)
                     if js is None:
                         js = state.jails[j.name] = JailState()
-                    window = js.window
-                    if (
-                        js.ban is None
-                        and t >= js.watermark
-                        and t >= js.floor
-                        and (not window or t > window[-1][0])
-                    ):
-                        js.watermark = t
-                        counters.failures += 1
-                        raw = ev.raw
-                        window.append(
-                            (t, ev.id, ev.host, raw if len(raw) <= RAW_LINE_MAX else raw[:RAW_LINE_MAX])
-                        )
-                        k = len(window)
-                        maxretry = j.maxretry
-                        if k >= maxretry and k - bisect_right(window, (t - j.findtime, _HI)) >= maxretry:
-                            policy._ban(j, js, state, target, k - 1, out)
-                        else:
-                            cutoff = t - lateness - j.findtime
-                            if window[0][0] <= cutoff:
-                                del window[: bisect_right(window, (cutoff, _HI))]
-                    else:
-                        general(j, js, state, target, ev, t, out)
+                    failure(j, js, state, target, ev, t, out)
             if len(out) > n:
                 self._note(out, n)
         return out
