@@ -597,7 +597,7 @@ class Policy:
                 failure(j, js, state, target, ev, t, out)
         return state
 
-    def _failure(
+    def _failure(  # noqa: PLR0912  # the counting rule itself, one branch per case of fail2ban's; run per failure
         self, j: Jail, js: JailState, state: TargetState, target: str, ev: Event, t: float, out: list[Output]
     ) -> None:
         c = self.counters

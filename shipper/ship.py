@@ -538,32 +538,12 @@ class Shipper:
     def step(self) -> None:
         """One turn of the loop; waits (bounded) when there was nothing to read."""
         now = time.monotonic()
-        got = 0
         # Within the interval after a round, no line could go (Batcher.due): reading then would only
         # cost wake-ups, so under load the log is read once a round. A lone failure after a quiet
         # spell finds the gate open and goes at once.
         gate = self.batcher.last_round + self.batcher.interval_s
         read_now = now >= gate
-        room = self.max_pending - self.pending_lines
-        if room > 0:
-            if self.paused:
-                self.paused = False
-                m.PAUSED.set(0)
-                log.debug("queue below its bound again: reading resumes")
-            if read_now:
-                lines = self.tailer.read(min(READ_BYTES, room * 256))
-                got = len(lines)
-                if lines:
-                    self._process(lines, now)
-        elif not self.paused:
-            self.paused = True
-            m.PAUSED.set(1)
-            self._rl.warning(
-                "paused",
-                "%d events unacknowledged (shipper.max_pending_lines): reading pauses until the broker"
-                " takes them",
-                self.pending_lines,
-            )
+        got = self._read(now) if self._may_read() and read_now else 0
         for b in self.batcher.due(now, idle=not self.inflight):
             self._send(b)
         if self._fatal:
@@ -576,6 +556,37 @@ class Shipper:
         self._maybe_gauges(now)
         if read_now and (got or (self.pending_lines < self.max_pending and not self.tailer.caught_up)):
             return  # more to read now
+        self._wait(now, gate, read_now)
+
+    def _may_read(self) -> bool:
+        """Reading pauses while ``max_pending_lines`` events are unacknowledged (said once each way)."""
+        if self.max_pending - self.pending_lines > 0:
+            if self.paused:
+                self.paused = False
+                m.PAUSED.set(0)
+                log.debug("queue below its bound again: reading resumes")
+            return True
+        if not self.paused:
+            self.paused = True
+            m.PAUSED.set(1)
+            self._rl.warning(
+                "paused",
+                "%d events unacknowledged (shipper.max_pending_lines): reading pauses until the broker"
+                " takes them",
+                self.pending_lines,
+            )
+        return False
+
+    def _read(self, now: float) -> int:
+        """Read and process what the log holds (bounded by the room left); how many items were read."""
+        room = self.max_pending - self.pending_lines
+        lines = self.tailer.read(min(READ_BYTES, room * 256))
+        if lines:
+            self._process(lines, now)
+        return len(lines)
+
+    def _wait(self, now: float, gate: float, read_now: bool) -> None:
+        """Wait (bounded) for the next thing to do: the gate, a round, a retry, a delivery, a write."""
         timeout = self.settings.shipper.poll_interval_s
         if not read_now:
             timeout = min(timeout, gate - now)

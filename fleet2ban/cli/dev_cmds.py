@@ -173,6 +173,36 @@ class Watcher:
         }
 
 
+def _show_lines(fleet: DevFleet, watcher: Watcher, console: Console, deadline: float | None) -> None:
+    """Until ``deadline`` (or Ctrl-C): each decision as a line."""
+    seen = 0
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(0.5)
+        _check_children(fleet)
+        for d in watcher.decisions[seen:]:
+            console.print(
+                f"{d.at:%H:%M:%S} {d.action:<5} {d.ip:<16} failures={d.failures} "
+                f"hosts={','.join(d.hosts)} origin={d.origin}"
+            )
+        seen = len(watcher.decisions)
+
+
+def _show_live(
+    fleet: DevFleet,
+    watcher: Watcher,
+    scenario: Scenario,
+    console: Console,
+    started: float,
+    deadline: float | None,
+) -> None:
+    """Until ``deadline`` (or Ctrl-C): the live view."""
+    with Live(watcher.render(fleet, scenario, started), console=console, refresh_per_second=4) as live:
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.25)
+            _check_children(fleet)
+            live.update(watcher.render(fleet, scenario, started))
+
+
 @handle_errors
 def dev(
     hosts: int = typer.Option(3, "--hosts", min=1, max=20, help="simulated AMPS hosts"),
@@ -229,24 +259,9 @@ def dev(
         scenario = Scenario(fleet).start()
         deadline = started + duration if duration else None
         if no_ui:
-            seen = 0
-            while deadline is None or time.monotonic() < deadline:
-                time.sleep(0.5)
-                _check_children(fleet)
-                for d in watcher.decisions[seen:]:
-                    console.print(
-                        f"{d.at:%H:%M:%S} {d.action:<5} {d.ip:<16} failures={d.failures} "
-                        f"hosts={','.join(d.hosts)} origin={d.origin}"
-                    )
-                seen = len(watcher.decisions)
+            _show_lines(fleet, watcher, console, deadline)
         else:
-            with Live(
-                watcher.render(fleet, scenario, started), console=console, refresh_per_second=4
-            ) as live:
-                while deadline is None or time.monotonic() < deadline:
-                    time.sleep(0.25)
-                    _check_children(fleet)
-                    live.update(watcher.render(fleet, scenario, started))
+            _show_live(fleet, watcher, scenario, console, started, deadline)
     except KeyboardInterrupt:
         console.print("stopping...")
     except (RuntimeError, TimeoutError, OSError) as exc:
