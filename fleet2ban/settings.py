@@ -311,7 +311,7 @@ class ProcessorSettings(_Section):
         ge=0,
         le=3600,
         description="events and manual decisions dated more than this ahead of the processor's clock are"
-        " rejected (counted per sending host); keep it at most lateness_s",
+        " rejected (counted per sending host); at most lateness_s (unset: the smaller of 5 and lateness_s)",
     )
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
     data_dir: Path | None = Field(None, description="default: <state_dir>/processor")
@@ -333,6 +333,20 @@ class ProcessorSettings(_Section):
     def _timeouts(self) -> ProcessorSettings:
         if self.heartbeat_interval_s * 3 > self.session_timeout_s:
             raise ValueError("heartbeat_interval_s must be at most a third of session_timeout_s")
+        return self
+
+    @model_validator(mode="after")
+    def _future_within_lateness(self) -> ProcessorSettings:
+        """A failure dated up to ``max_future_s`` ahead is counted and moves its address's watermark; were
+        that beyond ``lateness_s``, a host whose clock runs ahead in between would make every other host's
+        real failures of that address "late" (issue 20). Left unset, it follows a smaller lateness_s."""
+        if self.max_future_s > self.lateness_s:
+            if "max_future_s" in self.model_fields_set:
+                raise ValueError(
+                    f"max_future_s ({self.max_future_s:g}) must be at most lateness_s ({self.lateness_s:g}):"
+                    " a host whose clock runs ahead by more than lateness_s would make other hosts' failures late"
+                )
+            self.__dict__["max_future_s"] = self.lateness_s  # no assignment: it would validate again
         return self
 
 

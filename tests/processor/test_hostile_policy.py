@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from fleet2ban.contract import MAX_BAN_SECONDS, Decision, Event, from_epoch
-from fleet2ban.settings import EnforcerSettings, IncrementSettings, JailSettings
+from fleet2ban.exceptions import ConfigError
+from fleet2ban.settings import EnforcerSettings, IncrementSettings, JailSettings, load_settings
 from processor.engine import Engine
 from processor.increment import compile_increment
 from processor.policy import Output, Policy
@@ -179,3 +181,21 @@ def test_the_sending_host_of_future_events_is_logged_and_counted(caplog: pytest.
     (rec,) = [r for r in caplog.records if "max_future_s" in r.getMessage()]
     assert "amps-clock-ahead\\x1b[2J" in rec.getMessage() and "3 record(s)" in rec.getMessage()
     assert m.FUTURE.labels("amps-clock-ahead\x1b[2J")._value.get() >= 3
+
+
+def test_a_host_ahead_by_more_than_lateness_cannot_make_other_hosts_late(tmp_path: Path) -> None:
+    """max_future_s above lateness_s let a host whose clock runs ahead in between raise an address's
+    watermark: every real failure from the other hosts was then "late" (0 bans). Such settings are refused,
+    and an unset max_future_s follows a smaller lateness_s."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("processor: {lateness_s: 5, max_future_s: 60}\n")
+    with pytest.raises(ConfigError, match=r"max_future_s .* at most lateness_s"):
+        load_settings(cfg)
+    cfg.write_text("processor: {lateness_s: 2}\n")
+    s = load_settings(cfg).processor
+    assert s.max_future_s == 2
+    p = Policy.from_settings([JailSettings()], s.lateness_s, max_future_s=s.max_future_s, clock=lambda: NOW)
+    ahead = [ev(3.0, host="ahead", n=100 + i) for i in range(3)]  # 3 s ahead: beyond lateness_s
+    outs = Engine(p).feed([*ahead, *fast_failures(40, start=-5.0)])
+    assert len(bans(outs)) == 1 and p.counters.late == 0
+    assert p.counters.future_hosts == {"ahead": 3}
