@@ -36,6 +36,7 @@ from fleet2ban.contract import (
     JAIL_NAME,
     MAX_BAN_SECONDS,
     ContractError,
+    exempts_most,
     target_network,
 )
 from fleet2ban.exceptions import ConfigError
@@ -171,6 +172,12 @@ def _networks(v: Any, what: str) -> Any:
                 f"{what}: {net} covers every IPv{net.version} address, so none could ever be banned"
             )
         out.append(net)
+    space = exempts_most(out)
+    if space is not None:
+        raise ValueError(
+            f"{what}: together its networks cover half or more of {space}, so banning would be off for most"
+            " of the Internet"
+        )
     return out
 
 
