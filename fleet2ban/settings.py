@@ -40,6 +40,7 @@ from fleet2ban.contract import (
     target_network,
 )
 from fleet2ban.exceptions import ConfigError
+from fleet2ban.formula import compile_formula
 from fleet2ban.identity import IdentitySettings
 
 ENV_PREFIX = "FLEET2BAN_"
@@ -141,6 +142,16 @@ class IncrementSettings(_Section):
         None, ge=0, le=MAX_BAN_SECONDS, description="seconds of random jitter added to a bantime"
     )
     overalljails: bool = False
+
+    @field_validator("formula")
+    @classmethod
+    def _formula(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                compile_formula(v)  # arithmetic only (fleet2ban.formula): it may come from a copied jail file
+            except ValueError as exc:
+                raise ValueError(f"not an accepted formula: {exc}") from None
+        return v
 
     @field_validator("multipliers")
     @classmethod

@@ -54,6 +54,7 @@ def run(*args: str) -> tuple[int, str]:
         ("maxretry = %(maxretry)s\n", "refers to itself"),
         ("a = %(b)s\nb = %(a)s\nmaxretry = %(a)s\n", "refers to itself"),
         (BOMB + "maxretry = %(k0)s\n", "nest deeper"),
+        ("bantime.increment = true\nbantime.formula = ().__class__.__base__.__subclasses__()\n", "formula"),
     ],
 )
 def test_bad_jails_are_one_line_and_exit_2(tmp_path: Path, body: str, word: str) -> None:
