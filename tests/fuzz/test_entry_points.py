@@ -46,7 +46,9 @@ from fleet2ban.rails import Rails
 from fleet2ban.safetext import printable
 from fleet2ban.settings import EnforcerSettings, JailSettings, KafkaSettings, Settings, load_settings
 from processor.engine import Engine
+from processor.exceptions import IncrementConfigError
 from processor.import_f2b import import_jail
+from processor.increment import compile_increment
 from processor.policy import Policy
 from shipper.f2bfilter import load_filter
 from shipper.parse import ParsedLine, ParseStats, iter_file_events, parse_line, scan_block, write_file_json
@@ -241,6 +243,9 @@ yaml_docs = st.one_of(
     st.builds(lambda k, v: f"jails:\n  - name: amps\n    {k}: {v}\n",
               st.sampled_from(["bantime", "findtime", "maxretry", "ignoreip", "ports", "name", "reasons"]),
               st.one_of(nasty_text, st.sampled_from([".nan", ".inf", "-.inf", "1e12", "0", "-1", "*a", "[0.0.0.0/0]"]))),
+    st.builds(lambda f: f"jails:\n  - name: amps\n    bantime_increment: {{enabled: true, formula: {f!r}}}\n",
+              st.one_of(nasty_text, st.sampled_from(["9**9**9", "ban.__class__", "().__class__.__base__", "1<<(1<<99)",
+                                                      "'a'*10**9", "ban.Time*2", "round(5, -10**9)"]))),
     st.builds(lambda s, k, v: f"{s}:\n  {k}: {v}\n",
               st.sampled_from(["enforcer", "processor", "shipper", "metrics", "kafka", "log"]),
               nasty_text, st.one_of(nasty_text, st.integers().map(str), st.sampled_from([".nan", ".inf", "&a x", "*a"]))),
@@ -260,6 +265,10 @@ def test_settings_files_load_or_give_a_config_error(data: bytes) -> None:
     for j in s.jails:
         assert math.isfinite(j.bantime) and abs(j.bantime) <= c.MAX_BAN_SECONDS and j.bantime != 0
         assert all(n.prefixlen > 0 for n in j.ignoreip)
+        with contextlib.suppress(IncrementConfigError):  # an accepted formula evaluates, bounded, at once
+            fn = compile_increment(j.bantime_increment)
+            if fn is not None:
+                assert 0 < fn(60.0, 7, "s") <= c.MAX_BAN_SECONDS
 
 
 @FUZZ
