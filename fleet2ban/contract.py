@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -532,8 +533,24 @@ def check_jail_name(name: str) -> str:
     return name
 
 
+HEARTBEAT_INTERVAL_MAX_S: Final = 86400.0
+"""The longest heartbeat interval a reader accepts (a longer one would keep a dead component "live")."""
+
+
 def decode_report(data: bytes | str | None) -> ReportsRecord:
+    """A ``reports`` record; ContractError for anything else, including a heartbeat whose numbers are not
+    finite or out of range (``interval_s: 1e308`` kept a dead enforcer "live" and crashed the readers'
+    arithmetic, issue 20)."""
     rec: ReportsRecord = _decode(_reports_decoder, data, "reports record")
+    if isinstance(rec, Heartbeat):
+        if not 0 < rec.interval_s <= HEARTBEAT_INTERVAL_MAX_S:  # also false for NaN
+            raise ContractError(f"heartbeat: interval_s {rec.interval_s!r} out of range (0, 86400]")
+        if rec.lag is not None and not math.isfinite(rec.lag):
+            raise ContractError(f"heartbeat: lag {rec.lag!r} is not finite")
+        if not all(math.isfinite(v) for v in rec.counters.values()):
+            raise ContractError("heartbeat: a counter is not finite")
+        if rec.applied_total is not None and rec.applied_total < 0:
+            raise ContractError(f"heartbeat: applied_total {rec.applied_total} is negative")
     return rec
 
 
