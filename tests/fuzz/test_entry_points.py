@@ -164,6 +164,14 @@ def topic_values(draw: st.DrawFn) -> bytes:
     rec = msgspec.json.decode(c.encode(draw(st.sampled_from(_valid_records()))))
     key = draw(st.sampled_from(sorted(rec)))
     rec[key] = draw(json_values)
+    if "interval_s" in rec and draw(st.booleans()):  # numbers the readers compute with
+        rec[draw(st.sampled_from(["interval_s", "lag", "applied_total"]))] = draw(
+            st.one_of(
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.integers(),
+                st.sampled_from([0, -5, 1e308]),
+            )
+        )
     lines = rec.get("lines")
     if isinstance(lines, list) and lines and isinstance(lines[0], dict) and draw(st.booleans()):
         field = draw(st.sampled_from(["ts", "ip", "port"]))
@@ -192,6 +200,9 @@ def test_every_topic_decoder_refuses_with_contract_error_only(value: bytes) -> N
             rec = decode(value)
         except c.ContractError:
             continue
+        if isinstance(rec, c.Heartbeat):  # readers do arithmetic on these (read_tail, silence bounds)
+            assert 0 < FleetView().silence_bound(rec) <= 3 * c.HEARTBEAT_INTERVAL_MAX_S
+            assert rec.lag is None or math.isfinite(rec.lag)
         ip = getattr(rec, "ip", None) or getattr(rec, "network", None)
         if ip is not None and decode is not c.decode_report:
             assert c.normalize_target(ip) == ip
@@ -207,6 +218,31 @@ def test_every_topic_decoder_refuses_with_contract_error_only(value: bytes) -> N
         assert events
         for ev in events:  # either shape (v1 EventBatch, v2 EventsRecord): every line checked
             _canonical_event(ev.ip, ev.port)
+
+
+@FUZZ
+@given(
+    st.sampled_from(["interval_s", "lag", "applied_total", "at"]),
+    st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(),
+        st.sampled_from(["9999-12-31T23:59:59Z"]),
+    ),
+)
+def test_heartbeat_numbers_and_times_stay_in_range_for_readers(field: str, value: object) -> None:
+    """A heartbeat the readers accept keeps their arithmetic finite (``interval_s: 1e308`` crashed ``bans
+    list`` for everyone) and, dated ahead of the reader's clock, never keeps a dead enforcer live."""
+    rec = msgspec.json.decode(c.encode(c.Heartbeat(host="h1", role="enforcer", at=NOW)))
+    rec[field] = value
+    try:
+        hb = c.decode_report(msgspec.json.encode(rec))
+    except c.ContractError:
+        return
+    assert isinstance(hb, c.Heartbeat)
+    view = FleetView(clock=lambda: NOW)
+    assert 0 < view.silence_bound(hb) <= 3 * c.HEARTBEAT_INTERVAL_MAX_S
+    view.add_report(hb)
+    assert not view.live_enforcers(NOW + timedelta(days=4))  # silent once its interval has passed
 
 
 @FUZZ
