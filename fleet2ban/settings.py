@@ -458,7 +458,7 @@ class NotifierSettings(_Section):
 class MetricsSettings(_Section):
     port: int = Field(0, ge=0, le=65535, description="/metrics and /healthz port; 0 = off")
     bind: str = "0.0.0.0"
-    heartbeat_interval_s: float = Field(5.0, gt=0)
+    heartbeat_interval_s: float = Field(5.0, gt=0, le=86400)  # readers refuse longer (decode_report)
 
 
 class LogSettings(_Section):

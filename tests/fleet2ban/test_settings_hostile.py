@@ -74,6 +74,7 @@ def test_binary_and_broken_files_give_one_line(tmp_path: Path, data: bytes, word
         ("jails: [{name: amps, ignoreip: '2000::/3'}]", "ignoreip"),  # every routed IPv6 address
         ("enforcer: {protect: [0.0.0.0/2, 64.0.0.0/2, 128.0.0.0/2]}", "protect"),
         ("processor: {lateness_s: 5, max_future_s: 60}", "max_future_s"),
+        ("metrics: {heartbeat_interval_s: 1e6}", "heartbeat_interval_s"),  # readers would refuse them all
         ("jails: [{name: amps, ignoreip: 'fe80::1%eth0'}]", "ignoreip"),
         ("jails: [{name: amps, bantime_increment: {factor: .nan}}]", "factor"),
         ("jails: [{name: amps, bantime_increment: {multipliers: [1, .inf]}}]", "multipliers"),
