@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:  # noqa: C901  # a bench script: its options a
     ap.add_argument("--bans", type=int, default=5, help="bans in force that each entry covers")
     ap.add_argument("--enforcers", type=int, default=3)
     args = ap.parse_args(argv)
-    logging.getLogger("enforcer.agent").setLevel(logging.ERROR)  # one "refusing" line per ban and host
+    logging.getLogger("enforcer.core").setLevel(logging.ERROR)  # one "refusing" line per ban and host
     with bench_cluster() as broker, tempfile.TemporaryDirectory(prefix="f2b-bench-allow-") as tmp:
         cluster = broker.fresh_topics("a")
         kafka = cluster.settings

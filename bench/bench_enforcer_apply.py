@@ -208,7 +208,10 @@ _STAGE = """
 import gc, json, sys, time
 from datetime import timedelta
 import enforcer.agent as agent
-from enforcer.agent import Enforcer
+try:
+    from enforcer.core import Enforcer
+except ImportError:  # a tree from before issue 19, when the Enforcer lived in enforcer.agent
+    from enforcer.agent import Enforcer
 from enforcer.backends import make_backend
 from enforcer.plan import JailSpec, Rails
 from fleet2ban.contract import BanState, ban_key, encode, utcnow
@@ -418,8 +421,8 @@ def reconcile_cost(in_force: int, batch: int, passes: int, incremental: bool) ->
     """CPU seconds of one reconcile after ``batch`` new bans, with ``in_force`` bans in force."""
     from datetime import timedelta
 
-    from enforcer.agent import Enforcer
     from enforcer.backends.dryrun import DryRunBackend
+    from enforcer.core import Enforcer
     from enforcer.plan import JailSpec, Rails
     from fleet2ban.contract import BanState, ban_key, encode, utcnow
     from fleet2ban.settings import EnforcerSettings, JailSettings

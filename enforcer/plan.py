@@ -12,6 +12,8 @@ No Kafka, no kernel: plain data in, plain data out.
   says, so an entry wins even over a stale ban.
   :func:`desired_one` is the same verdict for one ban: an incremental reconcile evaluates only the bans
   that changed (or expired) since the last one; the cap, a rule over every ban, is desired_state's alone.
+  :class:`KeptDesired` is the desired state kept between reconciles and updated in place with those
+  verdicts, with the heap of expiry times that says which bans expired since.
 - :func:`plan` compares that with what a backend lists from the kernel and returns one batch of
   :class:`Changes`: adds (new entries, or entries whose kernel-side timeout no longer matches the ban:
   a re-applied or extended ban renews it), and deletes (expired, lifted, or stray entries). It is
@@ -20,6 +22,7 @@ No Kafka, no kernel: plain data in, plain data out.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import math
 from collections.abc import Container, Iterable, Mapping
@@ -279,6 +282,7 @@ __all__ = [
     "Delete",
     "Desired",
     "JailSpec",
+    "KeptDesired",
     "KernelEntry",
     "Key",
     "Rails",
@@ -310,3 +314,79 @@ def never_renews(deadline: datetime | None, expires_at: datetime | None) -> bool
     if deadline is None or expires_at is None:
         return deadline is None and expires_at is None
     return -RENEW_SAFE <= deadline - expires_at <= RENEW_SAFE
+
+
+class KeptDesired:
+    """The desired state kept between reconciles (:attr:`desired`), so that an incremental one costs
+    O(changes): :meth:`update` re-evaluates only the keys that may have changed, and a heap of expiry
+    times (lazy deletion: an entry is stale when the key's want has another expiry or there is none)
+    says which bans expired (:meth:`pop_due`) and when the next one does (:meth:`due`)."""
+
+    def __init__(self, desired: Desired) -> None:
+        self.desired = desired
+        self.cap_refused = sum(1 for r in desired.refused.values() if r.rule == "cap")
+        """How many bans the cap refused when :attr:`desired` was computed over every ban."""
+        self._expiries: list[tuple[datetime, Key]] = []
+        self._rebuild_expiries(desired.wants)
+
+    def _rebuild_expiries(self, wants: dict[Key, Want]) -> None:
+        self._expiries = [(w.expires_at, key) for key, w in wants.items() if w.expires_at is not None]
+        heapq.heapify(self._expiries)
+
+    def due(self) -> datetime | None:
+        """When the next wanted ban expires (stale heap entries are dropped on the way)."""
+        wants, heap = self.desired.wants, self._expiries
+        while heap:
+            at, key = heap[0]
+            want = wants.get(key)
+            if want is not None and want.expires_at == at:
+                return at
+            heapq.heappop(heap)
+        return None
+
+    def pop_due(self, now: datetime) -> set[Key]:
+        """The wanted keys whose ban expired by ``now`` (their heap entries are consumed)."""
+        wants, heap, out = self.desired.wants, self._expiries, set()
+        while heap and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            want = wants.get(key)
+            if want is not None and want.expires_at == at:
+                out.add(key)
+        return out
+
+    def update(
+        self,
+        keys: set[Key],
+        bans: Mapping[Key, BanState],
+        now: datetime,
+        rails: Rails,
+        known: Container[str],
+        allow: AllowList | None = None,
+    ) -> bool:
+        """Re-evaluate ``keys`` into the kept desired state; False (nothing changed) when the cap is in
+        play: the desired state of every ban must be computed instead (:func:`desired_state`)."""
+        if self.cap_refused:
+            return False
+        verdicts = {key: desired_one(key, bans.get(key), now, rails, known, allow) for key in keys}
+        kept = self.desired
+        wants, refused = kept.wants, kept.refused
+        count = len(wants)
+        for key, verdict in verdicts.items():
+            count += isinstance(verdict, Want) - (key in wants)
+        if count > rails.max_bans:
+            return False
+        heap = self._expiries
+        for key, verdict in verdicts.items():
+            old = wants.pop(key, None)
+            refused.pop(key, None)
+            if isinstance(verdict, Want):
+                wants[key] = verdict
+                at = verdict.expires_at
+                if at is not None and (old is None or old.expires_at != at):
+                    heapq.heappush(heap, (at, key))
+            elif isinstance(verdict, Refusal):
+                refused[key] = verdict
+        kept.alarm = len(wants) > rails.alarm_at
+        if len(heap) > 2 * len(wants) + 1024:  # stale entries of re-applied bans: start afresh
+            self._rebuild_expiries(wants)
+        return True

@@ -554,6 +554,13 @@ def decode_report(data: bytes | str | None) -> ReportsRecord:
     return rec
 
 
+def may_be_heartbeat(value: bytes | None) -> bool:
+    """Whether a ``reports`` value can be a :class:`Heartbeat`: False means it cannot (its JSON lacks the
+    tag ``"heartbeat"`` of the ``type`` field), so a reader skips it without decoding; True still needs
+    :func:`decode_report`."""
+    return value is not None and b'"heartbeat"' in value
+
+
 # ---------------------------------------------------------------------------------------- addresses
 
 

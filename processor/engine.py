@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from fleet2ban.contract import RAW_LINE_MAX, ContractError, Decision, Event, normalize_target
-from processor.policy import _HI, Jail, JailState, Output, Policy, TargetState
+from fleet2ban.contract import ContractError, Decision, Event
+from processor.driver import Driver, ban_expiries
+from processor.policy import Jail, JailState, Output, TargetState
 
-
-def ban_expiries(outs: list[Output], start: int = 0) -> Iterator[tuple[float, str]]:
-    """(expires_at, target) of the bans among ``outs[start:]`` that will need lifting."""
-    for o in outs[start:]:
-        d = o.decision
-        if d.action == "ban" and d.expires_at is not None:
-            yield d.expires_at.timestamp(), d.ip
+__all__ = ["Engine", "ban_expiries"]
 
 
 @dataclass
-class Engine:
-    policy: Policy
+class Engine(Driver):
+    """The core driven by the events' own clock over a dict of states (``processor.driver.Driver``)."""
+
     sweep_every: float = 30.0
     states: dict[str, TargetState] = field(default_factory=dict)
     clock: float = -math.inf
@@ -48,17 +43,15 @@ class Engine:
         else:
             self.states[target] = state
 
-    def _note(self, out: list[Output], start: int) -> None:
-        for item in ban_expiries(out, start):
-            heapq.heappush(self._expiries, item)
+    def _expire_at(self, expires: float, target: str) -> None:
+        heapq.heappush(self._expiries, (expires, target))
 
-    def feed(self, events: Iterable[Event], out: list[Output] | None = None) -> list[Output]:  # noqa: C901  # the batched policy driver, being merged with Policy by the processor engineer (#19)
+    def feed(self, events: Iterable[Event], out: list[Output] | None = None) -> list[Output]:
         """Apply events one by one (any mix of addresses), moving the clock with them."""
         out = [] if out is None else out
         policy = self.policy
         process = policy.process
-        general = policy._failure
-        lateness = policy.lateness
+        failure = policy._failure
         counters = policy.counters
         routes = policy._routes
         singles: dict[str, tuple[str, tuple[Jail, ...]] | None] = {}
@@ -90,9 +83,7 @@ class Engine:
                 single = singles[ip] = route.single
             if single is None:  # ignored by a jail, or several targets: the general path
                 process(get, put, ip, (ev,), out)
-            else:
-                # The same rules as Policy.process, inlined for the common case: a failure newer than
-                # everything seen for the target, no ban in force (see Policy._failure for the rest).
+            else:  # one target: Policy.apply without its routing, each failure through Policy._failure
                 counters.events += 1
                 target, jails = single
                 state = states.get(target)
@@ -106,47 +97,10 @@ class Engine:
                     js = state.jails.get(j.name)
                     if js is None:
                         js = state.jails[j.name] = JailState()
-                    window = js.window
-                    if (
-                        js.ban is None
-                        and t >= js.watermark
-                        and t >= js.floor
-                        and (not window or t > window[-1][0])
-                    ):
-                        js.watermark = t
-                        counters.failures += 1
-                        raw = ev.raw
-                        window.append(
-                            (t, ev.id, ev.host, raw if len(raw) <= RAW_LINE_MAX else raw[:RAW_LINE_MAX])
-                        )
-                        k = len(window)
-                        maxretry = j.maxretry
-                        if k >= maxretry and k - bisect_right(window, (t - j.findtime, _HI)) >= maxretry:
-                            policy._ban(j, js, state, target, k - 1, out)
-                        else:
-                            cutoff = t - lateness - j.findtime
-                            if window[0][0] <= cutoff:
-                                del window[: bisect_right(window, (cutoff, _HI))]
-                    else:
-                        general(j, js, state, target, ev, t, out)
+                    failure(j, js, state, target, ev, t, out)
             if len(out) > n:
                 self._note(out, n)
         return out
-
-    def feed_batch(self, ip: str, events: list[Event], out: list[Output]) -> None:
-        """Apply the events of one address, without moving the clock."""
-        n = len(out)
-        self.policy.process(self._get, self._put, ip, events, out)
-        if len(out) > n:
-            self._note(out, n)
-
-    def feed_record(self, events: list[Event], out: list[Output]) -> None:
-        """Apply the events of one ``events`` record (any mix of addresses, in order; what the worker
-        does with a record: ``Policy.process_events``), without moving the clock."""
-        n = len(out)
-        self.policy.process_events(self._get, self._put, events, out)
-        if len(out) > n:
-            self._note(out, n)
 
     def advance(self, now: float, out: list[Output] | None = None) -> list[Output]:
         """Move the clock to ``now``: expire bans; every ``sweep_every`` forget idle state."""
@@ -174,10 +128,7 @@ class Engine:
 
     def manual(self, decision: Decision, out: list[Output] | None = None) -> list[Output]:
         out = [] if out is None else out
-        target = normalize_target(decision.ip)
-        n = len(out)
-        self._put(target, self.policy.manual(self.states.get(target), decision, out))
-        self._note(out, n)
+        self.apply_manual(decision, out)
         return out
 
     def active_bans(self) -> Iterator[tuple[str, str]]:

@@ -258,9 +258,51 @@ def _recidive(values: dict[str, str], own: set[str], out: dict[str, Any], notes:
     )
 
 
-def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | None = None) -> ImportResult:  # noqa: C901  # one jail's many fail2ban options, one branch each; splitting it is left for after the processor work (#19)
+def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | None = None) -> ImportResult:
     """Read one jail section (and its filter) and return fleet2ban settings plus what was left out."""
     cp = read_config(jail_file)
+    jail = _choose_jail(cp, jail_file, jail)
+    scope = {**cp.defaults(), **dict(cp.items(jail))}
+    values = {k: interpolate(v, scope, what=f"{jail_file} [{jail}] {k}").strip() for k, v in scope.items()}
+    notes: list[str] = []
+    out: dict[str, Any] = {"name": re.sub(r"[^A-Za-z0-9_.-]", "-", jail)[:24], **_counting(values, notes)}
+    inc = _increment(values)
+    if inc:
+        out["bantime_increment"] = inc
+    shipper: dict[str, Any] = {}
+    # jail.conf's [DEFAULT] says filter = %(__name__)s[mode=...]: the section's own name
+    filter_name = values.get("filter", jail).replace("%(__name__)s", jail).split("[", 1)[0].strip()
+    fdir = filter_dir or (jail_file.parent / "filter.d")
+    fpath = find_config(fdir, filter_name)
+    fscope: dict[str, str] = {}
+    if fpath is not None and filter_name != "recidive":
+        fscope = filter_scope(read_config(fpath))  # as the shipper's --filter reads it
+    if filter_name == "recidive" or _BAN_LINE.search(fscope.get("failregex", "")):
+        own = set(getattr(cp, "_sections", {}).get(jail, {}))  # the section's own keys, not [DEFAULT]'s
+        _recidive(values, own, out, notes)
+    else:
+        _log_source(values, filter_name, fdir, fpath, fscope, out, shipper, notes)
+    own_raw = dict(cp.items(jail, raw=True))
+    for key in sorted(values):
+        if key in _HANDLED or (key in cp.defaults() and key not in own_raw):
+            continue
+        if key.startswith("action") or key in _HARMLESS:
+            notes.append(f"{key} = {values[key][:60]!r}: enforcement is fleet2ban's enforcer's job")
+        else:
+            notes.append(f"{key} = {values[key][:60]!r}: no fleet2ban equivalent")
+    try:
+        JailSettings.model_validate(out)
+    except ValidationError as exc:
+        problems = format_validation_error(exc, head="")
+        raise ImportFail2banError(f"the imported jail is not valid: {one_line(problems)}") from None
+    settings: dict[str, Any] = {"jails": [out]}
+    if shipper:
+        settings["shipper"] = shipper
+    return ImportResult(settings, notes)
+
+
+def _choose_jail(cp: Any, jail_file: Path, jail: str | None) -> str:
+    """``jail``, or the file's one enabled jail (or its one jail); an error naming the candidates."""
     sections = [s for s in cp.sections() if s not in ("INCLUDES", "Definition", "Init")]
     if jail is None:
         enabled = [s for s in sections if cp.get(s, "enabled", fallback="false").strip().lower() == "true"]
@@ -272,22 +314,28 @@ def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | Non
         jail = candidates[0]
     if not cp.has_section(jail):
         raise ImportFail2banError(f"no jail [{jail}] in {jail_file} (found: {', '.join(sections)})")
-    scope = {**cp.defaults(), **dict(cp.items(jail))}
-    values = {k: interpolate(v, scope, what=f"{jail_file} [{jail}] {k}").strip() for k, v in scope.items()}
-    notes: list[str] = []
-    out: dict[str, Any] = {"name": re.sub(r"[^A-Za-z0-9_.-]", "-", jail)[:24]}
+    return jail
+
+
+def _counting(values: dict[str, str], notes: list[str]) -> dict[str, Any]:
+    """maxretry, findtime, bantime, ports and ignoreip, those the jail sets."""
+    out: dict[str, Any] = {}
     if "maxretry" in values:
         out["maxretry"] = _int("maxretry", values["maxretry"])
-    if "findtime" in values:
-        out["findtime"] = _time("findtime", values["findtime"])
-    if "bantime" in values:
-        out["bantime"] = _time("bantime", values["bantime"])
+    for key in ("findtime", "bantime"):
+        if key in values:
+            out[key] = _time(key, values[key])
     if "port" in values:
         ports = parse_ports(values["port"], notes)
         if ports:
             out["ports"] = ports
     if "ignoreip" in values:
         out["ignoreip"] = parse_ignoreip(values["ignoreip"], notes)
+    return out
+
+
+def _increment(values: dict[str, str]) -> dict[str, Any]:
+    """fail2ban's ``bantime.*`` options as ``bantime_increment`` (empty: none set)."""
     inc: dict[str, Any] = {}
     if values.get("bantime.increment", "").lower() == "true":
         inc["enabled"] = True
@@ -303,61 +351,45 @@ def import_jail(jail_file: Path, jail: str | None = None, filter_dir: Path | Non
         inc["multipliers"] = [_float("bantime.multipliers", x) for x in values["bantime.multipliers"].split()]
     if values.get("bantime.overalljails", "").lower() == "true":
         inc["overalljails"] = True
-    if inc:
-        out["bantime_increment"] = inc
+    return inc
 
-    shipper: dict[str, Any] = {}
-    # jail.conf's [DEFAULT] says filter = %(__name__)s[mode=...]: the section's own name
-    filter_name = values.get("filter", jail).replace("%(__name__)s", jail).split("[", 1)[0].strip()
-    fdir = filter_dir or (jail_file.parent / "filter.d")
-    fpath = find_config(fdir, filter_name)
-    fscope: dict[str, str] = {}
-    if fpath is not None and filter_name != "recidive":
-        fscope = filter_scope(read_config(fpath))  # as the shipper's --filter reads it
-    if filter_name == "recidive" or _BAN_LINE.search(fscope.get("failregex", "")):
-        own = set(getattr(cp, "_sections", {}).get(jail, {}))  # the section's own keys, not [DEFAULT]'s
-        _recidive(values, own, out, notes)
+
+def _log_source(
+    values: dict[str, str],
+    filter_name: str,
+    fdir: Path,
+    fpath: Path | None,
+    fscope: dict[str, str],
+    out: dict[str, Any],
+    shipper: dict[str, Any],
+    notes: list[str],
+) -> None:
+    """A jail over a log: the shipper's ``log_path``, and its filter as the built-in parser (the seed's
+    AMPS filter) or ``filter_path`` with the reasons its failregex names."""
+    if values.get("logpath"):
+        paths = values["logpath"].split()
+        shipper["log_path"] = paths[0]
+        if len(paths) > 1:
+            notes.append(f"logpath lists {len(paths)} files: a shipper follows one; took {paths[0]}")
+    if "[" in values.get("filter", ""):
+        notes.append(f"filter parameters {values['filter']!r} are not interpreted")
+    if fpath is None:
+        notes.append(f"filter {filter_name!r} not found in {fdir}: kept the built-in AMPS parser")
+        return
+    regexes = regex_lines(filter_option(fscope, "failregex", what=str(fpath)))
+    seed = [SEED_REGEX.search(rx) for rx in regexes]
+    if regexes and all(seed):
+        reasons = [r for m in seed if m for r in m.group(1).split("|")]
+        out["reasons"] = list(dict.fromkeys(reasons))
+        notes.append(
+            f"filter {fpath.name} is the seed's AMPS filter: using the built-in strict parser instead "
+            "(it cannot be fooled by hostile client names)"
+        )
     else:
-        if values.get("logpath"):
-            paths = values["logpath"].split()
-            shipper["log_path"] = paths[0]
-            if len(paths) > 1:
-                notes.append(f"logpath lists {len(paths)} files: a shipper follows one; took {paths[0]}")
-        if "[" in values.get("filter", ""):
-            notes.append(f"filter parameters {values['filter']!r} are not interpreted")
-        if fpath is None:
-            notes.append(f"filter {filter_name!r} not found in {fdir}: kept the built-in AMPS parser")
-        else:
-            regexes = regex_lines(filter_option(fscope, "failregex", what=str(fpath)))
-            seed = [SEED_REGEX.search(rx) for rx in regexes]
-            if regexes and all(seed):
-                reasons = [r for m in seed if m for r in m.group(1).split("|")]
-                out["reasons"] = list(dict.fromkeys(reasons))
-                notes.append(
-                    f"filter {fpath.name} is the seed's AMPS filter: using the built-in strict parser instead "
-                    "(it cannot be fooled by hostile client names)"
-                )
-            else:
-                shipper["filter_path"] = str(fpath)
-                reasons_opt = _reasons_from_regex(regexes)
-                out["reasons"] = reasons_opt or ["match"]
-                if reasons_opt is None:
-                    notes.append("could not infer the filter's reasons: the jail counts every match")
-            if fscope.get("datepattern"):
-                notes.append("datepattern: the shipper reads AMPS's own leading timestamp")
-    for key in sorted(values):
-        if key in _HANDLED or (key in cp.defaults() and key not in dict(cp.items(jail, raw=True))):
-            continue
-        if key.startswith("action") or key in _HARMLESS:
-            notes.append(f"{key} = {values[key][:60]!r}: enforcement is fleet2ban's enforcer's job")
-        else:
-            notes.append(f"{key} = {values[key][:60]!r}: no fleet2ban equivalent")
-    try:
-        JailSettings.model_validate(out)
-    except ValidationError as exc:
-        problems = format_validation_error(exc, head="")
-        raise ImportFail2banError(f"the imported jail is not valid: {one_line(problems)}") from None
-    settings: dict[str, Any] = {"jails": [out]}
-    if shipper:
-        settings["shipper"] = shipper
-    return ImportResult(settings, notes)
+        shipper["filter_path"] = str(fpath)
+        reasons_opt = _reasons_from_regex(regexes)
+        out["reasons"] = reasons_opt or ["match"]
+        if reasons_opt is None:
+            notes.append("could not infer the filter's reasons: the jail counts every match")
+    if fscope.get("datepattern"):
+        notes.append("datepattern: the shipper reads AMPS's own leading timestamp")

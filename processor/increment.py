@@ -44,28 +44,14 @@ def _jitter(seed: str, rndtime: float) -> float:
     return int.from_bytes(digest, "big") / 2**64 * rndtime
 
 
-def compile_increment(opts: IncrementSettings) -> BanTimeFn | None:  # noqa: C901  # fail2ban's bantime.increment options, one branch each; processor engineer's
+def compile_increment(opts: IncrementSettings) -> BanTimeFn | None:
     """A function ``(bantime, earlier_bans, seed) -> seconds``; None when the increment is off.
 
     Raises :class:`IncrementConfigError` when the formula does not evaluate.
     """
     if not opts.enabled:
         return None
-    factor = opts.factor
-    multipliers = list(opts.multipliers)
-    code = None
-    if not multipliers:
-        formula = opts.formula or DEFAULT_FORMULA
-        try:
-            code = compile_formula(formula)  # arithmetic only: no attribute walks, no unbounded integers
-        except ValueError as exc:
-            raise IncrementConfigError(f"bantime_increment.formula: {exc}: {formula[:80]!r}") from None
-
-    def base(bantime: float, count: int) -> float:
-        if multipliers:
-            return bantime * factor * multipliers[count if count < len(multipliers) else -1]
-        assert code is not None
-        return max(bantime, float(evaluate(code, Ban(bantime, count), factor)))  # fail2ban-compatible
+    base = _base(opts)
 
     def fn(bantime: float, count: int, seed: str) -> float:
         if count <= 0:
@@ -82,6 +68,30 @@ def compile_increment(opts: IncrementSettings) -> BanTimeFn | None:  # noqa: C90
             value += _jitter(seed, opts.rndtime)
         return min(value, MAX_BAN_SECONDS)  # whatever the formula says: finite, at most ten years
 
+    _check(fn)
+    return fn
+
+
+def _base(opts: IncrementSettings) -> Callable[[float, int], float]:
+    """The ban time before maxtime and rndtime: by ``multipliers`` when given, else by the formula."""
+    factor = opts.factor
+    multipliers = list(opts.multipliers)
+    if multipliers:
+        return lambda bantime, count: bantime * factor * multipliers[min(count, len(multipliers) - 1)]
+    formula = opts.formula or DEFAULT_FORMULA
+    try:
+        code = compile_formula(formula)  # arithmetic only: no attribute walks, no unbounded integers
+    except ValueError as exc:
+        raise IncrementConfigError(f"bantime_increment.formula: {exc}: {formula[:80]!r}") from None
+
+    def by_formula(bantime: float, count: int) -> float:
+        return max(bantime, float(evaluate(code, Ban(bantime, count), factor)))  # fail2ban-compatible
+
+    return by_formula
+
+
+def _check(fn: BanTimeFn) -> None:
+    """The increment must give a finite, positive time for a few counts: an error naming it otherwise."""
     try:
         for n in (0, 1, 5):
             value = fn(60.0, n, "check")
@@ -91,4 +101,3 @@ def compile_increment(opts: IncrementSettings) -> BanTimeFn | None:  # noqa: C90
         raise
     except Exception as exc:
         raise IncrementConfigError(f"bantime_increment.formula does not evaluate: {exc}") from None
-    return fn

@@ -3,7 +3,8 @@
 One thread, one loop (:meth:`Shipper.step`):
 
 1. read the complete lines available (unless ``max_pending_lines`` events are unacknowledged: then reading
-   pauses, which bounds memory during a broker outage);
+   pauses, which bounds memory during a broker outage). Within the flush interval after a round no line
+   could go, so the log is not read then: under load a round costs one read, not one per write;
 2. parse each; an event joins the open batch of its address's ``events`` partition (:class:`Batcher`,
    ``fleet2ban.contract.partition_for``, the processor's own): each batch goes out as one ``events``
    record (:class:`~fleet2ban.contract.EventsRecord`, lines of every address of that partition), in a
@@ -98,10 +99,11 @@ _UNREACHABLE = (-195, -187)  # KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DO
 Pos = tuple[int, int]  # (file seq, byte offset)
 
 DELIVERY_TIMEOUT_MS = 10_000
-CHECKPOINT_INTERVAL_S = 0.05
+CHECKPOINT_INTERVAL_S = 0.2
+"""How often the checkpoint file is written while lines are acknowledged (kill -9 ships again at most
+that much, as recognised duplicates); it reaches the disk every CHECKPOINT_SYNC_INTERVAL_S."""
 CHECKPOINT_SYNC_INTERVAL_S = 1.0
 READ_BYTES = 1 << 20
-INFLIGHT_WAIT_S = 0.005
 
 
 # --------------------------------------------------------------------------------- pure bookkeeping
@@ -537,16 +539,22 @@ class Shipper:
         """One turn of the loop; waits (bounded) when there was nothing to read."""
         now = time.monotonic()
         got = 0
+        # Within the interval after a round, no line could go (Batcher.due): reading then would only
+        # cost wake-ups, so under load the log is read once a round. A lone failure after a quiet
+        # spell finds the gate open and goes at once.
+        gate = self.batcher.last_round + self.batcher.interval_s
+        read_now = now >= gate
         room = self.max_pending - self.pending_lines
         if room > 0:
             if self.paused:
                 self.paused = False
                 m.PAUSED.set(0)
                 log.debug("queue below its bound again: reading resumes")
-            lines = self.tailer.read(min(READ_BYTES, room * 256))
-            got = len(lines)
-            if lines:
-                self._process(lines, now)
+            if read_now:
+                lines = self.tailer.read(min(READ_BYTES, room * 256))
+                got = len(lines)
+                if lines:
+                    self._process(lines, now)
         elif not self.paused:
             self.paused = True
             m.PAUSED.set(1)
@@ -566,16 +574,25 @@ class Shipper:
         self._maybe_checkpoint(now)
         self._maybe_heartbeat(now)
         self._maybe_gauges(now)
-        if got or (self.pending_lines < self.max_pending and not self.tailer.caught_up):
+        if read_now and (got or (self.pending_lines < self.max_pending and not self.tailer.caught_up)):
             return  # more to read now
         timeout = self.settings.shipper.poll_interval_s
+        if not read_now:
+            timeout = min(timeout, gate - now)
         nd = self.batcher.next_deadline(idle=not self.inflight)
         if nd is not None:
             timeout = min(timeout, nd - now)
         if self.retry:
             timeout = min(timeout, min(b.retry_at for b in self.retry) - now)
-        if self.inflight and self._producer is not None:
-            self._poll(max(0.0, min(timeout, INFLIGHT_WAIT_S)))
+        if (self.inflight or not read_now) and self._producer is not None:
+            # delivery reports end the wait early; lines written meanwhile wait for the gate or an
+            # acknowledgement (at most an interval while records are in flight), not for each write
+            wait = max(0.0, min(timeout, self.batcher.interval_s))
+            # librdkafka waits in whole milliseconds: a shorter wait would be none, and the loop would
+            # spin until the deadline (thousands of turns a second at 100 lines/s)
+            self._poll(math.ceil(wait * 1000.0) / 1000.0)
+        elif not read_now:
+            time.sleep(max(0.0, timeout))
         else:
             self.waker.wait(timeout)
 
@@ -633,9 +650,7 @@ class Shipper:
         limit = self.tailer.max_line_bytes
         counts = [0, 0]  # lines, events
         host, batcher, tracker, file_ids = self.host, self.batcher, self.tracker, self._file_ids
-        opened, max_lines, send = batcher.open_batches, batcher.max_lines, self._send
-        max_bytes, parts = batcher.max_bytes, batcher.parts
-        last_ts = batcher.last_ts
+        add, send = batcher.add, self._send
         for item in items:
             seq, fid = item.seq, item.file_id
             if seq not in file_ids:
@@ -654,21 +669,12 @@ class Shipper:
                 seq: int = seq,
                 id_prefix: str = id_prefix,
             ) -> None:
-                # Batcher.add, inlined: this runs once per line
-                nonlocal last_ts
-                last_ts = ts
-                part = parts.get(ip)
-                if part is None:
-                    part = batcher.partition_of(ip)
-                b = opened.get(part)
-                if b is None:
-                    b = batcher.open(part, ip.encode(), (seq, off), now)
+                b, new, full = add(
+                    AddressLine(ip, f"{id_prefix}{off}", ts, port, client, reason, raw), (seq, off), now
+                )
+                if new:
                     tracker.open(b.rid, b.first)
-                lines = b.lines
-                lines.append(AddressLine(ip, f"{id_prefix}{off}", ts, port, client, reason, raw))
-                b.size += LINE_OVERHEAD + len(client) + len(raw)
-                if len(lines) >= max_lines or b.size >= max_bytes:
-                    del opened[part]
+                if full:
                     send(b)
 
             def on_other(off: int, text: str, too_long: bool) -> None:
@@ -691,7 +697,6 @@ class Shipper:
                 for ln in chunk_lines(item, limit):
                     text = "" if ln.too_long else decode_line(ln.data)
                     on_other(ln.offset, _checked(carry, text, ln.too_long), ln.too_long)
-        batcher.last_ts = last_ts
         self._note_read(*counts)
         cur = self.tailer.position[0]
         if cur not in file_ids:

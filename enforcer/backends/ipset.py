@@ -212,8 +212,28 @@ class IpsetBackend(Backend):
         params = matches[0].get_all_parameters()
         return params.get("match-set") == [set_name, "src"] and len(params) == 1
 
-    def ensure(self) -> int:  # noqa: C901  # enforcer owner's; one linear set-up sequence of ipset/iptables steps
-        repairs = 0
+    def ensure(self) -> int:
+        recreate, creates = self._check_sets()
+        repairs = len(recreate) + len(creates)
+        with xtables_lock():
+            self.xt.refresh()
+            if recreate:
+                self._unhook(recreate)
+                for family, _, set_name in recreate:
+                    self._run("destroy", set_name)
+                    creates.append(self._create_line(set_name, family))
+            if creates:
+                self._run("restore", "-exist", input="\n".join(creates) + "\n")
+            for family in FAMILIES:
+                changed = sum(self._ensure_chain(family, spec) for spec in self.jails)
+                if changed:
+                    self.xt.commit(family)
+                repairs += changed
+        return repairs
+
+    def _check_sets(self) -> tuple[list[tuple[int, str, str]], list[str]]:
+        """The sets to remake (another type or family, no timeouts) as (family, jail, set), and the
+        ``ipset restore`` lines creating the missing ones."""
         recreate: list[tuple[int, str, str]] = []
         creates: list[str] = []
         for jail, family, set_name in self._sets():
@@ -221,7 +241,6 @@ class IpsetBackend(Backend):
             fam = "inet" if family == 4 else "inet6"
             if head is None:
                 creates.append(self._create_line(set_name, family))
-                repairs += 1
             elif head.type != self.set_type(family) or head.family != fam or not head.timeout:
                 log.warning(
                     "set %s is %s family %s%s; recreating it as %s with timeouts",
@@ -232,7 +251,6 @@ class IpsetBackend(Backend):
                     self.set_type(family),
                 )
                 recreate.append((family, jail, set_name))
-                repairs += 1
             elif head.maxelem != self.settings.set_maxelem and set_name not in self._alarmed:
                 self._alarmed.add(set_name)
                 log.warning(
@@ -241,37 +259,29 @@ class IpsetBackend(Backend):
                     head.maxelem,
                     self.settings.set_maxelem,
                 )
-        with xtables_lock():
-            self.xt.refresh()
-            if recreate:
-                # A set referenced by a rule cannot be destroyed: empty the chains first.
-                for family, jail, _ in recreate:
-                    if self.xt.table(family).is_chain(self.chain_name(jail)):
-                        self.xt.iptc.Chain(self.xt.table(family), self.chain_name(jail)).flush()
-                for family in {f for f, _, _ in recreate}:
-                    self.xt.commit(family)
-                for family, _, set_name in recreate:
-                    self._run("destroy", set_name)
-                    creates.append(self._create_line(set_name, family))
-            if creates:
-                self._run("restore", "-exist", input="\n".join(creates) + "\n")
-            for family in FAMILIES:
-                changed = 0
-                for spec in self.jails:
-                    changed += self.xt.ensure_chain(family, spec)
-                    set_name = self.set_name(spec.name, family)
-                    chain = self.xt.iptc.Chain(self.xt.table(family), self.chain_name(spec.name))
-                    rules = list(chain.rules)
-                    if len(rules) != 1 or not self._is_set_rule(rules[0], set_name):
-                        if rules:
-                            log.warning("chain %s (IPv%d) held foreign rules: reset", chain.name, family)
-                        chain.flush()
-                        chain.append_rule(self._set_rule(family, set_name))
-                        changed += 1
-                if changed:
-                    self.xt.commit(family)
-                repairs += changed
-        return repairs
+        return recreate, creates
+
+    def _unhook(self, recreate: list[tuple[int, str, str]]) -> None:
+        """A set referenced by a rule cannot be destroyed: empty the chains using them first."""
+        for family, jail, _ in recreate:
+            if self.xt.table(family).is_chain(self.chain_name(jail)):
+                self.xt.iptc.Chain(self.xt.table(family), self.chain_name(jail)).flush()
+        for family in {f for f, _, _ in recreate}:
+            self.xt.commit(family)
+
+    def _ensure_chain(self, family: int, spec: JailSpec) -> int:
+        """The jail's chain, hooked, holding only the rule matching its set; how many repairs."""
+        changed = self.xt.ensure_chain(family, spec)
+        set_name = self.set_name(spec.name, family)
+        chain = self.xt.iptc.Chain(self.xt.table(family), self.chain_name(spec.name))
+        rules = list(chain.rules)
+        if len(rules) != 1 or not self._is_set_rule(rules[0], set_name):
+            if rules:
+                log.warning("chain %s (IPv%d) held foreign rules: reset", chain.name, family)
+            chain.flush()
+            chain.append_rule(self._set_rule(family, set_name))
+            changed += 1
+        return changed
 
     def netlink(self) -> Any:
         """A pyroute2 ipset socket in the calling thread's network namespace (reopened when it changed)."""

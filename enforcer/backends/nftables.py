@@ -30,7 +30,7 @@ import builtins
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from enforcer.backends.base import Backend, Failure
@@ -116,6 +116,33 @@ def parse_element(item: Any) -> tuple[Any, str | None, int | None]:
         timeout = int(left) if isinstance(left, int | float) and elem.get("timeout") else None
         return value, element_target(value), timeout
     return item, element_target(item), None
+
+
+@dataclass
+class _Listing:
+    """Our table as listed: sets and chains by name, each chain's rules' expressions."""
+
+    sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rules: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
+
+
+@dataclass
+class _Repair:
+    """What :meth:`NftablesBackend.ensure` changes in one transaction."""
+
+    flush: set[str] = field(default_factory=set)  # chains to flush (wrong rules, or rules using a set remade)
+    drop_chains: list[str] = field(default_factory=list)
+    add_chains: list[str] = field(default_factory=list)
+    drop_sets: list[str] = field(default_factory=list)
+    add_sets: list[SetSpec] = field(default_factory=list)
+    strays: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, chains: dict[str, JailSpec]) -> int:
+        """How many repairs (a chain of ours reset counts once)."""
+        n = len(self.drop_chains) + len(self.add_chains) + len(self.drop_sets) + len(self.add_sets)
+        n += len(self.strays)
+        return n + len({c for c in self.flush if c in chains and c not in self.drop_chains})
 
 
 class NftablesBackend(Backend):
@@ -254,7 +281,7 @@ class NftablesBackend(Backend):
             f"{PRIORITY}; sets {sets}; see them with `nft list table {FAMILY} {TABLE}`)"
         )
 
-    def ensure(self) -> int:  # noqa: C901  # enforcer owner's; one linear set-up sequence of nft table/chain/set steps
+    def ensure(self) -> int:
         listing = self._listing()
         self._snapshot = None
         if listing is None:
@@ -265,45 +292,72 @@ class NftablesBackend(Backend):
                 cmds += [self._rule_cmd(spec, e) for e in self.rule_exprs(spec)]
             self.nft.run(cmds)
             return 1
-        wanted_sets = {s.name: s for s in self.sets()}
+        have = self._sort_listing(listing)
         chains = {self.chain_name(j.name): j for j in self.jails}
-        have_sets: dict[str, dict[str, Any]] = {}
-        have_chains: dict[str, dict[str, Any]] = {}
-        rules: dict[str, list[list[dict[str, Any]]]] = {}
+        fix = _Repair()
+        self._check_chains(fix, have.chains, chains)
+        self._check_sets(fix, have.sets, {s.name: s for s in self.sets()})
+        if fix.drop_sets:  # a set referred to by a rule cannot be deleted: empty the chains first
+            fix.flush |= set(have.chains)
+        for name, spec in chains.items():
+            if (
+                name not in fix.flush
+                and name not in fix.add_chains
+                and have.rules.get(name, []) != self.rule_exprs(spec)
+            ):
+                log.warning("chain %s held rules that are not ours: reset", name)
+                fix.flush.add(name)
+        cmds = self._repair_commands(fix, have.chains, chains)
+        if cmds:
+            self.nft.run(cmds)
+        repairs = fix.count(chains)
+        if not repairs:
+            self._snapshot = (time.monotonic(), listing)
+        return repairs
+
+    def _sort_listing(self, listing: list[dict[str, Any]]) -> _Listing:
+        """Our table's sets, chains and rules by name; a foreign object kind is warned about once."""
+        have = _Listing()
         for obj in listing:
             if "set" in obj:
-                have_sets[obj["set"]["name"]] = obj["set"]
+                have.sets[obj["set"]["name"]] = obj["set"]
             elif "chain" in obj:
-                have_chains[obj["chain"]["name"]] = obj["chain"]
+                have.chains[obj["chain"]["name"]] = obj["chain"]
             elif "rule" in obj:
-                rules.setdefault(obj["rule"]["chain"], []).append(obj["rule"].get("expr", []))
+                have.rules.setdefault(obj["rule"]["chain"], []).append(obj["rule"].get("expr", []))
             elif "table" not in obj and (kind := next(iter(obj), "?")) not in self._warned:
                 self._warned.add(kind)  # maps, counters...: they filter nothing unless a chain uses them
                 log.warning("table %s %s holds a foreign %s: left alone", FAMILY, TABLE, kind)
-        flush: set[str] = set()  # chains to flush (wrong rules, or rules referring to a set remade)
-        drop_chains: list[str] = []
-        add_chains: list[str] = []
-        drop_sets: list[str] = []
-        add_sets: list[SetSpec] = []
-        strays: list[dict[str, Any]] = []
+        return have
+
+    def _check_chains(
+        self, fix: _Repair, have_chains: dict[str, dict[str, Any]], chains: dict[str, JailSpec]
+    ) -> None:
+        """Foreign chains go; ours hooked otherwise are remade; missing ones are added."""
         for name, have in have_chains.items():
             if name not in chains:
                 log.warning("table %s %s holds a foreign chain %s: removed", FAMILY, TABLE, name)
-                flush.add(name)
-                drop_chains.append(name)
+                fix.flush.add(name)
+                fix.drop_chains.append(name)
                 continue
             want = self._chain_obj(chains[name].name)
             if any(have.get(k) != want[k] for k in ("type", "hook", "prio", "policy")):
                 log.warning("chain %s is not hooked as ours (%s): recreated", name, have)
-                flush.add(name)
-                drop_chains.append(name)
-                add_chains.append(name)
-        add_chains += [n for n in chains if n not in have_chains]
+                fix.flush.add(name)
+                fix.drop_chains.append(name)
+                fix.add_chains.append(name)
+        fix.add_chains += [n for n in chains if n not in have_chains]
+
+    def _check_sets(
+        self, fix: _Repair, have_sets: dict[str, dict[str, Any]], wanted_sets: dict[str, SetSpec]
+    ) -> None:
+        """Foreign sets go; ours of another type or flags are remade; elements we never write are
+        removed; missing sets are added."""
         for name, have in have_sets.items():
             wanted = wanted_sets.get(name)
             if wanted is None:
                 log.warning("table %s %s holds a foreign set %s: removed", FAMILY, TABLE, name)
-                drop_sets.append(name)
+                fix.drop_sets.append(name)
             elif have.get("type") != wanted.type or sorted(have.get("flags", [])) != sorted(wanted.flags):
                 log.warning(
                     "set %s is %s %s, not %s %s: recreated",
@@ -313,53 +367,47 @@ class NftablesBackend(Backend):
                     wanted.type,
                     wanted.flags,
                 )
-                drop_sets.append(name)
-                add_sets.append(wanted)
+                fix.drop_sets.append(name)
+                fix.add_sets.append(wanted)
             else:
-                if have.get("size") != self.settings.set_maxelem and name not in self._warned:
-                    self._warned.add(name)
-                    log.warning(
-                        "set %s has size %s, settings say %d: uninstall and restart to resize it",
-                        name,
-                        have.get("size"),
-                        self.settings.set_maxelem,
-                    )
-                bad = []
-                for item in have.get("elem", []):
-                    value, target, _ = parse_element(item)
-                    if target is None or self.set_for(wanted.jail, target) != name:
-                        bad.append(value)
-                if bad:
-                    log.warning("set %s held %d elements fleet2ban never writes: removed", name, len(bad))
-                    strays.append(self._element_cmd("delete", name, bad))
-        add_sets += [s for n, s in wanted_sets.items() if n not in have_sets]
-        if drop_sets:  # a set referred to by a rule cannot be deleted: empty the chains first
-            flush |= set(have_chains)
-        for name, spec in chains.items():
-            if name not in flush and name not in add_chains and rules.get(name, []) != self.rule_exprs(spec):
-                log.warning("chain %s held rules that are not ours: reset", name)
-                flush.add(name)
-        cmds = [
-            {"flush": {"chain": {"family": FAMILY, "table": TABLE, "name": n}}}
-            for n in sorted(flush)
-            if n in have_chains
+                self._check_elements(fix, name, have, wanted)
+        fix.add_sets += [s for n, s in wanted_sets.items() if n not in have_sets]
+
+    def _check_elements(self, fix: _Repair, name: str, have: dict[str, Any], wanted: SetSpec) -> None:
+        if have.get("size") != self.settings.set_maxelem and name not in self._warned:
+            self._warned.add(name)
+            log.warning(
+                "set %s has size %s, settings say %d: uninstall and restart to resize it",
+                name,
+                have.get("size"),
+                self.settings.set_maxelem,
+            )
+        bad = []
+        for item in have.get("elem", []):
+            value, target, _ = parse_element(item)
+            if target is None or self.set_for(wanted.jail, target) != name:
+                bad.append(value)
+        if bad:
+            log.warning("set %s held %d elements fleet2ban never writes: removed", name, len(bad))
+            fix.strays.append(self._element_cmd("delete", name, bad))
+
+    def _repair_commands(
+        self, fix: _Repair, have_chains: dict[str, dict[str, Any]], chains: dict[str, JailSpec]
+    ) -> list[dict[str, Any]]:
+        """One transaction: flush, delete, remake, add, in that order."""
+        table = {"family": FAMILY, "table": TABLE}
+        cmds: list[dict[str, Any]] = [
+            {"flush": {"chain": {**table, "name": n}}} for n in sorted(fix.flush) if n in have_chains
         ]
-        cmds += [{"delete": {"chain": {"family": FAMILY, "table": TABLE, "name": n}}} for n in drop_chains]
-        cmds += [{"delete": {"set": {"family": FAMILY, "table": TABLE, "name": n}}} for n in drop_sets]
-        cmds += [{"add": {"set": self._set_obj(s)}} for s in add_sets]
-        cmds += strays
-        for name in add_chains:
-            cmds.append({"add": {"chain": self._chain_obj(chains[name].name)}})
+        cmds += [{"delete": {"chain": {**table, "name": n}}} for n in fix.drop_chains]
+        cmds += [{"delete": {"set": {**table, "name": n}}} for n in fix.drop_sets]
+        cmds += [{"add": {"set": self._set_obj(s)}} for s in fix.add_sets]
+        cmds += fix.strays
+        cmds += [{"add": {"chain": self._chain_obj(chains[name].name)}} for name in fix.add_chains]
         for name, spec in chains.items():
-            if name in flush or name in add_chains:
+            if name in fix.flush or name in fix.add_chains:
                 cmds += [self._rule_cmd(spec, e) for e in self.rule_exprs(spec)]
-        if cmds:
-            self.nft.run(cmds)
-        repairs = len(drop_chains) + len(add_chains) + len(drop_sets) + len(add_sets) + len(strays)
-        repairs += len({n for n in flush if n in chains and n not in drop_chains})
-        if not repairs:
-            self._snapshot = (time.monotonic(), listing)
-        return repairs
+        return cmds
 
     def _units(self, adds: list[Add], deletes: list[Delete]) -> list[Unit]:
         """One :class:`Unit` per staged change: its set, and whether it is first made present and

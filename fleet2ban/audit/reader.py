@@ -30,6 +30,7 @@ from fleet2ban.contract import (
     decode_ban,
     decode_decision,
     decode_report,
+    may_be_heartbeat,
     normalize_target,
     split_ban_key,
 )
@@ -175,7 +176,7 @@ TAIL_SKEW = timedelta(seconds=60)
 """A tail read goes this much further back than the heartbeats need (clocks, producer delays)."""
 
 
-def load_coverage_view(  # noqa: C901  # audit reader's one pass over reports and digests; not refactored here (#19)
+def load_coverage_view(
     cluster: Cluster,
     now: datetime,
     *,
@@ -202,34 +203,12 @@ def load_coverage_view(  # noqa: C901  # audit reader's one pass over reports an
     floor_ms = int((now - reports_window).timestamp() * 1000)
     now_ms = int(now.timestamp() * 1000)
     base_s = view.silence_bound(Heartbeat(host="", role="enforcer", at=now, interval_s=heartbeat_interval_s))
-    decoded: dict[tuple[int, int], Report | Heartbeat | None] = {}
-
-    def decode(rec: Record) -> Report | Heartbeat | None:
-        pos = (rec.partition, rec.offset)
-        if pos not in decoded:
-            try:
-                r = decode_report(rec.value)
-            except ContractError as exc:
-                view.bad_records += 1
-                view.last_error = str(exc)
-                r = None
-            if r is not None and not check_report(
-                verifier,
-                rec.key,
-                rec.value,
-                rec.headers,
-                r.host,
-                r.role if isinstance(r, Heartbeat) else None,
-            ):
-                view.rejected += 1
-                r = None
-            decoded[pos] = r
-        return decoded[pos]
+    decode = _ReportDecoder(view, verifier)
 
     def back_to(records: list[Record]) -> int:
         need = base_s
         for rec in records:
-            if rec.value is not None and b'"heartbeat"' in rec.value:
+            if may_be_heartbeat(rec.value):
                 hb = decode(rec)
                 if isinstance(hb, Heartbeat):
                     need = max(need, view.silence_bound(hb))
@@ -243,34 +222,10 @@ def load_coverage_view(  # noqa: C901  # audit reader's one pass over reports an
         progress=progress,
         headers=verifier is not None,
     )
-    latest: dict[tuple[str, str, str], Heartbeat] = {}
-    enforcer_hb: dict[str, tuple[Heartbeat, int, int]] = {}
-    for rec in tail:
-        if rec.ts_ms is not None and rec.ts_ms < floor_ms:
-            continue
-        if rec.value is None or b'"heartbeat"' not in rec.value:
-            continue
-        r = decode(rec)
-        if not isinstance(r, Heartbeat):
-            continue
-        cid = (r.role, r.host, r.instance)
-        if cid not in latest or latest[cid].at <= r.at:
-            latest[cid] = r
-        if r.role == "enforcer":
-            prev = enforcer_hb.get(r.host)
-            if prev is None or prev[0].at <= r.at:
-                enforcer_hb[r.host] = (r, rec.partition, rec.offset)
+    latest, enforcer_hb = _latest_heartbeats(tail, floor_ms, decode)
     live = {h: e for h, e in enforcer_hb.items() if not view.is_silent(e[0], now)}
     unchecked = sorted(h for h, (hb, _p, _o) in live.items() if not digests.can_check(hb))
-
-    # all of bans, remembering what each live enforcer's prefix of it held
-    tracker = digests.PrefixTracker({h: dict(hb.bans_offsets or {}) for h, (hb, _p, _o) in live.items()})
-    sources = [Source("bans", cluster.topics.bans)]
-    with TopicReader(
-        cluster, sources, lambda *_a: None, progress=progress, track_positions=bool(live)
-    ) as reader:
-        reader.on_record = _bans_with_prefixes(view, reader, tracker) if live else into_view(view)
-        reader.catch_up(timeout)
+    tracker = _read_bans(cluster, view, live, progress, timeout)
 
     def from_reports() -> FleetView:
         """The per-report answer (slower, always right), reusing the bans already read."""
@@ -288,30 +243,128 @@ def load_coverage_view(  # noqa: C901  # audit reader's one pass over reports an
     if unchecked:
         log.info("enforcers without applied digests (%s): reading their reports", ", ".join(unchecked))
         return from_reports()
+    covered = _digest_coverage(view, live, tracker)
+    if covered is None:
+        return from_reports()
+    for hb in latest.values():
+        view.add_report(hb)
+    for host, (hb, hb_p, hb_off) in sorted(live.items()):
+        digests.cover(view, hb, covered[host], _reports_after(tail, host, hb, hb_p, hb_off, decode))
+    return view
+
+
+LiveHeartbeat = tuple[Heartbeat, int, int]
+"""An enforcer's latest heartbeat and where it is in ``reports`` (partition, offset)."""
+
+
+class _ReportDecoder:
+    """``reports`` records decoded once each (memo by position), broken and unverified ones counted in
+    the view and answered as None."""
+
+    def __init__(self, view: FleetView, verifier: Verifier | None) -> None:
+        self.view = view
+        self.verifier = verifier
+        self._decoded: dict[tuple[int, int], Report | Heartbeat | None] = {}
+
+    def __call__(self, rec: Record) -> Report | Heartbeat | None:
+        pos = (rec.partition, rec.offset)
+        if pos in self._decoded:
+            return self._decoded[pos]
+        view = self.view
+        try:
+            r: Report | Heartbeat | None = decode_report(rec.value)
+        except ContractError as exc:
+            view.bad_records += 1
+            view.last_error = str(exc)
+            r = None
+        if r is not None and not check_report(
+            self.verifier,
+            rec.key,
+            rec.value,
+            rec.headers,
+            r.host,
+            r.role if isinstance(r, Heartbeat) else None,
+        ):
+            view.rejected += 1
+            r = None
+        self._decoded[pos] = r
+        return r
+
+
+def _latest_heartbeats(
+    tail: list[Record], floor_ms: int, decode: _ReportDecoder
+) -> tuple[dict[tuple[str, str, str], Heartbeat], dict[str, LiveHeartbeat]]:
+    """The latest heartbeat of every component in ``tail`` (not older than ``floor_ms``), and of every
+    enforcer with its position."""
+    latest: dict[tuple[str, str, str], Heartbeat] = {}
+    enforcer_hb: dict[str, LiveHeartbeat] = {}
+    for rec in tail:
+        if (rec.ts_ms is not None and rec.ts_ms < floor_ms) or not may_be_heartbeat(rec.value):
+            continue
+        r = decode(rec)
+        if not isinstance(r, Heartbeat):
+            continue
+        cid = (r.role, r.host, r.instance)
+        if cid not in latest or latest[cid].at <= r.at:
+            latest[cid] = r
+        if r.role == "enforcer":
+            prev = enforcer_hb.get(r.host)
+            if prev is None or prev[0].at <= r.at:
+                enforcer_hb[r.host] = (r, rec.partition, rec.offset)
+    return latest, enforcer_hb
+
+
+def _read_bans(
+    cluster: Cluster,
+    view: FleetView,
+    live: dict[str, LiveHeartbeat],
+    progress: Progress | None,
+    timeout: float,
+) -> digests.PrefixTracker:
+    """All of ``bans`` into ``view``, remembering what each live enforcer's prefix of it held."""
+    tracker = digests.PrefixTracker({h: dict(hb.bans_offsets or {}) for h, (hb, _p, _o) in live.items()})
+    sources = [Source("bans", cluster.topics.bans)]
+    with TopicReader(
+        cluster, sources, lambda *_a: None, progress=progress, track_positions=bool(live)
+    ) as reader:
+        reader.on_record = _bans_with_prefixes(view, reader, tracker) if live else into_view(view)
+        reader.catch_up(timeout)
+    return tracker
+
+
+def _digest_coverage(
+    view: FleetView, live: dict[str, LiveHeartbeat], tracker: digests.PrefixTracker
+) -> dict[str, list[str]] | None:
+    """Each live enforcer's applied bans, when its ``applied_digest`` matches what ``bans`` says it
+    should hold; None as soon as one does not (its reports must be read)."""
     memo: digests.Memo = {}
     covered: dict[str, list[str]] = {}
     for host, (hb, _p, _o) in sorted(live.items()):
         digest, keys = digests.in_force_digest(view.bans, tracker.overrides[host], hb.at, memo, host)
         if digest != hb.applied_digest:
             log.info("enforcer %s does not have every ban in force applied: reading the reports", host)
-            return from_reports()
+            return None
         covered[host] = keys
-    for hb in latest.values():
-        view.add_report(hb)
-    for host, (hb, hb_p, hb_off) in sorted(live.items()):
-        after: list[Report] = []
-        for rec in tail:
-            if rec.key is not None and rec.key != host.encode():
-                continue  # reports are keyed by their host
-            if rec.partition == hb_p and rec.offset <= hb_off:
-                continue
-            r = decode(rec)
-            if not isinstance(r, Report) or r.host != host:
-                continue
-            if (rec.partition == hb_p and rec.offset > hb_off) or (rec.partition != hb_p and r.at > hb.at):
-                after.append(r)
-        digests.cover(view, hb, covered[host], after)
-    return view
+    return covered
+
+
+def _reports_after(
+    tail: list[Record], host: str, hb: Heartbeat, hb_p: int, hb_off: int, decode: _ReportDecoder
+) -> list[Report]:
+    """``host``'s reports in ``tail`` written after its heartbeat ``hb`` (at ``hb_p``/``hb_off``)."""
+    after: list[Report] = []
+    key = host.encode()
+    for rec in tail:
+        if rec.key is not None and rec.key != key:
+            continue  # reports are keyed by their host
+        if rec.partition == hb_p and rec.offset <= hb_off:
+            continue
+        r = decode(rec)
+        if not isinstance(r, Report) or r.host != host:
+            continue
+        if (rec.partition == hb_p and rec.offset > hb_off) or (rec.partition != hb_p and r.at > hb.at):
+            after.append(r)
+    return after
 
 
 def _bans_with_prefixes(view: FleetView, reader: TopicReader, tracker: digests.PrefixTracker) -> RecordSink:

@@ -287,359 +287,115 @@ def static_dir() -> Path:
     return Path(str(resources.files("fleet2ban.console") / "static"))
 
 
-def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None = None) -> Starlette:  # noqa: C901  # composition root as closures: module-level handlers are the console engineer's part of #19
-    """The console app over a started (or starting) :class:`LiveFleet`."""
-    env = _templates()
-    secrets = Secrets(config.token)
-    rd: Readers = readers or KafkaReaders()
-    streams = Streams()
-    jails = [j.name for j in config.settings.jails]
-    bans_jails = {j.name for j in config.settings.jails if j.source == "bans"}  # failures = bans counted
+@dataclass
+class Console:
+    """What the route handlers share, kept in the app's state (``app.state.console``): the configuration,
+    the live view, the readers, the session secrets, the open streams and the templates."""
 
-    def set_session(resp: Response, value: str) -> None:
+    config: ConsoleConfig
+    live: LiveFleet
+    readers: Readers
+    secrets: Secrets
+    streams: Streams
+    env: jinja2.Environment
+    jails: list[str]
+    bans_jails: set[str]
+    """The jails whose failures are bans counted (``source: bans``)."""
+
+    @classmethod
+    def build(cls, config: ConsoleConfig, live: LiveFleet, readers: Readers | None = None) -> Console:
+        return cls(
+            config=config,
+            live=live,
+            readers=readers or KafkaReaders(),
+            secrets=Secrets(config.token),
+            streams=Streams(),
+            env=_templates(),
+            jails=[j.name for j in config.settings.jails],
+            bans_jails={j.name for j in config.settings.jails if j.source == "bans"},
+        )
+
+    def set_session(self, resp: Response, value: str) -> None:
         resp.set_cookie(
             SESSION_COOKIE,
             value,
             max_age=SESSION_TTL_S,
             httponly=True,
             samesite="strict",
-            secure=config.tls,
+            secure=self.config.tls,
             path="/",
         )
 
-    def render(request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+    def render(self, request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
+        secrets, live = self.secrets, self.live
         session = request.cookies.get(SESSION_COOKIE)
         fresh: str | None = None
-        if config.allow_write and not secrets.required and not secrets.check_session(session):
+        if self.config.allow_write and not secrets.required and not secrets.check_session(session):
             # no login on this console: an anonymous session carries this browser's own CSRF token
             session = fresh = secrets.new_session()
         base = {
             "status": live.status,
             "banner": banner_text(live.status),
             "now": utcnow(),
-            "allow_write": config.allow_write,
+            "allow_write": self.config.allow_write,
             "csrf": secrets.csrf_token(session),
             "auth": secrets.required,
-            "jails_configured": jails,
+            "jails_configured": self.jails,
             "path": request.url.path,
             "live_url": "",
             "live_on": "",
         }
         base.update(ctx)
-        resp = HTMLResponse(env.get_template(name).render(base), status)
+        resp = HTMLResponse(self.env.get_template(name).render(base), status)
         if fresh is not None:
-            set_session(resp, fresh)
+            self.set_session(resp, fresh)
         return resp
 
-    def timed(page: str) -> Callable[[Callable[[Request], Awaitable[Response]]], Callable[..., Any]]:
-        def deco(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-            async def wrapper(request: Request) -> Response:
-                t0 = time.perf_counter()
-                try:
-                    resp = await fn(request)
-                except BadQueryError as exc:
-                    resp = render(request, "error.html", 400, title="Bad request", message=str(exc))
-                except (BrokerError, ConfigError, ContractError) as exc:
-                    resp = render(request, "error.html", 503 if isinstance(exc, BrokerError) else 400,
-                                  title="Cannot show this page", message=str(exc))  # fmt: skip
-                RENDER.labels(page).observe(time.perf_counter() - t0)
-                REQUESTS.labels(page, str(resp.status_code)).inc()
-                return resp
-
-            return wrapper
-
-        return deco
-
-    def need_cluster() -> Cluster:
-        cluster = live.cluster
+    def need_cluster(self) -> Cluster:
+        cluster = self.live.cluster
         if cluster is None:
-            raise BrokerError(banner_text(live.status) or "Kafka is not connected yet")
+            raise BrokerError(banner_text(self.live.status) or "Kafka is not connected yet")
         return cluster
 
-    # --------------------------------------------------------------------------------- pages
-
-    async def index(request: Request) -> Response:
-        return RedirectResponse("/bans", 303)
-
-    async def lookup(request: Request) -> Response:
-        target = (request.query_params.get("target") or "").strip()
-        return RedirectResponse(f"/ip/{quote(target, safe='/:')}" if target else "/bans", 303)
-
-    def _ban_page(request: Request) -> pages.BanPage:
-        q = pages.BanQuery.from_params(request.query_params)
-        with live.read() as view:
-            return pages.ban_page(view, utcnow(), q)
-
-    @timed("bans")
-    async def bans(request: Request) -> Response:
-        page = await run_in_threadpool(_ban_page, request)
-        return render(
-            request,
-            "bans.html",
-            p=page,
-            live_url="/bans/live",
-            live_on="bans,reports,decisions",
-            title="Bans in force",
-        )
-
-    @timed("bans_live")
-    async def bans_live(request: Request) -> Response:
-        page = await run_in_threadpool(_ban_page, request)
-        return render(request, "_bans_live.html", p=page)
-
-    def _fleet_page() -> pages.FleetPage:
-        with live.read() as view:
-            return pages.fleet_page(view, utcnow())
-
-    @timed("fleet")
-    async def fleet(request: Request) -> Response:
-        page = await run_in_threadpool(_fleet_page)
-        return render(request, "fleet.html", f=page, live_url="/fleet/live", live_on="reports", title="Fleet")
-
-    @timed("fleet_live")
-    async def fleet_live(request: Request) -> Response:
-        page = await run_in_threadpool(_fleet_page)
-        return render(request, "_fleet_live.html", f=page)
-
-    @timed("ip")
-    async def ip(request: Request) -> Response:
-        raw = request.path_params["target"]
-        try:
-            target = normalize_target(raw)
-        except ContractError as exc:
-            raise BadQueryError(str(exc)) from None
-        cluster = need_cluster()
-        now = utcnow()
-
-        def load() -> pages.IpPage:
-            recs = rd.target(cluster, target, now, jails)
-            events = rd.failures(cluster, target, now - config.ip_window)
-            return pages.ip_page(
-                target, recs.decisions, recs.reports, recs.bans, events, now, config.ip_window
-            )
-
-        page = await run_in_threadpool(load)
-        return render(
-            request,
-            "ip.html",
-            ip=page,
-            title=target,
-            written=request.query_params.get("written", ""),
-            jail_default=jails[0] if jails else "",
-            bans_jails=bans_jails,
-        )
-
-    @timed("history")
-    async def history(request: Request) -> Response:
-        now = utcnow()
-        qp = request.query_params
-        since_text = (qp.get("since") or "1h").strip()
-        until_text = (qp.get("until") or "now").strip()
-        try:
-            since, until = parse_when(since_text, now), parse_when(until_text, now)
-        except BadTimeError as exc:
-            raise BadQueryError(str(exc)) from None
-        if until < since:
-            raise BadQueryError("until is before since")
-        if until - since > MAX_HISTORY:
-            raise BadQueryError(f"the range is longer than {MAX_HISTORY.days} days")
-        q = pages.BanQuery.from_params(qp)
-        cluster = need_cluster()
-        decisions = (
-            await run_in_threadpool(rd.decisions, cluster, since, min(until, now)) if since <= now else []
-        )
-        page = pages.history_page(decisions, since, until, q.ban_filter())
-        return render(
-            request,
-            "history.html",
-            h=page,
-            q=q,
-            since_text=since_text,
-            until_text=until_text,
-            title="History",
-        )
-
-    # ------------------------------------------------------------------------------ stream
-
-    async def stream(request: Request) -> Response:
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-
-        def waker() -> None:
-            loop.call_soon_threadsafe(wake.set)
-
-        def on_change(_status: LiveStatus) -> None:
-            waker()
-
-        def event(kind: str, data: dict[str, Any]) -> str:
-            return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
-
-        async def gen() -> AsyncIterator[str]:
-            unsubscribe = live.subscribe(on_change)
-            streams.add(waker)
-            STREAMS.inc()
-            try:
-                yield "retry: 2000\n\n"
-                yield event("change", status_json(live))
-                while not streams.closing.is_set():
-                    try:
-                        await asyncio.wait_for(wake.wait(), KEEPALIVE_S)
-                    except TimeoutError:
-                        yield ": keepalive\n\n"
-                        continue
-                    wake.clear()
-                    if streams.closing.is_set():
-                        break
-                    yield event("change", status_json(live))
-                    await asyncio.sleep(COALESCE_S)
-            finally:
-                unsubscribe()
-                streams.remove(waker)
-                STREAMS.dec()
-
-        return StreamingResponse(
-            gen(),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
-        )
-
-    async def status_api(request: Request) -> Response:
-        return JSONResponse(status_json(live))
-
-    # ------------------------------------------------------------------------------- login
-
-    async def login(request: Request) -> Response:
-        nxt = safe_next(request.query_params.get("next"))
-        if not secrets.required:
-            return RedirectResponse(nxt, 303)
-        if request.method == "GET":
-            return render(request, "login.html", next=nxt, error="", title="Log in")
-        form = await request.form()
-        nxt = safe_next(str(form.get("next") or ""))
-        if not secrets.check_token(str(form.get("token") or "")):
-            LOGIN_FAILURES.inc()
-            log.warning("console: failed login from %s", request.client.host if request.client else "?")
-            await asyncio.sleep(0.5)  # slows guessing; the token is long anyway
-            return render(request, "login.html", 401, next=nxt, error="Wrong token.", title="Log in")
-        resp = RedirectResponse(nxt, 303)
-        set_session(resp, secrets.new_session())
-        return resp
-
-    def form_allowed(request: Request, form: Mapping[str, Any]) -> bool:
+    def form_allowed(self, request: Request, form: Mapping[str, Any]) -> bool:
         """A state-changing form: its CSRF token is this session's, and its Origin (if sent) is us."""
         origin = request.headers.get("origin")
         session = request.cookies.get(SESSION_COOKIE)
-        scheme = "https" if config.tls else "http"
-        return secrets.check_csrf(str(form.get("csrf") or ""), session) and (
+        scheme = "https" if self.config.tls else "http"
+        return self.secrets.check_csrf(str(form.get("csrf") or ""), session) and (
             origin is None or same_origin(origin, request.headers.get("host"), scheme)
         )
 
-    async def logout(request: Request) -> Response:
-        form = await request.form()
-        if not form_allowed(request, form):
-            return render(request, "error.html", 403, title="Refused", message="Bad or missing form token.")
-        secrets.end_session(request.cookies.get(SESSION_COOKIE))
-        resp = RedirectResponse("/login", 303)
-        resp.delete_cookie(SESSION_COOKIE, path="/", secure=config.tls, httponly=True, samesite="strict")
-        return resp
-
-    # ------------------------------------------------------------------------------- writes
-
-    async def manual(request: Request) -> Response:
-        if not config.allow_write:
-            return render(request, "error.html", 403, title="Read-only", message=READ_ONLY)
-        qp = request.query_params
-        return render(
-            request,
-            "manual.html",
-            title="Manual ban",
-            error="",
-            form={
-                "target": qp.get("target", ""),
-                "jail": qp.get("jail", ""),
-                "action": qp.get("action", "ban"),
-            },
-        )
-
-    async def writable_form(request: Request, action: str) -> dict[str, str] | Response:
+    async def writable_form(self, request: Request, action: str) -> dict[str, str] | Response:
         """The posted form of a write, or the page refusing it (a read-only console; a bad or missing
         form token), counted under ``action``."""
-        if not config.allow_write:
+        if not self.config.allow_write:
             WRITES.labels(action, "read-only").inc()
-            return render(request, "error.html", 403, title="Read-only", message=READ_ONLY)
+            return self.render(request, "error.html", 403, title="Read-only", message=READ_ONLY)
         form = {k: str(v) for k, v in (await request.form()).items()}
-        if not form_allowed(request, form):
+        if not self.form_allowed(request, form):
             WRITES.labels(action, "csrf").inc()
-            return render(request, "error.html", 403, title="Refused", message="Bad or missing form token.")
+            return self.render(
+                request, "error.html", 403, title="Refused", message="Bad or missing form token."
+            )
         return form
 
-    async def write(request: Request) -> Response:
-        action = "ban" if request.url.path.endswith("/add") else "unban"
-        form = await writable_form(request, action)
-        if isinstance(form, Response):
-            return form
-        by = form.get("by", "").strip()
-        now = utcnow()
-        try:
-            if not by:
-                raise ConfigError("give your name (operator): every manual decision records who made it")
-            if action == "ban":
-                dur_text = form.get("duration", "").strip()
-                decision = manual_ban(
-                    config.settings,
-                    form.get("target", ""),
-                    jail=form.get("jail") or None,
-                    duration=parse_duration(dur_text) if dur_text else None,
-                    permanent=form.get("permanent") == "on",
-                    reason=form.get("reason", ""),
-                    by=by,
-                    now=now,
-                )
-            else:
-                decision = manual_unban(
-                    config.settings,
-                    form.get("target", ""),
-                    jail=form.get("jail") or None,
-                    reason=form.get("reason", ""),
-                    by=by,
-                    now=now,
-                )
-            cluster = need_cluster()
-            if decision.action == "ban":
-                check_not_allowed(decision, await run_in_threadpool(rd.allow_list, cluster), now)
-            await run_in_threadpool(rd.publish, cluster, decision)
-        except (RailRefusedError, ConfigError, BrokerError) as exc:
-            WRITES.labels(action, "refused").inc()
-            return render(
-                request,
-                "manual.html",
-                400 if not isinstance(exc, BrokerError) else 503,
-                title="Manual ban",
-                error=str(exc),
-                form={**form, "action": action},
-            )
-        WRITES.labels(action, "ok").inc()
-        log.info(
-            "console: manual %s of %s in jail %s by %s from %s (decision %s): %s",
-            action,
-            decision.ip,
-            decision.jail,
-            decision.by,
-            request.client.host if request.client else "?",
-            decision.id,
-            decision.reason,
-        )
-        return RedirectResponse(f"/ip/{quote(decision.ip, safe='/:')}?written={quote(decision.id)}", 303)
+    def ban_page(self, request: Request) -> pages.BanPage:
+        q = pages.BanQuery.from_params(request.query_params)
+        with self.live.read() as view:
+            return pages.ban_page(view, utcnow(), q)
 
-    # ---------------------------------------------------------------------------- allow-list
+    def fleet_page(self) -> pages.FleetPage:
+        with self.live.read() as view:
+            return pages.fleet_page(view, utcnow())
 
     async def allow_page(
-        request: Request, error: str = "", status: int = 200, form: Mapping[str, str] | None = None
+        self, request: Request, error: str = "", status: int = 200, form: Mapping[str, str] | None = None
     ) -> Response:
-        cluster = need_cluster()
+        cluster = self.need_cluster()
         now = utcnow()
-        allow = await run_in_threadpool(rd.allow_list, cluster)
-        return render(
+        allow = await run_in_threadpool(self.readers.allow_list, cluster)
+        return self.render(
             request,
             "allow.html",
             status,
@@ -650,77 +406,422 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
             written=request.query_params.get("written", ""),
         )
 
-    @timed("allow")
-    async def allow(request: Request) -> Response:
-        return await allow_page(request)
 
-    @timed("allow_write")
-    async def allow_write(request: Request) -> Response:
-        action = "allow" if request.url.path.endswith("/add") else "unallow"
-        form = await writable_form(request, action)
-        if isinstance(form, Response):
-            return form
-        by = form.get("by", "").strip()
-        now = utcnow()
-        names = [j.name for j in config.settings.jails]
-        try:
-            if not by:
-                raise ConfigError("give your name (operator): every allow-list change records who made it")
-            cluster = need_cluster()
-            if action == "allow":
-                ttl_text = form.get("ttl", "").strip()
-                entry = new_entry(
-                    form.get("network", ""),
-                    jail=form.get("jail") or None,
-                    ttl=parse_duration(ttl_text) if ttl_text else None,
-                    reason=form.get("reason"),
-                    by=by,
-                    now=now,
-                    jails=names,
+def console_of(request: Request) -> Console:
+    """The :class:`Console` of the app serving ``request``."""
+    console: Console = request.app.state.console
+    return console
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def timed(page: str) -> Callable[[Handler], Handler]:
+    """Time and count a page's handler under ``page``; a bad query or an unreachable Kafka is an error
+    page (400 or 503), not an exception."""
+
+    def deco(fn: Handler) -> Handler:
+        async def wrapper(request: Request) -> Response:
+            t0 = time.perf_counter()
+            try:
+                resp = await fn(request)
+            except BadQueryError as exc:
+                resp = console_of(request).render(
+                    request, "error.html", 400, title="Bad request", message=str(exc)
                 )
-                key, written, audit = entry.key(), entry, allow_decision(entry, "allow")
-            else:
+            except (BrokerError, ConfigError, ContractError) as exc:
+                status = 503 if isinstance(exc, BrokerError) else 400
+                resp = console_of(request).render(
+                    request, "error.html", status, title="Cannot show this page", message=str(exc)
+                )
+            RENDER.labels(page).observe(time.perf_counter() - t0)
+            REQUESTS.labels(page, str(resp.status_code)).inc()
+            return resp
+
+        return wrapper
+
+    return deco
+
+
+# ------------------------------------------------------------------------------------------ pages
+
+
+async def index(request: Request) -> Response:
+    return RedirectResponse("/bans", 303)
+
+
+async def lookup(request: Request) -> Response:
+    target = (request.query_params.get("target") or "").strip()
+    return RedirectResponse(f"/ip/{quote(target, safe='/:')}" if target else "/bans", 303)
+
+
+@timed("bans")
+async def bans(request: Request) -> Response:
+    c = console_of(request)
+    page = await run_in_threadpool(c.ban_page, request)
+    return c.render(
+        request,
+        "bans.html",
+        p=page,
+        live_url="/bans/live",
+        live_on="bans,reports,decisions",
+        title="Bans in force",
+    )
+
+
+@timed("bans_live")
+async def bans_live(request: Request) -> Response:
+    c = console_of(request)
+    page = await run_in_threadpool(c.ban_page, request)
+    return c.render(request, "_bans_live.html", p=page)
+
+
+@timed("fleet")
+async def fleet(request: Request) -> Response:
+    c = console_of(request)
+    page = await run_in_threadpool(c.fleet_page)
+    return c.render(request, "fleet.html", f=page, live_url="/fleet/live", live_on="reports", title="Fleet")
+
+
+@timed("fleet_live")
+async def fleet_live(request: Request) -> Response:
+    c = console_of(request)
+    page = await run_in_threadpool(c.fleet_page)
+    return c.render(request, "_fleet_live.html", f=page)
+
+
+@timed("ip")
+async def ip(request: Request) -> Response:
+    c = console_of(request)
+    raw = request.path_params["target"]
+    try:
+        target = normalize_target(raw)
+    except ContractError as exc:
+        raise BadQueryError(str(exc)) from None
+    cluster = c.need_cluster()
+    now = utcnow()
+    rd, window = c.readers, c.config.ip_window
+
+    def load() -> pages.IpPage:
+        recs = rd.target(cluster, target, now, c.jails)
+        events = rd.failures(cluster, target, now - window)
+        return pages.ip_page(target, recs.decisions, recs.reports, recs.bans, events, now, window)
+
+    page = await run_in_threadpool(load)
+    return c.render(
+        request,
+        "ip.html",
+        ip=page,
+        title=target,
+        written=request.query_params.get("written", ""),
+        jail_default=c.jails[0] if c.jails else "",
+        bans_jails=c.bans_jails,
+    )
+
+
+@timed("history")
+async def history(request: Request) -> Response:
+    c = console_of(request)
+    now = utcnow()
+    qp = request.query_params
+    since_text = (qp.get("since") or "1h").strip()
+    until_text = (qp.get("until") or "now").strip()
+    try:
+        since, until = parse_when(since_text, now), parse_when(until_text, now)
+    except BadTimeError as exc:
+        raise BadQueryError(str(exc)) from None
+    if until < since:
+        raise BadQueryError("until is before since")
+    if until - since > MAX_HISTORY:
+        raise BadQueryError(f"the range is longer than {MAX_HISTORY.days} days")
+    q = pages.BanQuery.from_params(qp)
+    cluster = c.need_cluster()
+    decisions = (
+        await run_in_threadpool(c.readers.decisions, cluster, since, min(until, now)) if since <= now else []
+    )
+    page = pages.history_page(decisions, since, until, q.ban_filter())
+    return c.render(
+        request,
+        "history.html",
+        h=page,
+        q=q,
+        since_text=since_text,
+        until_text=until_text,
+        title="History",
+    )
+
+
+# ----------------------------------------------------------------------------------------- stream
+
+
+async def stream(request: Request) -> Response:
+    c = console_of(request)
+    live, streams = c.live, c.streams
+    loop = asyncio.get_running_loop()
+    wake = asyncio.Event()
+
+    def waker() -> None:
+        loop.call_soon_threadsafe(wake.set)
+
+    def on_change(_status: LiveStatus) -> None:
+        waker()
+
+    def event(kind: str, data: dict[str, Any]) -> str:
+        return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+    async def gen() -> AsyncIterator[str]:
+        unsubscribe = live.subscribe(on_change)
+        streams.add(waker)
+        STREAMS.inc()
+        try:
+            yield "retry: 2000\n\n"
+            yield event("change", status_json(live))
+            while not streams.closing.is_set():
                 try:
-                    net = normalize_target(form.get("network", ""))
-                except ContractError as exc:
-                    raise ConfigError(str(exc)) from None
-                key = allow_key(jail_name(form.get("jail") or None, names), net)
-                current = (await run_in_threadpool(rd.allow_list, cluster)).entries.get(key)
-                if current is None:
-                    raise ConfigError(f"no allow-list entry {key}")
-                reason = form.get("reason", "").strip() or None
-                audit = allow_decision(current, "unallow", id=new_entry_id(), at=now, by=by, reason=reason)
-                written, entry = None, current
-            await run_in_threadpool(rd.publish_allow, cluster, key, written, audit)
-        except (ConfigError, BadTimeError, BrokerError) as exc:
-            WRITES.labels(action, "refused").inc()
-            status = 503 if isinstance(exc, BrokerError) else 400
-            return await allow_page(request, str(exc), status, form)
-        WRITES.labels(action, "ok").inc()
-        log.info(
-            "console: %s %s from %s (decision %s)",
-            "added" if action == "allow" else f"removed by {by}:",
-            entry_text(entry),
-            request.client.host if request.client else "?",
-            audit.id,
+                    await asyncio.wait_for(wake.wait(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                wake.clear()
+                if streams.closing.is_set():
+                    break
+                yield event("change", status_json(live))
+                await asyncio.sleep(COALESCE_S)
+        finally:
+            unsubscribe()
+            streams.remove(waker)
+            STREAMS.dec()
+
+    return StreamingResponse(
+        gen(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
+async def status_api(request: Request) -> Response:
+    return JSONResponse(status_json(console_of(request).live))
+
+
+# ------------------------------------------------------------------------------------------ login
+
+
+async def login(request: Request) -> Response:
+    c = console_of(request)
+    nxt = safe_next(request.query_params.get("next"))
+    if not c.secrets.required:
+        return RedirectResponse(nxt, 303)
+    if request.method == "GET":
+        return c.render(request, "login.html", next=nxt, error="", title="Log in")
+    form = await request.form()
+    nxt = safe_next(str(form.get("next") or ""))
+    if not c.secrets.check_token(str(form.get("token") or "")):
+        LOGIN_FAILURES.inc()
+        log.warning("console: failed login from %s", request.client.host if request.client else "?")
+        await asyncio.sleep(0.5)  # slows guessing; the token is long anyway
+        return c.render(request, "login.html", 401, next=nxt, error="Wrong token.", title="Log in")
+    resp = RedirectResponse(nxt, 303)
+    c.set_session(resp, c.secrets.new_session())
+    return resp
+
+
+async def logout(request: Request) -> Response:
+    c = console_of(request)
+    form = await request.form()
+    if not c.form_allowed(request, form):
+        return c.render(request, "error.html", 403, title="Refused", message="Bad or missing form token.")
+    c.secrets.end_session(request.cookies.get(SESSION_COOKIE))
+    resp = RedirectResponse("/login", 303)
+    resp.delete_cookie(SESSION_COOKIE, path="/", secure=c.config.tls, httponly=True, samesite="strict")
+    return resp
+
+
+# ----------------------------------------------------------------------------------------- writes
+
+
+async def manual(request: Request) -> Response:
+    c = console_of(request)
+    if not c.config.allow_write:
+        return c.render(request, "error.html", 403, title="Read-only", message=READ_ONLY)
+    qp = request.query_params
+    return c.render(
+        request,
+        "manual.html",
+        title="Manual ban",
+        error="",
+        form={
+            "target": qp.get("target", ""),
+            "jail": qp.get("jail", ""),
+            "action": qp.get("action", "ban"),
+        },
+    )
+
+
+def manual_decision(
+    settings: Settings, action: str, form: Mapping[str, str], by: str, now: datetime
+) -> Decision:
+    """The manual ban or unban a posted form asks for (raises when it is not a valid one)."""
+    if not by:
+        raise ConfigError("give your name (operator): every manual decision records who made it")
+    if action == "ban":
+        dur_text = form.get("duration", "").strip()
+        return manual_ban(
+            settings,
+            form.get("target", ""),
+            jail=form.get("jail") or None,
+            duration=parse_duration(dur_text) if dur_text else None,
+            permanent=form.get("permanent") == "on",
+            reason=form.get("reason", ""),
+            by=by,
+            now=now,
         )
-        return RedirectResponse(f"/allow?written={quote(audit.id)}", 303)
+    return manual_unban(
+        settings,
+        form.get("target", ""),
+        jail=form.get("jail") or None,
+        reason=form.get("reason", ""),
+        by=by,
+        now=now,
+    )
 
-    # ------------------------------------------------------------------------------ health
 
-    async def healthz(request: Request) -> Response:
-        """Open (probes carry no token); without the token it says only whether the console is ok: the
-        broker's address and Kafka's error text are for operators."""
-        s = status_json(live)
-        body = s if authenticated(secrets, request) else {"ok": s["ok"]}
-        return JSONResponse(body, 200 if s["ok"] else 503)
+async def write(request: Request) -> Response:
+    c = console_of(request)
+    action = "ban" if request.url.path.endswith("/add") else "unban"
+    form = await c.writable_form(request, action)
+    if isinstance(form, Response):
+        return form
+    by = form.get("by", "").strip()
+    now = utcnow()
+    try:
+        decision = manual_decision(c.config.settings, action, form, by, now)
+        cluster = c.need_cluster()
+        if decision.action == "ban":
+            check_not_allowed(decision, await run_in_threadpool(c.readers.allow_list, cluster), now)
+        await run_in_threadpool(c.readers.publish, cluster, decision)
+    except (RailRefusedError, ConfigError, BrokerError) as exc:
+        WRITES.labels(action, "refused").inc()
+        return c.render(
+            request,
+            "manual.html",
+            400 if not isinstance(exc, BrokerError) else 503,
+            title="Manual ban",
+            error=str(exc),
+            form={**form, "action": action},
+        )
+    WRITES.labels(action, "ok").inc()
+    log.info(
+        "console: manual %s of %s in jail %s by %s from %s (decision %s): %s",
+        action,
+        decision.ip,
+        decision.jail,
+        decision.by,
+        request.client.host if request.client else "?",
+        decision.id,
+        decision.reason,
+    )
+    return RedirectResponse(f"/ip/{quote(decision.ip, safe='/:')}?written={quote(decision.id)}", 303)
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return render(request, "error.html", 404, title="Not found", message="No such page.")
+# ------------------------------------------------------------------------------------- allow-list
 
+
+@timed("allow")
+async def allow(request: Request) -> Response:
+    return await console_of(request).allow_page(request)
+
+
+async def allow_change(
+    c: Console, cluster: Cluster, action: str, form: Mapping[str, str], by: str, now: datetime
+) -> tuple[str, AllowEntry | None, AllowEntry, Decision]:
+    """The allow-list change a posted form asks for: (key, the entry to write or None to remove it, the
+    entry added or removed, the audit decision); raises when it is not a valid one."""
+    names = [j.name for j in c.config.settings.jails]
+    if action == "allow":
+        ttl_text = form.get("ttl", "").strip()
+        entry = new_entry(
+            form.get("network", ""),
+            jail=form.get("jail") or None,
+            ttl=parse_duration(ttl_text) if ttl_text else None,
+            reason=form.get("reason"),
+            by=by,
+            now=now,
+            jails=names,
+        )
+        return entry.key(), entry, entry, allow_decision(entry, "allow")
+    try:
+        net = normalize_target(form.get("network", ""))
+    except ContractError as exc:
+        raise ConfigError(str(exc)) from None
+    key = allow_key(jail_name(form.get("jail") or None, names), net)
+    current = (await run_in_threadpool(c.readers.allow_list, cluster)).entries.get(key)
+    if current is None:
+        raise ConfigError(f"no allow-list entry {key}")
+    reason = form.get("reason", "").strip() or None
+    return (
+        key,
+        None,
+        current,
+        allow_decision(current, "unallow", id=new_entry_id(), at=now, by=by, reason=reason),
+    )
+
+
+@timed("allow_write")
+async def allow_write(request: Request) -> Response:
+    c = console_of(request)
+    action = "allow" if request.url.path.endswith("/add") else "unallow"
+    form = await c.writable_form(request, action)
+    if isinstance(form, Response):
+        return form
+    by = form.get("by", "").strip()
+    now = utcnow()
+    try:
+        if not by:
+            raise ConfigError("give your name (operator): every allow-list change records who made it")
+        cluster = c.need_cluster()
+        key, written, entry, audit = await allow_change(c, cluster, action, form, by, now)
+        await run_in_threadpool(c.readers.publish_allow, cluster, key, written, audit)
+    except (ConfigError, BadTimeError, BrokerError) as exc:
+        WRITES.labels(action, "refused").inc()
+        status = 503 if isinstance(exc, BrokerError) else 400
+        return await c.allow_page(request, str(exc), status, form)
+    WRITES.labels(action, "ok").inc()
+    log.info(
+        "console: %s %s from %s (decision %s)",
+        "added" if action == "allow" else f"removed by {by}:",
+        entry_text(entry),
+        request.client.host if request.client else "?",
+        audit.id,
+    )
+    return RedirectResponse(f"/allow?written={quote(audit.id)}", 303)
+
+
+# ----------------------------------------------------------------------------------------- health
+
+
+async def healthz(request: Request) -> Response:
+    """Open (probes carry no token); without the token it says only whether the console is ok: the
+    broker's address and Kafka's error text are for operators."""
+    c = console_of(request)
+    s = status_json(c.live)
+    body = s if authenticated(c.secrets, request) else {"ok": s["ok"]}
+    return JSONResponse(body, 200 if s["ok"] else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return console_of(request).render(request, "error.html", 404, title="Not found", message="No such page.")
+
+
+# -------------------------------------------------------------------------------------------- app
+
+
+def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None = None) -> Starlette:
+    """The console app over a started (or starting) :class:`LiveFleet`."""
+    console = Console.build(config, live, readers)
     routes = [
         Route("/", index),
         Route("/bans", bans),
@@ -747,9 +848,10 @@ def create_app(config: ConsoleConfig, live: LiveFleet, readers: Readers | None =
     app = Starlette(
         routes=routes,
         exception_handlers={404: not_found},
-        middleware=[Middleware(Guard, secrets=secrets, trusted_hosts=config.trusted_hosts)],
+        middleware=[Middleware(Guard, secrets=console.secrets, trusted_hosts=config.trusted_hosts)],
     )
-    app.state.streams = streams
+    app.state.console = console
+    app.state.streams = console.streams
     return app
 
 

@@ -247,41 +247,26 @@ class TopicReader:
         """Every partition reached its end (or its ``until``/``stop``) at least once."""
         return not self._pending
 
-    def poll(self, timeout: float = 0.2, max_records: int = 5000) -> int:  # noqa: C901  # one poll loop over every partition state; kafka layer not in this change
+    def poll(self, timeout: float = 0.2, max_records: int = 5000) -> int:
         """Read what is there (waiting up to ``timeout``); feed it; return how many records were fed."""
-        from confluent_kafka import KafkaError, KafkaException, TopicPartition
-
-        try:
-            # poll() returns at the first record (consume() would wait for a full batch or the timeout);
-            # then whatever the consumer already holds joins it, without waiting for more
-            first = self._consumer.poll(timeout)
-            msgs = [] if first is None else [first]
-            if first is not None and max_records > 1:
-                msgs += self._consumer.consume(max_records - 1, 0)
-        except KafkaException as exc:
-            raise BrokerError(f"reading from {self.cluster.bootstrap}: {_short(exc)}") from None
+        msgs = self._fetch(timeout, max_records)
         fed = 0
         finished: list[tuple[str, int]] = []
         kinds, since, until, done, stops = self._kinds, self._since_ms, self._until_ms, self._done, self._stop
         contains, on_record = self.value_contains, self.on_record
-        eof = KafkaError._PARTITION_EOF
         for msg in msgs:
             err = msg.error()
             topic: str = msg.topic() or ""
             tp = (topic, msg.partition() or 0)
             if err is not None:
-                if err.code() == eof:
-                    self._pending.discard(tp)
-                    continue
-                _raise_for(topic, err)
+                self._on_error(topic, tp, err)
                 continue
             if tp in done:
                 continue
             stop = stops.get(tp)
-            if stop is not None and (msg.offset() or 0) >= stop:
-                done.add(tp)
-                self._pending.discard(tp)
-                finished.append(tp)
+            offset = msg.offset() or 0
+            if stop is not None and offset >= stop:
+                self._finish(tp, finished)
                 continue
             ttype, ms = msg.timestamp()
             ts: datetime | None = None
@@ -289,36 +274,60 @@ class TopicReader:
                 if topic in since and ms < since[topic]:
                     continue  # timestamps are not monotonic within a partition (producers' clocks)
                 if topic in until and ms > until[topic]:
-                    done.add(tp)
-                    self._pending.discard(tp)
-                    finished.append(tp)
+                    self._finish(tp, finished)
                     continue
                 ts = datetime.fromtimestamp(ms / 1000.0, UTC)
             value = msg.value()
-            if contains is not None and (value is None or contains not in value):
-                if stop is not None and (msg.offset() or 0) + 1 >= stop:
-                    done.add(tp)
-                    self._pending.discard(tp)
-                    finished.append(tp)
-                continue
-            if self.track_positions:
-                self.position = (tp[1], msg.offset() or 0)
-            if self.track_headers:
-                self.headers = cast(RecordHeaders, msg.headers())
-            on_record(kinds[topic], msg.key(), value, ts)
-            fed += 1
-            if stop is not None and (msg.offset() or 0) + 1 >= stop:
-                done.add(tp)
-                self._pending.discard(tp)
-                finished.append(tp)
+            if contains is None or (value is not None and contains in value):
+                if self.track_positions:
+                    self.position = (tp[1], offset)
+                if self.track_headers:
+                    self.headers = cast(RecordHeaders, msg.headers())
+                on_record(kinds[topic], msg.key(), value, ts)
+                fed += 1
+            if stop is not None and offset + 1 >= stop:
+                self._finish(tp, finished)
+        self._wrap_up(len(msgs), finished)
+        return fed
+
+    def _fetch(self, timeout: float, max_records: int) -> list[Any]:
+        from confluent_kafka import KafkaException
+
+        try:
+            # poll() returns at the first record (consume() would wait for a full batch or the timeout);
+            # then whatever the consumer already holds joins it, without waiting for more
+            first = self._consumer.poll(timeout)
+            if first is None:
+                return []
+            return [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
+        except KafkaException as exc:
+            raise BrokerError(f"reading from {self.cluster.bootstrap}: {_short(exc)}") from None
+
+    def _on_error(self, topic: str, tp: tuple[str, int], err: Any) -> None:
+        """A partition's end (it is caught up), or a typed error."""
+        from confluent_kafka import KafkaError
+
+        if err.code() == KafkaError._PARTITION_EOF:
+            self._pending.discard(tp)
+        else:
+            _raise_for(topic, err)
+
+    def _finish(self, tp: tuple[str, int], finished: list[tuple[str, int]]) -> None:
+        """``tp`` reached its ``until``/``stop``: nothing more is fed from it."""
+        self._done.add(tp)
+        self._pending.discard(tp)
+        finished.append(tp)
+
+    def _wrap_up(self, read: int, finished: list[tuple[str, int]]) -> None:
+        from confluent_kafka import TopicPartition
+
         if finished:
             # past ``until``/``stop``: drop the partition, and with it what librdkafka prefetched after it
             self._consumer.incremental_unassign([TopicPartition(t, p) for t, p in finished])
-        if msgs:
-            self.records += len(msgs)
+        if read:
+            self.records += read
             if self.progress is not None:
                 self.progress(",".join(self._kinds), self.records)
-        return fed
 
     def catch_up(self, timeout: float = 120.0) -> int:
         """Poll until every partition reached its end; raise :class:`BrokerError` after ``timeout``."""

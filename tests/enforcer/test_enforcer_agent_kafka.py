@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from enforcer_helpers import BansWriter, ReportsReader, ban_record, wait_for
 
-from enforcer.agent import DELAY_SECONDS, Agent
+from enforcer.agent import Agent
 from enforcer.backends.dryrun import DryRunBackend
+from enforcer.metrics import DELAY_SECONDS, RECEIVE_SECONDS
 from enforcer.plan import JailSpec, KernelEntry
 from fleet2ban.contract import Heartbeat
 from fleet2ban.kafka import Cluster
@@ -69,9 +70,11 @@ def test_agent_reads_to_end_applies_reports_and_follows_live(agent: Agent, clust
         assert removed.detail == "expired" and removed.host == "h-test" and removed.backend == "dryrun"
         # Live: a new ban, then a tombstone.
         before = DELAY_SECONDS._sum.get()
+        received = RECEIVE_SECONDS._sum.get()
         writer.ban("203.0.113.20")
         reader.wait(("applied", "203.0.113.20"))
         assert DELAY_SECONDS._sum.get() > before
+        assert RECEIVE_SECONDS._sum.get() > received  # the live record's Kafka hop was measured
         writer.lift("2001:db8::9")
         reader.wait(("removed", "2001:db8::9"))
         assert set(backend.entries) == {("amps", "203.0.113.20")}
@@ -100,6 +103,7 @@ def test_agent_reads_to_end_applies_reports_and_follows_live(agent: Agent, clust
                 "fleet2ban_enforcer_active_bans",
                 "fleet2ban_enforcer_apply_batch_seconds_bucket",
                 "fleet2ban_enforcer_decision_to_applied_seconds_bucket",
+                "fleet2ban_enforcer_bans_receive_seconds_bucket",
                 "fleet2ban_enforcer_reconcile_corrections_total",
                 'fleet2ban_enforcer_actions_total{kind="skipped"}',
             ):

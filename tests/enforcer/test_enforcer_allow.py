@@ -7,8 +7,8 @@ from datetime import timedelta
 
 from enforcer_helpers import T0, Clock
 
-from enforcer.agent import Enforcer
 from enforcer.backends.dryrun import DryRunBackend
+from enforcer.core import Enforcer
 from enforcer.plan import JailSpec, Rails
 from fleet2ban.contract import AllowEntry, BanState, allow_key, ban_key, encode
 from fleet2ban.settings import EnforcerSettings, JailSettings

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from enforcer_helpers import OTHER_PORT, PORT, FwFleet, fw, wait_for
 
-from enforcer.agent import Enforcer
 from enforcer.backends import make_backend
 from enforcer.backends.auto import Evidence, decide
 from enforcer.backends.libnft import clean_error
 from enforcer.backends.nftables import NftablesBackend, Unit, element_value, parse_element
+from enforcer.core import Enforcer
 from enforcer.plan import Add, Delete, JailSpec, Rails
 from fleet2ban.contract import BanState, ban_key, encode, utcnow
 from fleet2ban.dev.netns import try_connect

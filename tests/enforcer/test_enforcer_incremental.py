@@ -17,9 +17,9 @@ from enforcer_helpers import T0, Clock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import enforcer.agent as agent_mod
-from enforcer.agent import Enforcer, Outcome
+import enforcer.plan as plan_mod
 from enforcer.backends.dryrun import DryRunBackend
+from enforcer.core import Enforcer, Outcome
 from enforcer.plan import (
     MAX_KERNEL_TIMEOUT,
     JailSpec,
@@ -256,7 +256,7 @@ def test_one_more_ban_evaluates_only_that_ban(monkeypatch: pytest.MonkeyPatch) -
         refusals.append((jail, target))
         return real_refusal(self, jail, target)
 
-    monkeypatch.setattr(agent_mod, "desired_one", counting_one)
+    monkeypatch.setattr(plan_mod, "desired_one", counting_one)
     monkeypatch.setattr(Rails, "refusal", counting_refusal)
 
     clock.advance(1)

@@ -259,8 +259,10 @@ class Fleet:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return str(r.read().decode())
 
-    def ready(self, timeout: float = 40.0) -> None:
-        """Wait until the workers are consuming: a probe address gets banned."""
+    def ready(self, timeout: float = 90.0) -> None:
+        """Wait until the workers are consuming: a probe address gets banned. The bound covers a worker's
+        start on a loaded 2-core machine (imports, group join, changelog recovery: 40 s was seen to run
+        out while the worker was still joining)."""
         probe = f"192.0.2.{len(self.decisions()) % 250 + 1}"
         self.fail(probe, 3, reason="name in use")
         self.wait_decision(probe, timeout=timeout)

@@ -9,8 +9,8 @@ from datetime import timedelta
 
 import msgspec
 
-from enforcer.agent import Enforcer
 from enforcer.backends.dryrun import DryRunBackend
+from enforcer.core import Enforcer
 from enforcer.plan import JailSpec
 from fleet2ban.audit import queries
 from fleet2ban.audit.view import FleetView

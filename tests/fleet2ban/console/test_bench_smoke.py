@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from console_helpers import browser_unavailable
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.kafka
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 
 
 def test_import_bench_smoke(kafka_bootstrap: str) -> None:

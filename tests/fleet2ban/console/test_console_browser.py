@@ -259,8 +259,8 @@ def test_with_a_token_every_request_needs_it(
     token = "s3cret-token-for-the-console"
     writer.ban(decision("203.0.113.5"))
     writer.flush()
-    # on loopback, so without TLS (off loopback the console also needs --tls-cert/--tls-key: tests/console
-    # test_console_hostile.py); a configured token is required the same way everywhere
+    # on loopback, so without TLS (off loopback the console also needs --tls-cert/--tls-key:
+    # tests/fleet2ban/console/test_console_hostile.py); a configured token is required the same way everywhere
     srv, _ = start_console(host="127.0.0.1", token=token)
 
     # without the token: pages redirect to the login, everything else is refused

@@ -1,0 +1,45 @@
+"""processor.faust_adapter is the one place the processor touches Faust: the rest imports no Faust module
+and reads no private attribute of Faust's objects, so it runs in tests without Faust."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import processor
+from processor import faust_adapter as fa
+from processor.driver import StateStore
+
+FAUST_PRIVATE = ("_committed_offset", "_read_offset", "on_init_dependencies", "partition_for_key", "spinner")
+
+
+def test_only_the_adapter_imports_faust_or_reads_its_internals() -> None:
+    root = Path(processor.__file__).parent
+    offenders = []
+    for path in sorted(root.glob("*.py")):
+        if path.name == "faust_adapter.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Attribute) and node.attr in FAUST_PRIVATE:
+                names = [node.attr]
+            else:
+                continue
+            offenders += [
+                f"{path.name}:{node.lineno} {n}"
+                for n in names
+                if n in FAUST_PRIVATE or n.split(".")[0] in ("faust", "mode", "aiokafka")
+            ]
+    assert offenders == []
+
+
+def test_a_dict_and_a_faust_table_are_state_stores() -> None:
+    app = fa.app_class()("t-store", broker="kafka://localhost:1", store="memory://")
+    table = fa.create_table(app, "targets", 4, lambda _key: 3)
+    assert isinstance({}, StateStore) and isinstance(table, StateStore)
+    assert table.partition_for_key(b"10.0.0.1") == 3  # the contract's partition, not aiokafka's
+    app.on_init_dependencies()  # what starting the app does: its sensors registered
+    assert [type(s).__name__ for s in app.sensors] == ["Sensor"]  # a no-op sensor, no Monitor
