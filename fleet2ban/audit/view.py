@@ -132,16 +132,24 @@ class FleetView:
         self.lifted.pop(key, None)
         self.ban_history[state.decision_id] = key
 
+    def from_the_future(self, at: datetime) -> bool:
+        """Whether a ``reports`` record dated ``at`` lies more than :data:`REPORT_FUTURE` ahead of the
+        reader's clock (counted in ``future``): such a record is skipped by every reader."""
+        if at <= self._future_limit:  # the clock is read only for records past the last limit
+            return False
+        self._future_limit = self.clock() + REPORT_FUTURE
+        if at <= self._future_limit:
+            return False
+        self.future += 1
+        return True
+
     def add_report(self, rec: Report | Heartbeat) -> None:
         """One ``reports`` record (an enforcer's action report or any component's heartbeat). One dated
         more than :data:`REPORT_FUTURE` ahead of the reader's clock is counted in ``future`` and skipped:
         kept, a heartbeat dated 9999 would stay the host's latest, showing a dead enforcer live forever."""
         self.reports_seen += 1
-        if rec.at > self._future_limit:  # the clock is read only for records past the last limit
-            self._future_limit = self.clock() + REPORT_FUTURE
-            if rec.at > self._future_limit:
-                self.future += 1
-                return
+        if self.from_the_future(rec.at):
+            return
         if isinstance(rec, Heartbeat):
             self._heartbeat(rec)
             return

@@ -140,3 +140,20 @@ def test_a_heartbeat_from_the_future_cannot_keep_a_dead_enforcer_live() -> None:
     now[0] = NOW + timedelta(hours=2)
     assert [e.host for e in view.live_enforcers(now[0])] == []  # both silent by now
     assert view.enforcers["h1"].heartbeat is not None and view.enforcers["h1"].heartbeat.at == NOW
+
+
+def test_the_digest_path_skips_a_heartbeat_from_the_future_too() -> None:
+    """load_coverage_view picks each enforcer's latest heartbeat itself (the fast path, by applied digest):
+    one dated 9999, with a digest, counted its host live there though FleetView skipped it."""
+    from fleet2ban.audit.reader import _latest_heartbeats, _ReportDecoder
+    from fleet2ban.contract import encode
+    from fleet2ban.kafka.reader import Record
+
+    real = datetime.now(UTC)
+    good = Heartbeat(host="h1", role="enforcer", at=real, applied_digest="0:0", bans_offsets={})
+    forged = msgspec.structs.replace(good, at=datetime(9999, 12, 31, tzinfo=UTC))
+    tail = [Record(0, i, None, b"h1", encode(hb)) for i, hb in enumerate([good, forged])]
+    view = FleetView()
+    _latest, enforcers = _latest_heartbeats(tail, 0, _ReportDecoder(view, None))
+    assert enforcers["h1"][0].at == real and view.future == 1
+    assert not view.is_silent(enforcers["h1"][0], real + timedelta(seconds=1))
