@@ -26,6 +26,7 @@ from fleet2ban.contract import (
     AllowEntry,
     ContractError,
     decode_allow,
+    exempts_most,
     normalize_target,
     split_allow_key,
 )
@@ -135,6 +136,12 @@ def new_entry(
         raise ConfigError(str(exc)) from None
     if ipaddress.ip_network(net, strict=False).prefixlen == 0:
         raise ConfigError(f"{net} is every address: an allow-list entry for it would switch banning off")
+    space = exempts_most([ipaddress.ip_network(net, strict=False)])
+    if space is not None:
+        raise ConfigError(
+            f"{net} is half or more of {space}: an allow-list entry for it would switch banning off for most"
+            " of the Internet"
+        )
     name = jail_name(jail, jails)
     if ttl is not None and not timedelta(0) < ttl <= timedelta(seconds=MAX_BAN_SECONDS):
         raise ConfigError("--ttl must be positive and at most ten years (no --ttl: until removed)")

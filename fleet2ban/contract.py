@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -458,6 +459,9 @@ def decode_allow(data: bytes | str | None) -> AllowEntry:
     """An ``allow`` value; ContractError for anything else (a network not canonical, a bad jail)."""
     rec: AllowEntry = _decode(_allow_decoder, data, "allow entry")
     _check_canonical(rec.network, normalize_target, "allow entry")
+    space = exempts_most([ipaddress.ip_network(rec.network)])
+    if space is not None:  # only a writer that skipped fleet2ban.allowlist.new_entry's checks gets here
+        raise ContractError(f"allow entry: {rec.network} is half or more of {space} (banning would be off)")
     if rec.jail != ALL_JAILS:
         check_jail_name(rec.jail)
     _check_duration(rec.at, rec.expires_at, "allow entry")
@@ -529,8 +533,24 @@ def check_jail_name(name: str) -> str:
     return name
 
 
+HEARTBEAT_INTERVAL_MAX_S: Final = 86400.0
+"""The longest heartbeat interval a reader accepts (a longer one would keep a dead component "live")."""
+
+
 def decode_report(data: bytes | str | None) -> ReportsRecord:
+    """A ``reports`` record; ContractError for anything else, including a heartbeat whose numbers are not
+    finite or out of range (``interval_s: 1e308`` kept a dead enforcer "live" and crashed the readers'
+    arithmetic, issue 20)."""
     rec: ReportsRecord = _decode(_reports_decoder, data, "reports record")
+    if isinstance(rec, Heartbeat):
+        if not 0 < rec.interval_s <= HEARTBEAT_INTERVAL_MAX_S:  # also false for NaN
+            raise ContractError(f"heartbeat: interval_s {rec.interval_s!r} out of range (0, 86400]")
+        if rec.lag is not None and not math.isfinite(rec.lag):
+            raise ContractError(f"heartbeat: lag {rec.lag!r} is not finite")
+        if not all(math.isfinite(v) for v in rec.counters.values()):
+            raise ContractError("heartbeat: a counter is not finite")
+        if rec.applied_total is not None and rec.applied_total < 0:
+            raise ContractError(f"heartbeat: applied_total {rec.applied_total} is negative")
     return rec
 
 
@@ -614,6 +634,35 @@ def normalize_target(text: str) -> str:
 def target_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """A ban target as a network (a single address is a /32 or /128), after :func:`normalize_target`."""
     return ipaddress.ip_network(normalize_target(text), strict=False)
+
+
+_BANNABLE: Final = (ipaddress.IPv4Network("0.0.0.0/0"), ipaddress.IPv6Network("2000::/3"))
+"""Per family, the addresses bans are for: all of IPv4; IPv6's global unicast space (the rest is not
+routed on the Internet)."""
+
+
+def exempts_most(
+    nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The space (:data:`_BANNABLE`) of which ``nets`` together cover half or more, or None.
+
+    An exemption that wide (``ignoreip``, ``enforcer.protect``, an allow-list entry) switches banning off
+    for most of the Internet: ``0.0.0.0/0`` does it alone, and so do ``0.0.0.0/1 128.0.0.0/1`` or
+    ``2000::/3`` (issue 20). Private and local ranges (``10.0.0.0/8``, ``fc00::/7``) are far below it."""
+    items = list(nets)
+    for space in _BANNABLE:
+        same = [n for n in items if n.version == space.version]
+        if not same:
+            continue
+        covered = 0
+        for n in ipaddress.collapse_addresses(same):  # type: ignore[type-var]
+            if n.subnet_of(space):  # type: ignore[arg-type]
+                covered += n.num_addresses
+            elif space.subnet_of(n):  # type: ignore[arg-type]
+                covered += space.num_addresses
+        if covered * 2 >= space.num_addresses:
+            return space
+    return None
 
 
 # --------------------------------------------------------------------------------------------- topics

@@ -41,6 +41,9 @@ _DOMAIN = b"fleet2ban-record-signature-v1"
 KINDS = ("events", "reports")
 MAX_KEYS_PER_HOST = 2
 LOG_EVERY_S = 60.0
+CLAIMED_MAX = 1000
+"""Distinct unknown host names a verifier counts, logs and labels metrics with; the rest as OTHER_HOSTS."""
+OTHER_HOSTS = "(other)"
 
 REJECTED = Counter(
     "fleet2ban_identity_rejected",
@@ -245,6 +248,8 @@ class Verifier:
         self.require = require
         self._clock = clock
         self._last_log: dict[tuple[str, str], float] = {}
+        self._claimed: set[str] = set()
+        """Unknown host names seen claimed, at most :data:`CLAIMED_MAX`."""
         self.rejected: dict[tuple[str, str, str], int] = {}
 
     @classmethod
@@ -305,6 +310,13 @@ class Verifier:
         return sum(self.rejected.values())
 
     def _reject(self, kind: str, claimed: str, v: Verdict) -> None:
+        if claimed not in self.keys and claimed not in self._claimed:
+            # a writer without a key can claim any number of host names: past a bound they share one
+            # counter, metric series and log line, so the reader's memory and its log stay bounded
+            if len(self._claimed) >= CLAIMED_MAX:
+                claimed = OTHER_HOSTS
+            else:
+                self._claimed.add(claimed)
         k = (kind, claimed, v.reason)
         self.rejected[k] = self.rejected.get(k, 0) + 1
         REJECTED.labels(topic=kind, host=printable(claimed[:64]), reason=v.reason).inc()

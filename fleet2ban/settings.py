@@ -36,9 +36,11 @@ from fleet2ban.contract import (
     JAIL_NAME,
     MAX_BAN_SECONDS,
     ContractError,
+    exempts_most,
     target_network,
 )
 from fleet2ban.exceptions import ConfigError
+from fleet2ban.formula import compile_formula
 from fleet2ban.identity import IdentitySettings
 
 ENV_PREFIX = "FLEET2BAN_"
@@ -141,6 +143,16 @@ class IncrementSettings(_Section):
     )
     overalljails: bool = False
 
+    @field_validator("formula")
+    @classmethod
+    def _formula(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                compile_formula(v)  # arithmetic only (fleet2ban.formula): it may come from a copied jail file
+            except ValueError as exc:
+                raise ValueError(f"not an accepted formula: {exc}") from None
+        return v
+
     @field_validator("multipliers")
     @classmethod
     def _multipliers(cls, v: list[float]) -> list[float]:
@@ -171,6 +183,12 @@ def _networks(v: Any, what: str) -> Any:
                 f"{what}: {net} covers every IPv{net.version} address, so none could ever be banned"
             )
         out.append(net)
+    space = exempts_most(out)
+    if space is not None:
+        raise ValueError(
+            f"{what}: together its networks cover half or more of {space}, so banning would be off for most"
+            " of the Internet"
+        )
     return out
 
 
@@ -311,7 +329,7 @@ class ProcessorSettings(_Section):
         ge=0,
         le=3600,
         description="events and manual decisions dated more than this ahead of the processor's clock are"
-        " rejected (counted per sending host); keep it at most lateness_s",
+        " rejected (counted per sending host); at most lateness_s (unset: the smaller of 5 and lateness_s)",
     )
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
     data_dir: Path | None = Field(None, description="default: <state_dir>/processor")
@@ -333,6 +351,20 @@ class ProcessorSettings(_Section):
     def _timeouts(self) -> ProcessorSettings:
         if self.heartbeat_interval_s * 3 > self.session_timeout_s:
             raise ValueError("heartbeat_interval_s must be at most a third of session_timeout_s")
+        return self
+
+    @model_validator(mode="after")
+    def _future_within_lateness(self) -> ProcessorSettings:
+        """A failure dated up to ``max_future_s`` ahead is counted and moves its address's watermark; were
+        that beyond ``lateness_s``, a host whose clock runs ahead in between would make every other host's
+        real failures of that address "late" (issue 20). Left unset, it follows a smaller lateness_s."""
+        if self.max_future_s > self.lateness_s:
+            if "max_future_s" in self.model_fields_set:
+                raise ValueError(
+                    f"max_future_s ({self.max_future_s:g}) must be at most lateness_s ({self.lateness_s:g}):"
+                    " a host whose clock runs ahead by more than lateness_s would make other hosts' failures late"
+                )
+            self.__dict__["max_future_s"] = self.lateness_s  # no assignment: it would validate again
         return self
 
 
@@ -426,7 +458,7 @@ class NotifierSettings(_Section):
 class MetricsSettings(_Section):
     port: int = Field(0, ge=0, le=65535, description="/metrics and /healthz port; 0 = off")
     bind: str = "0.0.0.0"
-    heartbeat_interval_s: float = Field(5.0, gt=0)
+    heartbeat_interval_s: float = Field(5.0, gt=0, le=86400)  # readers refuse longer (decode_report)
 
 
 class LogSettings(_Section):

@@ -16,6 +16,7 @@ jails, as fleet2ban decides them. What it leaves unset takes jail.conf's ``[reci
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import socket
@@ -25,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fleet2ban.contract import ContractError, target_network
+from fleet2ban.contract import ContractError, exempts_most, target_network
 from fleet2ban.f2bini import (
     filter_option,
     filter_scope,
@@ -179,8 +180,10 @@ def parse_ports(text: str, notes: list[str]) -> list[int]:
 
 def parse_ignoreip(text: str, notes: list[str]) -> list[str]:
     """Addresses and CIDRs (through the contract's one parser); one that covers every address of its
-    family is refused: the jail could never ban anything (fail2ban would not either, on that host)."""
+    family, or together half or more of them, is refused: the jail could (almost) never ban anything
+    (fail2ban would not either, on that host)."""
     out: list[str] = []
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for part in re.split(r"[,\s]+", text.strip()):
         if not part:
             continue
@@ -196,7 +199,14 @@ def parse_ignoreip(text: str, notes: list[str]) -> list[str]:
                 f"ignoreip {part} covers every IPv{net.version} address: this jail could never ban anyone;"
                 " remove it from the jail before importing"
             )
+        nets.append(net)
         out.append(str(net))
+    space = exempts_most(nets)
+    if space is not None:
+        raise ImportFail2banError(
+            f"ignoreip {one_line(text, 80)!r} covers half or more of {space}: this jail would ban almost"
+            " no one; remove it from the jail before importing"
+        )
     return out
 
 

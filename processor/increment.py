@@ -19,22 +19,13 @@ import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from fleet2ban.contract import MAX_BAN_SECONDS
+from fleet2ban.formula import compile_formula, evaluate
 from fleet2ban.settings import IncrementSettings
 from processor.exceptions import IncrementConfigError
 
 DEFAULT_FORMULA = "ban.Time * (1<<(ban.Count if ban.Count<20 else 20)) * banFactor"
-_SAFE_BUILTINS: dict[str, Any] = {
-    "min": min,
-    "max": max,
-    "float": float,
-    "int": int,
-    "abs": abs,
-    "round": round,
-    "pow": pow,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,18 +80,12 @@ def _base(opts: IncrementSettings) -> Callable[[float, int], float]:
         return lambda bantime, count: bantime * factor * multipliers[min(count, len(multipliers) - 1)]
     formula = opts.formula or DEFAULT_FORMULA
     try:
-        code = compile(formula, "<bantime.formula>", "eval")
-    except SyntaxError as exc:
-        raise IncrementConfigError(f"bantime_increment.formula: {exc.msg}: {formula!r}") from None
+        code = compile_formula(formula)  # arithmetic only: no attribute walks, no unbounded integers
+    except ValueError as exc:
+        raise IncrementConfigError(f"bantime_increment.formula: {exc}: {formula[:80]!r}") from None
 
     def by_formula(bantime: float, count: int) -> float:
-        scope = {
-            "__builtins__": _SAFE_BUILTINS,
-            "math": math,
-            "ban": Ban(bantime, count),
-            "banFactor": factor,
-        }
-        return max(bantime, float(eval(code, scope)))  # operator-supplied, fail2ban-compatible
+        return max(bantime, float(evaluate(code, Ban(bantime, count), factor)))  # fail2ban-compatible
 
     return by_formula
 

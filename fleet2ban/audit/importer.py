@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Literal
 
 from fleet2ban.audit.manual import manual_ban_decision
-from fleet2ban.contract import BanState, ContractError, Decision, normalize_target, rfc3339
+from fleet2ban.contract import (
+    MAX_BAN_SECONDS,
+    BanState,
+    ContractError,
+    Decision,
+    normalize_target,
+    rfc3339,
+)
 from fleet2ban.exceptions import ConfigError
 from fleet2ban.rails import Rails
 from fleet2ban.safetext import printable
@@ -262,6 +269,16 @@ def plan(
         if expires is not None and expires <= now:
             out.expired += 1
             continue
+        if expires is not None and expires - now > _LONGEST:  # the contract refuses such a decision
+            out.refused.append(
+                Refused(
+                    item.where,
+                    target,
+                    f"expires {rfc3339(expires)}, more than ten years from now (a ban without end is"
+                    " 'permanent')",
+                )
+            )
+            continue
         why = (item.reason or reason).strip()
         decision = manual_ban_decision(
             import_id(j.name, target, expires, why), j, target, expires, why, by, now
@@ -275,6 +292,9 @@ def plan(
         chosen[key] = (decision, item.where)
     out.decisions = [d for d, _w in chosen.values()]
     return out
+
+
+_LONGEST = timedelta(seconds=MAX_BAN_SECONDS)
 
 
 def _jail(settings: Settings, name: str | None) -> JailSettings | None:

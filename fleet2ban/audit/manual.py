@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from fleet2ban.allowlist import AllowList, entry_text
 from fleet2ban.audit.exceptions import RailRefusedError
-from fleet2ban.contract import ContractError, Decision, normalize_target
+from fleet2ban.contract import MAX_BAN_SECONDS, ContractError, Decision, normalize_target
 from fleet2ban.exceptions import ConfigError
 from fleet2ban.rails import check_target
 from fleet2ban.settings import JailSettings, Settings
@@ -71,7 +71,10 @@ def manual_ban(
 def manual_ban_decision(
     decision_id: str, j: JailSettings, ip: str, expires: datetime | None, reason: str, by: str, now: datetime
 ) -> Decision:
-    """The ``ban`` decision an operator makes (``bans add``, ``bans import``), after the rails."""
+    """The ``ban`` decision an operator makes (``bans add``, ``bans import``), after the rails. An expiry
+    more than ten years away is refused (ConfigError): every reader's decoder would drop the decision."""
+    if expires is not None and (expires - now).total_seconds() > MAX_BAN_SECONDS:
+        raise ConfigError(f"a ban of {ip} expiring more than ten years from now: make it permanent instead")
     return Decision(
         id=decision_id,
         action="ban",

@@ -277,6 +277,8 @@ class _ReportDecoder:
             view.bad_records += 1
             view.last_error = str(exc)
             r = None
+        if r is not None and view.from_the_future(r.at):
+            r = None  # as FleetView.add_report: a heartbeat dated ahead would keep a dead enforcer live
         if r is not None and not check_report(
             self.verifier,
             rec.key,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from fleet2ban.contract import (
@@ -35,8 +35,12 @@ from fleet2ban.contract import (
     decode_decision,
     decode_report,
     split_ban_key,
+    utcnow,
 )
 from fleet2ban.identity import Headers, Verifier, check_report
+
+REPORT_FUTURE = timedelta(minutes=5)
+"""How far ahead of a reader's clock a ``reports`` record may be dated (hosts' clocks differ a little)."""
 
 TopicKind = Literal["bans", "reports", "decisions"]
 
@@ -81,8 +85,14 @@ class FleetView:
         min_silence_s: float = 10.0,
         recent_decisions: int = 1000,
         verifier: Verifier | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.verifier = verifier
+        self.clock = clock
+        """The reader's clock: ``reports`` records dated more than :data:`REPORT_FUTURE` ahead are skipped."""
+        self._future_limit = datetime.min.replace(tzinfo=UTC)
+        self.future = 0
+        """``reports`` records skipped as dated beyond the reader's clock (a host clock far ahead)."""
         """Checks each ``reports`` record's host signature (:mod:`fleet2ban.identity`) in :meth:`add_raw`."""
         self.rejected = 0
         """``reports`` records dropped because their host signature did not verify."""
@@ -122,9 +132,24 @@ class FleetView:
         self.lifted.pop(key, None)
         self.ban_history[state.decision_id] = key
 
+    def from_the_future(self, at: datetime) -> bool:
+        """Whether a ``reports`` record dated ``at`` lies more than :data:`REPORT_FUTURE` ahead of the
+        reader's clock (counted in ``future``): such a record is skipped by every reader."""
+        if at <= self._future_limit:  # the clock is read only for records past the last limit
+            return False
+        self._future_limit = self.clock() + REPORT_FUTURE
+        if at <= self._future_limit:
+            return False
+        self.future += 1
+        return True
+
     def add_report(self, rec: Report | Heartbeat) -> None:
-        """One ``reports`` record (an enforcer's action report or any component's heartbeat)."""
+        """One ``reports`` record (an enforcer's action report or any component's heartbeat). One dated
+        more than :data:`REPORT_FUTURE` ahead of the reader's clock is counted in ``future`` and skipped:
+        kept, a heartbeat dated 9999 would stay the host's latest, showing a dead enforcer live forever."""
         self.reports_seen += 1
+        if self.from_the_future(rec.at):
+            return
         if isinstance(rec, Heartbeat):
             self._heartbeat(rec)
             return

@@ -70,6 +70,16 @@ def test_a_value_under_another_key_is_refused() -> None:
     assert not allow.entries
 
 
+@pytest.mark.parametrize("network", ["0.0.0.0/0", "0.0.0.0/1", "::/0", "2000::/3"])
+def test_an_entry_exempting_most_addresses_is_refused_on_the_topic_too(network: str) -> None:
+    """A writer that skips new_entry's checks (another tool with the operator's ACL) cannot switch
+    banning off for every reader: the decoder refuses the entry and the list stays empty (issue 20)."""
+    allow = AllowList()
+    with pytest.raises(ContractError, match="half or more"):
+        allow.ingest(allow_key("*", network).encode(), encode(entry(network)))
+    assert not allow.entries and allow.match("amps", "203.0.113.9", T0) is None
+
+
 def test_match_covers_overlaps_per_jail_until_expiry_and_tombstone_removes() -> None:
     allow = AllowList()
     allow.ingest(b"*|198.51.100.0/24", encode(entry("198.51.100.0/24", ttl=60)))
@@ -112,6 +122,8 @@ def test_new_entry_checks_and_records_author() -> None:
     )
     for kwargs in (
         {"network": "0.0.0.0/0"},
+        {"network": "0.0.0.0/1"},  # half of IPv4: with 128.0.0.0/1, banning off (issue 20)
+        {"network": "2000::/4"},  # half of IPv6's global unicast
         {"network": "10.0.0.1%eth0"},
         {"jail": "nope"},
         {"ttl": timedelta(0)},

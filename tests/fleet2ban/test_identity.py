@@ -12,7 +12,9 @@ from pydantic import ValidationError
 
 from fleet2ban.exceptions import ConfigError
 from fleet2ban.identity import (
+    CLAIMED_MAX,
     HOST_HEADER,
+    OTHER_HOSTS,
     SIG_HEADER,
     IdentitySettings,
     Signer,
@@ -102,6 +104,25 @@ def test_rejections_are_counted_and_logged_once_a_minute_per_host(
     assert lines[0].startswith("dropped events records claiming host amps1: unsigned")
     assert lines[2].endswith("51 so far")
     assert v.rejected[("events", "amps1", "unsigned")] == 51
+
+
+def test_claimed_host_names_cannot_grow_memory_metrics_or_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer without a key claims a fresh host name in each record: before, every one added a counter,
+    a metric series and a log line (the once-a-minute limit is per host). Past CLAIMED_MAX they share one;
+    the configured hosts are always counted by name (issue 20)."""
+    _amps1, pub1 = _host(tmp_path, "amps1")
+    v = Verifier({"amps1": [pub1]}, require=True, clock=lambda: 1000.0)
+    with caplog.at_level(logging.WARNING, logger="fleet2ban.identity"):
+        for i in range(CLAIMED_MAX + 500):
+            v.check("events", b"k", VALUE, None, f"ghost-{i}")
+        v.check("events", b"k", VALUE, None, "amps1")
+    hosts = {h for (_k, h, _r) in v.rejected}
+    assert len(hosts) == CLAIMED_MAX + 2 and "amps1" in hosts and OTHER_HOSTS in hosts
+    assert v.rejected[("events", OTHER_HOSTS, "unsigned")] == 500
+    assert len(caplog.records) == CLAIMED_MAX + 2
+    assert len(v._last_log) <= CLAIMED_MAX + 2
 
 
 def test_a_bad_key_file_is_one_line_naming_the_setting(tmp_path: Path) -> None:

@@ -70,6 +70,11 @@ def test_binary_and_broken_files_give_one_line(tmp_path: Path, data: bytes, word
         ("jails: [{name: amps, ignoreip: 0.0.0.0/0}]", "ignoreip"),
         ("jails: [{name: amps, ignoreip: '10.0.0.0/8 ::/0'}]", "ignoreip"),
         ("jails: [{name: amps, ignoreip: '::ffff:0:0/96'}]", "ignoreip"),
+        ("jails: [{name: amps, ignoreip: '0.0.0.0/1 128.0.0.0/1'}]", "ignoreip"),  # /0 in two halves
+        ("jails: [{name: amps, ignoreip: '2000::/3'}]", "ignoreip"),  # every routed IPv6 address
+        ("enforcer: {protect: [0.0.0.0/2, 64.0.0.0/2, 128.0.0.0/2]}", "protect"),
+        ("processor: {lateness_s: 5, max_future_s: 60}", "max_future_s"),
+        ("metrics: {heartbeat_interval_s: 1e6}", "heartbeat_interval_s"),  # readers would refuse them all
         ("jails: [{name: amps, ignoreip: 'fe80::1%eth0'}]", "ignoreip"),
         ("jails: [{name: amps, bantime_increment: {factor: .nan}}]", "factor"),
         ("jails: [{name: amps, bantime_increment: {multipliers: [1, .inf]}}]", "multipliers"),
@@ -94,11 +99,16 @@ def test_values_that_would_disable_or_crash_banning_are_refused(
 def test_sane_values_still_load(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
-        "jails: [{name: amps, bantime: -1, ignoreip: '10.0.0.0/8 ::ffff:192.0.2.0/120'}]\n"
+        "jails: [{name: amps, bantime: -1, ignoreip: '10.0.0.0/8 ::ffff:192.0.2.0/120 172.16.0.0/12 fc00::/7'}]\n"
         "processor: {max_future_s: 2}\nenforcer: {min_prefix_v4: 16}\n"
     )
     s = load_settings(cfg)
-    assert [str(n) for n in s.jails[0].ignoreip] == ["10.0.0.0/8", "192.0.2.0/24"]
+    assert [str(n) for n in s.jails[0].ignoreip] == [
+        "10.0.0.0/8",
+        "192.0.2.0/24",
+        "172.16.0.0/12",
+        "fc00::/7",
+    ]
     assert s.processor.max_future_s == 2 and s.enforcer.min_prefix_v4 == 16
 
 

@@ -16,6 +16,7 @@ with hostile names), where bugs live. Example counts are modest (the suite runs 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import ipaddress
 import math
@@ -34,6 +35,7 @@ from typer.testing import CliRunner
 from enforcer.plan import JailSpec, desired_state
 from fleet2ban import contract as c
 from fleet2ban.allowlist import AllowList
+from fleet2ban.audit import importer
 from fleet2ban.audit.view import FleetView
 from fleet2ban.cli.main import app as cli_app
 from fleet2ban.console.app import ConsoleConfig, create_app
@@ -44,7 +46,9 @@ from fleet2ban.rails import Rails
 from fleet2ban.safetext import printable
 from fleet2ban.settings import EnforcerSettings, JailSettings, KafkaSettings, Settings, load_settings
 from processor.engine import Engine
+from processor.exceptions import IncrementConfigError
 from processor.import_f2b import import_jail
+from processor.increment import compile_increment
 from processor.policy import Policy
 from shipper.f2bfilter import load_filter
 from shipper.parse import ParsedLine, ParseStats, iter_file_events, parse_line, scan_block, write_file_json
@@ -136,6 +140,9 @@ def _valid_records() -> list[msgspec.Struct]:
     d = c.Decision(id="b-1", action="ban", ip="203.0.113.9", jail="amps", at=NOW, ports=[9007])
     return [
         c.EventBatch(host="h", ip="203.0.113.9", lines=[line]),
+        c.EventsRecord(
+            host="h", lines=[c.address_line("203.0.113.9", line), c.address_line("2001:db8::1", line)]
+        ),
         d,
         c.BanState.from_decision(d),
         c.Report(host="h", kind="applied", jail="amps", ip="203.0.113.9", at=NOW),
@@ -157,9 +164,23 @@ def topic_values(draw: st.DrawFn) -> bytes:
     rec = msgspec.json.decode(c.encode(draw(st.sampled_from(_valid_records()))))
     key = draw(st.sampled_from(sorted(rec)))
     rec[key] = draw(json_values)
+    if "interval_s" in rec and draw(st.booleans()):  # numbers the readers compute with
+        rec[draw(st.sampled_from(["interval_s", "lag", "applied_total"]))] = draw(
+            st.one_of(
+                st.floats(allow_nan=False, allow_infinity=False),
+                st.integers(),
+                st.sampled_from([0, -5, 1e308]),
+            )
+        )
     lines = rec.get("lines")
     if isinstance(lines, list) and lines and isinstance(lines[0], dict) and draw(st.booleans()):
-        rec["lines"][0]["ts"] = draw(st.sampled_from(["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "x"]))
+        field = draw(st.sampled_from(["ts", "ip", "port"]))
+        rec["lines"][-1][field] = draw(
+            st.one_of(
+                st.sampled_from(["9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "x", 0, -5, 70000]),
+                addresses,
+            )
+        )
     return msgspec.json.encode(rec)
 
 
@@ -179,6 +200,9 @@ def test_every_topic_decoder_refuses_with_contract_error_only(value: bytes) -> N
             rec = decode(value)
         except c.ContractError:
             continue
+        if isinstance(rec, c.Heartbeat):  # readers do arithmetic on these (read_tail, silence bounds)
+            assert 0 < FleetView().silence_bound(rec) <= 3 * c.HEARTBEAT_INTERVAL_MAX_S
+            assert rec.lag is None or math.isfinite(rec.lag)
         ip = getattr(rec, "ip", None) or getattr(rec, "network", None)
         if ip is not None and decode is not c.decode_report:
             assert c.normalize_target(ip) == ip
@@ -186,6 +210,39 @@ def test_every_topic_decoder_refuses_with_contract_error_only(value: bytes) -> N
         if jail is not None and decode in (c.decode_decision, c.decode_ban, c.decode_allow):
             every_jail = jail == c.ALL_JAILS and getattr(rec, "action", "allow") in c.ALLOW_ACTIONS
             assert every_jail or c.JAIL_NAME.fullmatch(jail)
+    for decode_lines in (c.decode_events, lambda v: c.decode_events_record(v).events()):
+        try:
+            events = decode_lines(value)
+        except c.ContractError:
+            continue
+        assert events
+        for ev in events:  # either shape (v1 EventBatch, v2 EventsRecord): every line checked
+            _canonical_event(ev.ip, ev.port)
+
+
+@FUZZ
+@given(
+    st.sampled_from(["interval_s", "lag", "applied_total", "at"]),
+    st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(),
+        st.sampled_from(["9999-12-31T23:59:59Z"]),
+    ),
+)
+def test_heartbeat_numbers_and_times_stay_in_range_for_readers(field: str, value: object) -> None:
+    """A heartbeat the readers accept keeps their arithmetic finite (``interval_s: 1e308`` crashed ``bans
+    list`` for everyone) and, dated ahead of the reader's clock, never keeps a dead enforcer live."""
+    rec = msgspec.json.decode(c.encode(c.Heartbeat(host="h1", role="enforcer", at=NOW)))
+    rec[field] = value
+    try:
+        hb = c.decode_report(msgspec.json.encode(rec))
+    except c.ContractError:
+        return
+    assert isinstance(hb, c.Heartbeat)
+    view = FleetView(clock=lambda: NOW)
+    assert 0 < view.silence_bound(hb) <= 3 * c.HEARTBEAT_INTERVAL_MAX_S
+    view.add_report(hb)
+    assert not view.live_enforcers(NOW + timedelta(days=4))  # silent once its interval has passed
 
 
 @FUZZ
@@ -222,6 +279,9 @@ yaml_docs = st.one_of(
     st.builds(lambda k, v: f"jails:\n  - name: amps\n    {k}: {v}\n",
               st.sampled_from(["bantime", "findtime", "maxretry", "ignoreip", "ports", "name", "reasons"]),
               st.one_of(nasty_text, st.sampled_from([".nan", ".inf", "-.inf", "1e12", "0", "-1", "*a", "[0.0.0.0/0]"]))),
+    st.builds(lambda f: f"jails:\n  - name: amps\n    bantime_increment: {{enabled: true, formula: {f!r}}}\n",
+              st.one_of(nasty_text, st.sampled_from(["9**9**9", "ban.__class__", "().__class__.__base__", "1<<(1<<99)",
+                                                      "'a'*10**9", "ban.Time*2", "round(5, -10**9)"]))),
     st.builds(lambda s, k, v: f"{s}:\n  {k}: {v}\n",
               st.sampled_from(["enforcer", "processor", "shipper", "metrics", "kafka", "log"]),
               nasty_text, st.one_of(nasty_text, st.integers().map(str), st.sampled_from([".nan", ".inf", "&a x", "*a"]))),
@@ -241,6 +301,10 @@ def test_settings_files_load_or_give_a_config_error(data: bytes) -> None:
     for j in s.jails:
         assert math.isfinite(j.bantime) and abs(j.bantime) <= c.MAX_BAN_SECONDS and j.bantime != 0
         assert all(n.prefixlen > 0 for n in j.ignoreip)
+        with contextlib.suppress(IncrementConfigError):  # an accepted formula evaluates, bounded, at once
+            fn = compile_increment(j.bantime_increment)
+            if fn is not None:
+                assert 0 < fn(60.0, 7, "s") <= c.MAX_BAN_SECONDS
 
 
 @FUZZ
@@ -336,6 +400,93 @@ def test_cli_arguments_with_addresses_durations_and_names(
 
 @CLI
 @given(
+    addresses,
+    st.one_of(nasty_text, st.sampled_from(["nan", "inf", "99999999999d", "0s", "10m"])),
+    nasty_text,
+)
+def test_allow_list_arguments(no_kafka: None, network: str, ttl: str, name: str) -> None:
+    if "\x00" in network + ttl + name:
+        return
+    runner = CliRunner()
+    for args in (
+        [
+            "allow",
+            "add",
+            network,
+            "--ttl",
+            ttl,
+            "--jail",
+            name or "amps",
+            "--by",
+            name or "x",
+            "--reason",
+            name,
+        ],
+        ["allow", "remove", network, "--jail", name or "*"],
+    ):
+        _one_line_or_ok(runner.invoke(cli_app, args))
+
+
+ban_files = st.tuples(
+    st.sampled_from(["lines", "csv", "json"]),
+    st.lists(  # mostly near-misses of a good row: one bad value spoils (or is refused from) a whole file
+        st.tuples(
+            st.one_of(st.sampled_from(["203.0.113.9", "2001:db8::9", "198.51.100.0/24"]), addresses),
+            st.one_of(st.none(), st.sampled_from(["amps", "amps|x", "nope", ""]), nasty_text),
+            st.one_of(
+                st.none(),
+                st.sampled_from(["9999-12-31T23:59:59Z", "permanent", "nan", "2030-01-01T00:00:00Z", "x"]),
+                st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30)).map(
+                    lambda d: d.isoformat() + "Z"
+                ),
+                nasty_text,
+            ),
+            st.one_of(st.none(), nasty_text),
+        ),
+        max_size=4,
+    ),
+)
+
+
+def _ban_file(fmt: str, rows: list[tuple[str, str | None, str | None, str | None]]) -> str:
+    if fmt == "lines":
+        return "\n".join(r[0] for r in rows) + "\n"
+    if fmt == "json":
+        objs = [{"ip": ip, "jail": jail, "expires_at": exp, "reason": why} for ip, jail, exp, why in rows]
+        return "\n".join(
+            msgspec.json.encode({k: v for k, v in o.items() if v is not None}).decode() for o in objs
+        )
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["ip", "jail", "expires_at", "reason"])
+    w.writerows([[ip, jail or "", exp or "", why or ""] for ip, jail, exp, why in rows])
+    return buf.getvalue()
+
+
+@FUZZ
+@given(ban_files)
+def test_bans_import_files_give_only_valid_decisions(spec: tuple[str, list[Any]]) -> None:
+    """What ``bans import`` would write passes every reader's decoder and the rails (a 9999 expiry was
+    'written' and then dropped by every reader, issue 20)."""
+    fmt, rows = spec
+    settings = Settings()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"bans.{fmt}"
+        path.write_text(_ban_file(fmt, rows), encoding="utf-8", errors="surrogatepass")
+        try:
+            plan = importer.plan(importer.read_items(path, fmt), settings, now=NOW, jail=None, ttl=None,  # type: ignore[arg-type]
+                                 reason="fuzz", by="fuzz")  # fmt: skip
+        except ConfigError as exc:
+            assert "\n" not in str(exc)
+            return
+    rails = Rails.build(settings.enforcer, settings.jails)
+    for dec in plan.decisions:
+        assert c.decode_decision(c.encode(dec)) == dec
+        assert rails.refusal(dec.jail, dec.ip) is None
+
+
+@CLI
+@given(
     st.one_of(st.integers(-5, 30).map(str), nasty_text),
     st.sampled_from(["nan", "-5", "inf", "1e12", "0", "7"]),
 )
@@ -355,6 +506,7 @@ def test_replay_flags(no_kafka: None, maxretry: str, seconds: str) -> None:
 class _Published:
     def __init__(self) -> None:
         self.decisions: list[c.Decision] = []
+        self.entries: list[c.AllowEntry] = []
 
     def allow_list(self, cluster: Cluster) -> AllowList:
         return AllowList()
@@ -362,11 +514,19 @@ class _Published:
     def publish(self, cluster: Cluster, decision: c.Decision) -> None:
         self.decisions.append(decision)
 
+    def publish_allow(
+        self, cluster: Cluster, key: str, entry: c.AllowEntry | None, audit: c.Decision
+    ) -> None:
+        self.decisions.append(audit)
+        if entry is not None:
+            self.entries.append(entry)
+
 
 @CLI
 @given(st.fixed_dictionaries({"target": addresses, "duration": st.one_of(nasty_text, st.sampled_from(["nan", "1h"])),
                               "jail": nasty_text, "by": nasty_text, "reason": nasty_text,
-                              "permanent": st.sampled_from(["", "on"])}))  # fmt: skip
+                              "permanent": st.sampled_from(["", "on"]), "network": addresses,
+                              "ttl": st.one_of(nasty_text, st.sampled_from(["nan", "1h", "99999999999d"]))}))  # fmt: skip
 def test_console_forms(form: dict[str, str]) -> None:
     live = LiveFleet.fixed(FleetView(), KafkaSettings(bootstrap_servers="127.0.0.1:9"))
     live._cluster = Cluster(KafkaSettings(), "127.0.0.1:9")
@@ -375,7 +535,7 @@ def test_console_forms(form: dict[str, str]) -> None:
     client = TestClient(app, base_url="http://testserver")
     html = client.get("/manual").text
     csrf = html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-    for path in ("/bans/add", "/bans/remove"):
+    for path in ("/bans/add", "/bans/remove", "/allow/add", "/allow/remove"):
         r = client.post(path, data={**form, "csrf": csrf}, follow_redirects=False)
         assert r.status_code in (303, 400), (path, r.status_code)
     rails = Rails.build(EnforcerSettings(host="x"), [JailSettings()])
@@ -383,6 +543,8 @@ def test_console_forms(form: dict[str, str]) -> None:
         assert c.decode_decision(c.encode(d)) == d
         if d.action == "ban":
             assert rails.refusal(d.jail, d.ip) is None
+    for e in published.entries:
+        assert c.decode_allow(c.encode(e)) == e
 
 
 # -------------------------------------------------------------------- the core: decisions and backends

@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from fleet2ban.contract import MAX_BAN_SECONDS, Decision, Event, from_epoch
-from fleet2ban.settings import EnforcerSettings, IncrementSettings, JailSettings
+from fleet2ban.exceptions import ConfigError
+from fleet2ban.settings import EnforcerSettings, IncrementSettings, JailSettings, load_settings
 from processor.engine import Engine
+from processor.exceptions import IncrementConfigError
 from processor.increment import compile_increment
 from processor.policy import Output, Policy
 
@@ -149,6 +152,48 @@ def test_an_increment_formula_that_blows_up_later_is_bounded(formula: str) -> No
         assert math.isfinite(value) and 0 < value <= MAX_BAN_SECONDS
 
 
+ESCAPE = (
+    "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == 'Popen'][0](['touch', '{}']) and 60"
+)
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [ESCAPE, "ban.__class__", "math.__loader__", "__import__('os')", "'a' * 10**9", "math.comb(9, 3)"],
+)
+def test_a_formula_is_arithmetic_only(tmp_path: Path, formula: str) -> None:
+    """Issue 20: restricted builtins were no sandbox: a bantime.formula (which import-fail2ban copies from a
+    jail file) reached subprocess.Popen through ().__class__. Only arithmetic on ban.Time, ban.Count,
+    banFactor and a few functions is accepted, by the settings and by the processor."""
+    marker = tmp_path / "pwned"
+    text = formula.format(marker)
+    with pytest.raises(IncrementConfigError, match=r"not allowed|not a number"):
+        compile_increment(IncrementSettings.model_construct(enabled=True, formula=text, factor=1.0))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"jails: [{{name: amps, bantime_increment: {{enabled: true, formula: {text!r}}}}}]\n")
+    with pytest.raises(ConfigError, match="formula"):
+        load_settings(cfg)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "formula", ["ban.Time * 9**9**9", "pow(9, 9**9)", "1 << (1 << (1 << 40))", "round(5, -10**9)"]
+)
+def test_a_formula_cannot_build_huge_integers(formula: str) -> None:
+    """``9**9**9`` hung the processor's start-up check: powers are floats, shifts bounded."""
+    fn = compile_increment(IncrementSettings(enabled=True, formula=formula, factor=1.0))
+    assert fn is not None and fn(60.0, 3, "s") == MAX_BAN_SECONDS  # overflow: as long as allowed
+
+
+def test_fail2ban_formulas_still_work() -> None:
+    for formula, want in (
+        ("ban.Time * (1<<(ban.Count if ban.Count<20 else 20)) * banFactor", 480.0),
+        ("ban.Time * math.exp(float(ban.Count+1)*banFactor)/math.exp(1*banFactor)", 60 * math.exp(3)),
+    ):
+        fn = compile_increment(IncrementSettings(enabled=True, formula=formula, factor=1.0))
+        assert fn is not None and fn(60.0, 3, "s") == pytest.approx(want)
+
+
 def test_counters_stay_plain_ints_for_metrics() -> None:
     p = policy()
     Engine(p).feed([ev(1000, host="x")])
@@ -179,3 +224,21 @@ def test_the_sending_host_of_future_events_is_logged_and_counted(caplog: pytest.
     (rec,) = [r for r in caplog.records if "max_future_s" in r.getMessage()]
     assert "amps-clock-ahead\\x1b[2J" in rec.getMessage() and "3 record(s)" in rec.getMessage()
     assert m.FUTURE.labels("amps-clock-ahead\x1b[2J")._value.get() >= 3
+
+
+def test_a_host_ahead_by_more_than_lateness_cannot_make_other_hosts_late(tmp_path: Path) -> None:
+    """max_future_s above lateness_s let a host whose clock runs ahead in between raise an address's
+    watermark: every real failure from the other hosts was then "late" (0 bans). Such settings are refused,
+    and an unset max_future_s follows a smaller lateness_s."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("processor: {lateness_s: 5, max_future_s: 60}\n")
+    with pytest.raises(ConfigError, match=r"max_future_s .* at most lateness_s"):
+        load_settings(cfg)
+    cfg.write_text("processor: {lateness_s: 2}\n")
+    s = load_settings(cfg).processor
+    assert s.max_future_s == 2
+    p = Policy.from_settings([JailSettings()], s.lateness_s, max_future_s=s.max_future_s, clock=lambda: NOW)
+    ahead = [ev(3.0, host="ahead", n=100 + i) for i in range(3)]  # 3 s ahead: beyond lateness_s
+    outs = Engine(p).feed([*ahead, *fast_failures(40, start=-5.0)])
+    assert len(bans(outs)) == 1 and p.counters.late == 0
+    assert p.counters.future_hosts == {"ahead": 3}

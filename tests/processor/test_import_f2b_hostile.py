@@ -49,9 +49,12 @@ def run(*args: str) -> tuple[int, str]:
         ("bantime.increment = true\nbantime.factor = inf\n", "factor"),
         ("ignoreip = 0.0.0.0/0 ::/0\n", "ignoreip"),
         ("ignoreip = ::/0\n", "ignoreip"),
+        ("ignoreip = 0.0.0.0/1 128.0.0.0/1 ::/1 8000::/1\n", "ignoreip"),  # every address, split in halves
+        ("ignoreip = 10.0.0.0/8 2000::/3\n", "ignoreip"),  # all of IPv6's global unicast
         ("maxretry = %(maxretry)s\n", "refers to itself"),
         ("a = %(b)s\nb = %(a)s\nmaxretry = %(a)s\n", "refers to itself"),
         (BOMB + "maxretry = %(k0)s\n", "nest deeper"),
+        ("bantime.increment = true\nbantime.formula = ().__class__.__base__.__subclasses__()\n", "formula"),
     ],
 )
 def test_bad_jails_are_one_line_and_exit_2(tmp_path: Path, body: str, word: str) -> None:

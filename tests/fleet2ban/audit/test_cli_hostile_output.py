@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 
 from fleet2ban.audit import queries
 from fleet2ban.audit.model import BanView, Coverage, to_json
+from fleet2ban.audit.view import FleetView
 from fleet2ban.cli import audit_cmds
 from fleet2ban.cli.main import app
-from fleet2ban.contract import BanState, Decision, Report
+from fleet2ban.contract import BanState, ContractError, Decision, Heartbeat, Report, decode_report
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 EVIL_BY = "[/oops][link=https://evil.example]click[/link]\x1b]52;c;ZXZpbA==\x07\u009b2J"
@@ -103,3 +104,56 @@ def test_bans_add_refuses_hostile_targets_before_writing(target: str, code: int)
     assert result.exit_code == code
     assert len(result.stderr.strip().splitlines()) == 1
     _clean(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"interval_s": 1e308},  # before: bans list crashed for everyone (OverflowError in read_tail)
+        {"interval_s": 0},
+        {"interval_s": -5},
+        {"lag": "OVERFLOW"},
+        {"counters": {"x": "OVERFLOW"}},
+        {"applied_total": -5},
+    ],
+)
+def test_a_heartbeat_with_numbers_out_of_range_is_refused(fields: dict[str, object]) -> None:
+    hb = msgspec.json.decode(msgspec.json.encode(Heartbeat(host="h1", role="enforcer", at=NOW)))
+    raw = msgspec.json.encode({**hb, **fields}).replace(b'"OVERFLOW"', b"-1e309")  # JSON for -inf
+    with pytest.raises(ContractError, match=r"heartbeat|out of range"):
+        decode_report(raw)
+    nan = msgspec.json.encode({**hb, "interval_s": 1.0}).replace(b'"interval_s":1.0', b'"interval_s":NaN')
+    with pytest.raises(ContractError):
+        decode_report(nan)
+
+
+def test_a_heartbeat_from_the_future_cannot_keep_a_dead_enforcer_live() -> None:
+    """Issue 20: one heartbeat dated 9999 (a host clock far ahead, or a forged record) stayed the host's
+    latest, so status and audit verify showed it live forever; it is skipped and counted."""
+    now = [NOW]
+    view = FleetView(clock=lambda: now[0])
+    view.add_report(Heartbeat(host="h1", role="enforcer", at=NOW))
+    view.add_report(Heartbeat(host="h1", role="enforcer", at=datetime(9999, 12, 31, tzinfo=UTC)))
+    view.add_report(Heartbeat(host="h1", role="enforcer", at=NOW + timedelta(hours=1)))
+    view.add_report(Heartbeat(host="h2", role="enforcer", at=NOW + timedelta(minutes=4)))  # small skew: kept
+    assert view.future == 2
+    now[0] = NOW + timedelta(hours=2)
+    assert [e.host for e in view.live_enforcers(now[0])] == []  # both silent by now
+    assert view.enforcers["h1"].heartbeat is not None and view.enforcers["h1"].heartbeat.at == NOW
+
+
+def test_the_digest_path_skips_a_heartbeat_from_the_future_too() -> None:
+    """load_coverage_view picks each enforcer's latest heartbeat itself (the fast path, by applied digest):
+    one dated 9999, with a digest, counted its host live there though FleetView skipped it."""
+    from fleet2ban.audit.reader import _latest_heartbeats, _ReportDecoder
+    from fleet2ban.contract import encode
+    from fleet2ban.kafka.reader import Record
+
+    real = datetime.now(UTC)
+    good = Heartbeat(host="h1", role="enforcer", at=real, applied_digest="0:0", bans_offsets={})
+    forged = msgspec.structs.replace(good, at=datetime(9999, 12, 31, tzinfo=UTC))
+    tail = [Record(0, i, None, b"h1", encode(hb)) for i, hb in enumerate([good, forged])]
+    view = FleetView()
+    _latest, enforcers = _latest_heartbeats(tail, 0, _ReportDecoder(view, None))
+    assert enforcers["h1"][0].at == real and view.future == 1
+    assert not view.is_silent(enforcers["h1"][0], real + timedelta(seconds=1))

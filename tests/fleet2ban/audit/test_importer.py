@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from fleet2ban.audit import importer
 from fleet2ban.audit.reader import read_decisions
 from fleet2ban.cli.main import app
-from fleet2ban.contract import utcnow
+from fleet2ban.contract import MAX_BAN_SECONDS, decode_decision, encode, utcnow
 from fleet2ban.exceptions import ConfigError
 from fleet2ban.kafka import Cluster
 from fleet2ban.settings import load_settings
@@ -104,6 +104,31 @@ def test_rails_refuse_and_each_refusal_names_its_line(tmp_path: Path) -> None:
     refused = {r.where.rsplit(":", 1)[1]: r for r in p.refused}
     assert set(refused) == {"1", "2", "3", "4"}
     assert ("loopback" in refused["1"].why and "wider" in refused["2"].why) or "prefix" in refused["2"].why
+
+
+def test_an_expiry_beyond_ten_years_is_refused_not_written(tmp_path: Path) -> None:
+    """Issue 20: ``expires_at: 9999-12-31T23:59:59Z`` (or a fail2ban bantime of a century) made a decision
+    every reader's decoder drops: 'wrote 1 manual ban', and no ban, in force or in the audit."""
+    settings = load_settings(None, {})
+    far = NOW + timedelta(seconds=MAX_BAN_SECONDS + 86400 * 2)
+    (tmp_path / "f.csv").write_text(
+        "ip,expires_at\n203.0.113.5,9999-12-31T23:59:59Z\n"
+        f"203.0.113.6,{far.isoformat()}\n203.0.113.7,{(NOW + timedelta(days=3650)).isoformat()}\n"
+    )
+    p = importer.plan(
+        importer.read_items(tmp_path / "f.csv", "csv"),
+        settings,
+        now=NOW,
+        jail=None,
+        ttl=None,
+        reason="r",
+        by="o",
+    )
+    assert [d.ip for d in p.decisions] == ["203.0.113.7"]
+    assert {r.target for r in p.refused} == {"203.0.113.5", "203.0.113.6"}
+    assert all("ten years" in r.why for r in p.refused)
+    for d in p.decisions:
+        assert decode_decision(encode(d)) == d  # what is written passes every reader's decoder
 
 
 def test_duplicates_keep_the_longest_and_ids_are_stable(tmp_path: Path) -> None:
