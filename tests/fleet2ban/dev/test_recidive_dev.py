@@ -105,6 +105,7 @@ def test_banned_twice_blocked_by_recidive_after_the_amps_ban_lifts(fleet: DevFle
     lifted = wait_for(lambda: _open_everywhere(fleet, att), RECIDIVE_BANTIME + 20, "the recidive ban to lift")
     assert lifted
     assert time.time() >= r.expires_at.timestamp() - 1.0  # the enforcers' clock, not an early lift
+
     # the kernel's timeout can lift the ban a moment before the processor's timer writes the unban
     def recidive_unbans() -> list[Decision]:
         return [d for d in _decisions(fleet, att.address) if d.action == "unban" and d.jail == "recidive"]
