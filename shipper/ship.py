@@ -886,7 +886,7 @@ class Shipper:
         for s in [s for s in self._file_ids if s < seq]:
             del self._file_ids[s]
 
-    def heartbeat(self) -> Heartbeat:
+    def heartbeat(self, backdate_s: float = 0.0) -> Heartbeat:
         st = self.stats
         oldest = min((b.first for b in self.inflight.values()), default=None)
         counters: dict[str, float] = {
@@ -907,7 +907,7 @@ class Shipper:
         return Heartbeat(
             host=self.host,
             role="shipper",
-            at=from_epoch(self.clock()),
+            at=from_epoch(self.clock() - backdate_s),
             instance=self.instance,
             version=__version__,
             started_at=self.started_at,
@@ -920,16 +920,18 @@ class Shipper:
         if now - self._last_hb < self.settings.metrics.heartbeat_interval_s:
             return
         self._last_hb = now
-        key, value = self.host.encode(), encode(self.heartbeat())
-        headers = None if self.signer is None else self.signer.headers("reports", key, value)
         back = self._hb_backdate_s
+        # dated as its record: readers skip a heartbeat dated beyond Kafka's own bound (as a forged one)
+        hb = self.heartbeat(back)
+        key, value = self.host.encode(), encode(hb)
+        headers = None if self.signer is None else self.signer.headers("reports", key, value)
         try:
             self.producer.produce(
                 self.topics.reports,
                 value,
                 key,
                 headers=headers,
-                timestamp=int((self.clock() - back) * 1000),
+                timestamp=int(hb.at.timestamp() * 1000),
                 on_delivery=functools.partial(self._heartbeat_delivered, back),
             )
         except Exception as exc:

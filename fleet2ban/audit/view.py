@@ -39,8 +39,11 @@ from fleet2ban.contract import (
 )
 from fleet2ban.identity import Headers, Verifier, check_report
 
-REPORT_FUTURE = timedelta(minutes=5)
-"""How far ahead of a reader's clock a ``reports`` record may be dated (hosts' clocks differ a little)."""
+REPORT_FUTURE = timedelta(hours=1)
+"""How far ahead of a reader's clock a ``reports`` record may be dated: Kafka 4's own bound on a record's
+timestamp (``message.timestamp.after.max.ms``, one hour), so that a host whose clock runs ahead, and whose
+heartbeat says so (issue 16), is still seen; a record dated beyond it (9999) cannot keep a host live for
+longer than that."""
 
 TopicKind = Literal["bans", "reports", "decisions"]
 
