@@ -350,3 +350,30 @@ def test_a_line_at_the_bound_counts_its_cr_and_its_bytes(tmp_path: Path, limit: 
     path = tmp_path / "x.log"
     path.write_bytes(f"{ascii_line}\r\n{ascii_line}\n{utf8_line}\n{utf8_line}\r\n".encode())
     assert_same(path, max_line_bytes=limit)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_a_general_path_line_at_the_bound_is_an_event_one_byte_over_is_too_long(
+    tmp_path: Path, extra: int
+) -> None:
+    # a "Z" time is not the fast path's form: the general path takes these lines
+    head = "2017-12-07T16:55:49.939559Z [26] info: 07-0013 client["
+    tail = "](10.1.2.3:5) disconnected: auth."
+    line = head + "n" * (100 + extra - len(head) - len(tail)) + tail
+    path = tmp_path / "x.log"
+    path.write_bytes(f"{line}\n{line}\n".encode())
+    got = assert_same(path, max_line_bytes=100)
+    assert len(got.splitlines()) == (2 if extra == 0 else 0)
+
+
+def test_without_an_instance_the_events_name_none(tmp_path: Path) -> None:
+    path = tmp_path / "x.log"
+    path.write_bytes(
+        b"2017-12-07T16:55:49.9395590-08:00 [26] info: 07-0013 client[n](10.1.2.3:5) disconnected: auth.\n"
+    )
+    out = io.BytesIO()
+    write_file_json(path, "h1", out)
+    (event,) = [msgspec.json.decode(line) for line in out.getvalue().splitlines()]
+    assert event["instance"] == "" and event["host"] == "h1" and event["ip"] == "10.1.2.3"
+    (ev,) = iter_file_events(path, "h1")
+    assert ev.instance == ""
