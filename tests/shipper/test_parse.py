@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +23,8 @@ from shipper.parse import (
     parse_hostport,
     parse_line,
     parse_timestamp,
+    read_lines,
+    write_file_json,
 )
 
 TS = "2017-12-07T16:55:49.9395590-08:00"
@@ -266,3 +271,47 @@ def test_file_reader_fast_path_on_a_plain_ascii_log(tmp_path: Path) -> None:
             if isinstance(r := parse_line(decode_line(raw)), ParsedLine)
         ]
     assert got == want and len(got) == 3000
+
+
+# ------------------------------------------------------------------- line bounds, at and past the bound
+
+
+@pytest.mark.parametrize("json", [False, True])
+def test_a_last_line_without_newline_at_the_bound_is_read_one_byte_over_is_too_long(
+    tmp_path: Path, json: bool
+) -> None:
+    line = amps("n", "10.1.2.3:5", "auth").encode()
+    for extra, events, too_long in ((b"", 1, 0), (b" ", 0, 1)):
+        path = tmp_path / "ban.log"
+        path.write_bytes(amps("a", "10.0.0.1:1", "auth").encode() + b"\n" + line + extra)  # no newline
+        stats = ParseStats()
+        if json:
+            out = io.BytesIO()
+            write_file_json(path, "h1", out, "", stats, max_line_bytes=len(line))
+            got = [msgspec.json.decode(x)["ip"] for x in out.getvalue().splitlines()]
+        else:
+            got = [e.ip for e in iter_file_events(path, "h1", "", stats, max_line_bytes=len(line))]
+        assert got == ["10.0.0.1"] + ["10.1.2.3"] * events
+        assert stats.rejected == ({"too-long": 1} if too_long else {})
+
+
+class _Reads(io.BytesIO):
+    """A file that remembers how much each ``readline`` asked for."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.asked: list[int | None] = []
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        self.asked.append(size)
+        return super().readline(size)
+
+
+def test_read_lines_bounds_what_it_reads_of_a_long_line() -> None:
+    f = _Reads(b"x" * 10 + b"\n" + b"y" * 200_000 + b"\n" + b"z" * 10)
+    assert list(read_lines(f, max_bytes=10)) == [
+        (0, b"x" * 10, False),
+        (11, b"y" * 10, True),
+        (200_012, b"z" * 10, False),
+    ]
+    assert all(size is not None and 0 < size <= 65_536 for size in f.asked)
