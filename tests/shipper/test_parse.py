@@ -304,7 +304,10 @@ class _Reads(io.BytesIO):
 
     def readline(self, size: int | None = -1, /) -> bytes:
         self.asked.append(size)
-        return super().readline(size)
+        data = super().readline(size)
+        # a reader that asks again after the end would ask forever
+        assert data or self.asked.count(size) < 10_000, "read past the end of the file again and again"
+        return data
 
 
 def test_read_lines_bounds_what_it_reads_of_a_long_line() -> None:
