@@ -318,3 +318,13 @@ def test_read_lines_bounds_what_it_reads_of_a_long_line() -> None:
         (200_012, b"z" * 10, False),
     ]
     assert all(size is not None and 0 < size <= 65_536 for size in f.asked)
+
+
+def test_hostport_rejections_say_why_in_a_bounded_detail() -> None:
+    long = "x" * 100
+    assert parse_hostport("[2001:db8::1" + long) == Rejected(
+        "bad-address", f"bracketed address without ]:PORT: {('[2001:db8::1' + long)[:64]!r}"
+    )
+    assert parse_hostport("host" + long) == Rejected("bad-port", f"no port in {('host' + long)[:64]!r}")
+    # a bracketed address ends at the first "]:": what follows is the port, whatever it holds
+    assert parse_hostport("[2001:db8::1]:5]:6") == Rejected("bad-port", "bad port '5]:6'")
