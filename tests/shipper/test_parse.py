@@ -328,3 +328,72 @@ def test_hostport_rejections_say_why_in_a_bounded_detail() -> None:
     assert parse_hostport("host" + long) == Rejected("bad-port", f"no port in {('host' + long)[:64]!r}")
     # a bracketed address ends at the first "]:": what follows is the port, whatever it holds
     assert parse_hostport("[2001:db8::1]:5]:6") == Rejected("bad-port", "bad port '5]:6'")
+
+
+def test_address_and_port_rejections_say_why() -> None:
+    assert parse_hostport("10.1.2.3:" + "9" * 20) == Rejected("bad-port", f"bad port {'9' * 16!r}")
+    assert parse_hostport("10.1.2.3:70000") == Rejected("bad-port", "port 70000 out of range")
+    assert parse_hostport("10.1.2.3:0") == Rejected("bad-port", "port 0 out of range")
+    assert parse_hostport("10.1.2.3:65535") == ("10.1.2.3", 65535)
+    bad = "999.1.2.3" + "9" * 100
+    assert parse_hostport(bad + ":5") == Rejected("bad-address", f"not an IP address: {bad[:64]!r}")
+
+
+AT = "2017-12-07T16:55:49.9395590"
+EVENT = " [1] info: 07-0013 client[x](1.2.3.4:5) disconnected: auth."
+
+
+@pytest.mark.parametrize(
+    ("line", "kind", "detail"),
+    [
+        ("", "empty", "empty line"),
+        (" \t ", "empty", "empty line"),
+        ("a\x00bc", "binary", "binary data"),
+        ("a\x01\x02c", "binary", "binary data"),  # half the characters are control characters
+        ("\ufffd\ufffdab", "binary", "binary data"),
+        ("a\x01bc", "malformed", "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)"),  # a quarter
+        (
+            "\t\t\ta",
+            "malformed",
+            "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)",
+        ),  # tabs are text
+        ("a" * 256 + "\x01" * 300, "malformed", "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)"),
+        (f"{AT}-08:00 [1] info: 00-0016 x", "not-07-0013", "message 00-0016"),
+        ("bad [1] info: 00-0015 alive", "bad-timestamp", "not an ISO 8601 time with offset: 'bad'"),
+        ("bad" + EVENT, "bad-timestamp", "not an ISO 8601 time with offset: 'bad'"),
+        (f"{AT}+24:00" + EVENT, "bad-timestamp", f"bad UTC offset in '{AT}+24:00'"),
+        (f"{AT}+23:60" + EVENT, "bad-timestamp", f"bad UTC offset in '{AT}+23:60'"),
+        (
+            "2017-13-07T16:55:49.9395590+00:00" + EVENT,
+            "bad-timestamp",
+            "bad time '2017-13-07T16:55:49.9395590+00:00': month must be in 1..12",
+        ),
+        (
+            f"{AT}-08:00 [1] info: 07-0013",
+            "malformed",
+            "07-0013 without client[NAME](HOST:PORT) disconnected: REASON.",
+        ),
+        (
+            f"{AT}-08:00 [1] info: 07-0013 hi",
+            "malformed",
+            "07-0013 without client[NAME](HOST:PORT) disconnected: REASON.",
+        ),
+        (f"{AT}-08:00" + EVENT.replace("auth", ""), "malformed", "empty disconnect reason"),
+        (
+            "\x00suspect\x00" + f"{AT}-08:00" + EVENT,
+            "suspect",
+            "follows an unterminated 07-0013 record (a client name with a newline?)",
+        ),
+    ],
+)
+def test_each_rejection_has_its_kind_and_words(line: str, kind: str, detail: str) -> None:
+    assert parse_line(line) == Rejected(kind, detail)
+
+
+def test_offsets_up_to_23_59_and_the_bound_in_characters() -> None:
+    got = parse_line(f"{AT}+23:59" + EVENT)
+    assert isinstance(got, ParsedLine) and got.ts == datetime(2017, 12, 6, 16, 56, 49, 939559, tzinfo=UTC)
+    assert parse_line("x" * 20, max_len=10) == Rejected("too-long", "20 characters (bound 10)")
+    assert parse_line("x" * 10, max_len=10) == Rejected(
+        "malformed", "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)"
+    )
