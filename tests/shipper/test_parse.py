@@ -334,7 +334,9 @@ def test_address_and_port_rejections_say_why() -> None:
     assert parse_hostport("10.1.2.3:" + "9" * 20) == Rejected("bad-port", f"bad port {'9' * 16!r}")
     assert parse_hostport("10.1.2.3:70000") == Rejected("bad-port", "port 70000 out of range")
     assert parse_hostport("10.1.2.3:0") == Rejected("bad-port", "port 0 out of range")
+    assert parse_hostport("10.1.2.3:65536") == Rejected("bad-port", "port 65536 out of range")
     assert parse_hostport("10.1.2.3:65535") == ("10.1.2.3", 65535)
+    assert parse_hostport("10.1.2.3:1") == ("10.1.2.3", 1)
     bad = "999.1.2.3" + "9" * 100
     assert parse_hostport(bad + ":5") == Rejected("bad-address", f"not an IP address: {bad[:64]!r}")
 
