@@ -155,3 +155,12 @@ def test_a_suspect_line_is_reported_at_its_own_offset(tmp_path: Path, parser: Pa
     )
     assert events == []
     assert rejected == [(0, "malformed"), (len(cut) + 1, "suspect")]
+
+
+def test_an_unterminated_record_exactly_at_the_bound_makes_the_next_line_suspect(tmp_path: Path) -> None:
+    cut = HEAD + "c" * (len(FAKE) - len(HEAD))  # as long as the fake line: both within the bound
+    path = tmp_path / "ban.log"
+    path.write_text(f"{cut}\n{FAKE}\n")
+    stats = ParseStats()
+    assert list(iter_file_events(path, "h", "", stats, max_line_bytes=len(FAKE))) == []
+    assert stats.rejected == {"malformed": 1, "suspect": 1}
