@@ -401,23 +401,21 @@ def test_offsets_up_to_23_59_and_the_bound_in_characters() -> None:
     )
 
 
-def test_the_reader_reports_each_rejected_line_with_its_offset_and_words(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reader", ["events", "json"])
+def test_the_reader_reports_each_rejected_line_with_its_offset_and_words(tmp_path: Path, reader: str) -> None:
     long = amps("n" * 200, "10.1.2.3:5", "auth")
     path = tmp_path / "ban.log"
     path.write_text(f"garbage\n{long}\n{amps('a', '10.1.2.3:5', 'auth')}\n")
-    for reader in ("events", "json"):
-        got: list[tuple[int, Rejected]] = []
-        if reader == "events":
-            list(
-                iter_file_events(
-                    path, "h1", max_line_bytes=150, on_reject=lambda off, r: got.append((off, r))
-                )
-            )
-        else:
-            write_file_json(
-                path, "h1", io.BytesIO(), max_line_bytes=150, on_reject=lambda off, r: got.append((off, r))
-            )
-        assert got == [
-            (0, Rejected("malformed", "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)")),
-            (8, Rejected("too-long", "line longer than 150 bytes")),
-        ], reader
+    got: list[tuple[int, Rejected]] = []
+
+    def on_reject(off: int, r: Rejected) -> None:
+        got.append((off, r))
+
+    if reader == "events":
+        list(iter_file_events(path, "h1", max_line_bytes=150, on_reject=on_reject))
+    else:
+        write_file_json(path, "h1", io.BytesIO(), max_line_bytes=150, on_reject=on_reject)
+    assert got == [
+        (0, Rejected("malformed", "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)")),
+        (8, Rejected("too-long", "line longer than 150 bytes")),
+    ]
