@@ -419,3 +419,29 @@ def test_the_reader_reports_each_rejected_line_with_its_offset_and_words(tmp_pat
         (0, Rejected("malformed", "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)")),
         (8, Rejected("too-long", "line longer than 150 bytes")),
     ]
+
+
+@pytest.mark.parametrize("reader", ["events", "json"])
+def test_the_file_readers_read_in_bounded_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: str
+) -> None:
+    import shipper.parse as parse_mod
+
+    path = tmp_path / "ban.log"
+    path.write_text(amps("a", "10.1.2.3:5", "auth") + "\n" + "x" * 300 + "\n")
+    asked: list[int | None] = []
+
+    class Recording(io.FileIO):
+        def read(self, size: int | None = -1, /) -> bytes:
+            asked.append(size)
+            return super().read(size)
+
+    monkeypatch.setattr(parse_mod, "open", lambda p, mode: Recording(p, "r"), raising=False)
+    monkeypatch.setattr(parse_mod, "BLOCK", 64)
+    if reader == "events":
+        assert [e.ip for e in iter_file_events(path, "h1")] == ["10.1.2.3"]
+    else:
+        out = io.BytesIO()
+        write_file_json(path, "h1", out)
+        assert len(out.getvalue().splitlines()) == 1
+    assert asked and all(size == 64 for size in asked)
