@@ -445,3 +445,28 @@ def test_the_file_readers_read_in_bounded_blocks(
         write_file_json(path, "h1", out)
         assert len(out.getvalue().splitlines()) == 1
     assert asked and all(size == 64 for size in asked)
+
+
+def test_a_custom_parser_decides_every_line_in_lists_of_at_most_4096(tmp_path: Path) -> None:
+    from shipper.parse import iter_file_event_lists
+
+    path = tmp_path / "ban.log"
+    path.write_text("".join(amps("a", f"10.1.{i // 256}.{i % 256}:5", "auth") + "\n" for i in range(5000)))
+    # the built-in parser: every line an event, no instance unless given
+    lists = list(iter_file_event_lists(path, "h1"))
+    assert sum(map(len, lists)) == 5000 and lists[0][0].instance == ""
+    # a parser of one's own sees every line (the block scanner is parse_line's alone)
+    seen: list[str] = []
+
+    def refuse(text: str) -> Rejected:
+        seen.append(text)
+        return Rejected("malformed", "not mine")
+
+    assert list(iter_file_event_lists(path, "h1", parser=refuse)) == []
+    assert len(seen) == 5000
+
+    def mine(text: str) -> ParsedLine | Rejected:
+        return parse_line(text)
+
+    lists = list(iter_file_event_lists(path, "h1", parser=mine))
+    assert sum(map(len, lists)) == 5000 and max(map(len, lists)) <= 4096
