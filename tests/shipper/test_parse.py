@@ -359,6 +359,17 @@ EVENT = " [1] info: 07-0013 client[x](1.2.3.4:5) disconnected: auth."
             "malformed",
             "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)",
         ),  # tabs are text
+        (
+            "a    b",
+            "malformed",
+            "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)",
+        ),  # spaces are text
+        # only the first 256 characters are looked at: 64 bad ones there are not more than a quarter
+        (
+            "\x01" * 64 + "a" * 192 + "\x01" * 10,
+            "malformed",
+            "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)",
+        ),
         ("a" * 256 + "\x01" * 300, "malformed", "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)"),
         (f"{AT}-08:00 [1] info: 00-0016 x", "not-07-0013", "message 00-0016"),
         ("bad [1] info: 00-0015 alive", "bad-timestamp", "not an ISO 8601 time with offset: 'bad'"),
@@ -463,10 +474,21 @@ def test_a_custom_parser_decides_every_line_in_lists_of_at_most_4096(tmp_path: P
         return Rejected("malformed", "not mine")
 
     assert list(iter_file_event_lists(path, "h1", parser=refuse)) == []
-    assert len(seen) == 5000
+    assert list(iter_file_events(path, "h1", parser=refuse)) == []
+    assert len(seen) == 10_000
 
     def mine(text: str) -> ParsedLine | Rejected:
         return parse_line(text)
 
     lists = list(iter_file_event_lists(path, "h1", parser=mine))
     assert sum(map(len, lists)) == 5000 and max(map(len, lists)) <= 4096
+
+
+def test_a_continuation_notes_an_unterminated_record_by_default() -> None:
+    from shipper.parse import Continuation
+
+    head = "2017-12-07T16:55:49.9395590-08:00 [26] info: 07-0013 client[cut"
+    c = Continuation()
+    assert not c.suspect(head)  # the record itself is not suspect; what follows it is
+    assert c.suspect(amps("z", "203.0.113.66:1", "auth"))
+    assert not c.suspect(amps("ok", "198.51.100.2:5", "auth"))  # the tail ended the suspicion
