@@ -337,6 +337,9 @@ def test_address_and_port_rejections_say_why() -> None:
     assert parse_hostport("10.1.2.3:65536") == Rejected("bad-port", "port 65536 out of range")
     assert parse_hostport("10.1.2.3:65535") == ("10.1.2.3", 65535)
     assert parse_hostport("10.1.2.3:1") == ("10.1.2.3", 1)
+    # an address with blanks around it is not what AMPS writes (the contract's parser would strip them)
+    assert parse_hostport(" 10.1.2.3:5") == Rejected("bad-address", "not an IP address: ' 10.1.2.3'")
+    assert parse_hostport("[2001:db8::1 ]:5") == Rejected("bad-address", "not an IP address: '2001:db8::1 '")
     bad = "999.1.2.3" + "9" * 100
     assert parse_hostport(bad + ":5") == Rejected("bad-address", f"not an IP address: {bad[:64]!r}")
 
