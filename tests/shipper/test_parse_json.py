@@ -338,6 +338,7 @@ def test_lines_with_other_bytes_are_found_by_either_way(allowed: bytes, many: bo
     got = parse_mod._lines_with_others(block, allowed)
     assert sorted(got or ()) == starts
     assert parse_mod._lines_with_others(b"plain\nlines\r\n", allowed) is None
+    assert parse_mod._lines_with_others(b"\n\xff\n", allowed) == {1}  # after an empty first line
     # the very first byte of the block, and a line whose odd byte is its first
     assert parse_mod._lines_with_others(b"\xffa\nplain\n\xffb\n" * (30 if many else 1), allowed) == {
         i * 12 + d for i in range(30 if many else 1) for d in (0, 9)
