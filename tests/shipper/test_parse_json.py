@@ -315,6 +315,7 @@ def test_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(parse_line("x"), Rejected)
 
 
+@pytest.mark.timeout(30)  # a search that stops advancing never ends: fail, not hang (it takes milliseconds)
 @pytest.mark.parametrize("allowed", [parse_mod._ASCII, parse_mod._JSON_SAFE])
 @pytest.mark.parametrize("many", [False, True])
 def test_lines_with_other_bytes_are_found_by_either_way(allowed: bytes, many: bool) -> None:
