@@ -377,6 +377,7 @@ EVENT = " [1] info: 07-0013 client[x](1.2.3.4:5) disconnected: auth."
         (f"{AT}-08:00 [1] info: 00-0016 x", "not-07-0013", "message 00-0016"),
         ("bad [1] info: 00-0015 alive", "bad-timestamp", "not an ISO 8601 time with offset: 'bad'"),
         ("bad" + EVENT, "bad-timestamp", "not an ISO 8601 time with offset: 'bad'"),
+        ("t" * 60 + EVENT, "bad-timestamp", f"not an ISO 8601 time with offset: {'t' * 48!r}"),
         (f"{AT}+24:00" + EVENT, "bad-timestamp", f"bad UTC offset in '{AT}+24:00'"),
         (f"{AT}+23:60" + EVENT, "bad-timestamp", f"bad UTC offset in '{AT}+23:60'"),
         (
@@ -495,3 +496,11 @@ def test_a_continuation_notes_an_unterminated_record_by_default() -> None:
     assert not c.suspect(head)  # the record itself is not suspect; what follows it is
     assert c.suspect(amps("z", "203.0.113.66:1", "auth"))
     assert not c.suspect(amps("ok", "198.51.100.2:5", "auth"))  # the tail ended the suspicion
+
+
+def test_times_that_share_all_but_the_last_digit_of_their_second_stay_apart() -> None:
+    # consecutive lines share their second, so the second (without its fraction) is cached: by all of it
+    for sec in ("49", "41", "40", "04"):
+        for frac in ("", ".5"):
+            got = parse_timestamp(f"2017-12-07T16:55:{sec}{frac}-08:00")
+            assert got == datetime(2017, 12, 8, 0, 55, int(sec), 500000 if frac else 0, tzinfo=UTC)
