@@ -504,3 +504,11 @@ def test_times_that_share_all_but_the_last_digit_of_their_second_stay_apart() ->
         for frac in ("", ".5"):
             got = parse_timestamp(f"2017-12-07T16:55:{sec}{frac}-08:00")
             assert got == datetime(2017, 12, 8, 0, 55, int(sec), 500000 if frac else 0, tzinfo=UTC)
+
+
+def test_z_and_signed_offsets() -> None:
+    utc = datetime(2017, 12, 7, 16, 55, 49, 939559, tzinfo=UTC)
+    assert parse_timestamp("2017-12-07T16:55:49.9395590Z") == utc
+    assert parse_timestamp("2017-12-07T16:55:49.9395590+00:00") == utc
+    assert parse_timestamp("2017-12-07T17:25:49.9395590+00:30") == utc
+    assert parse_timestamp("2017-12-07T16:25:49.9395590-0030") == utc
