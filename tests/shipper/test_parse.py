@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from fleet2ban.contract import RAW_LINE_MAX, line_id
 from shipper.parse import (
     ParsedLine,
+    ParseResult,
     ParseStats,
     Rejected,
     iter_file_events,
@@ -481,7 +482,7 @@ def test_a_custom_parser_decides_every_line_in_lists_of_at_most_4096(tmp_path: P
     assert list(iter_file_events(path, "h1", parser=refuse)) == []
     assert len(seen) == 10_000
 
-    def mine(text: str) -> ParsedLine | Rejected:
+    def mine(text: str) -> ParseResult:
         return parse_line(text)
 
     lists = list(iter_file_event_lists(path, "h1", parser=mine))
