@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shipper.parse as parse_mod
+from fleet2ban.contract import RAW_LINE_MAX
 from shipper.parse import ParseResult, ParseStats, Rejected, iter_file_events, parse_line, write_file_json
 
 DATA = Path(__file__).parents[1] / "data"
@@ -383,3 +384,12 @@ def test_without_an_instance_the_events_name_none(tmp_path: Path) -> None:
     assert event["instance"] == "" and event["host"] == "h1" and event["ip"] == "10.1.2.3"
     (ev,) = iter_file_events(path, "h1")
     assert ev.instance == ""
+
+
+def test_a_well_formed_line_longer_than_a_raw_line_is_cut_on_every_path(tmp_path: Path) -> None:
+    line = f"2017-12-07T16:55:49.9395590-08:00 [26] info: 07-0013 client[{'n' * 600}](10.1.2.3:5) disconnected: auth."
+    path = tmp_path / "x.log"
+    path.write_bytes(f"{line}\n".encode())
+    assert_same(path)
+    (ev,) = iter_file_events(path, "h1")
+    assert ev.raw == line[:RAW_LINE_MAX] and ev.client == "n" * 600
