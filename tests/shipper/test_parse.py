@@ -513,3 +513,17 @@ def test_z_and_signed_offsets() -> None:
     assert parse_timestamp("2017-12-07T16:55:49.9395590+00:00") == utc
     assert parse_timestamp("2017-12-07T17:25:49.9395590+00:30") == utc
     assert parse_timestamp("2017-12-07T16:25:49.9395590-0030") == utc
+
+
+def test_parse_line_takes_one_line_and_one_line_ending_only() -> None:
+    line = amps("n", "10.1.2.3:5", "auth")
+    got = parse_line(line + "\n")
+    assert isinstance(got, ParsedLine) and got.raw == line and got.reason == "auth"
+    # a second line inside the text is no event of it; nor is a line with a CR left after its ending
+    assert parse_line("garbage\n" + line) == Rejected(
+        "malformed", "not an AMPS log line (TIMESTAMP [THREAD] LEVEL: CODE ...)"
+    )
+    for text in (line + "\r\r\n", line + "\r\r"):
+        assert parse_line(text) == Rejected(
+            "malformed", "07-0013 without client[NAME](HOST:PORT) disconnected: REASON."
+        ), repr(text)
