@@ -16,6 +16,7 @@ from enforcer.plan import (
     Rails,
     desired_state,
     kernel_timeout,
+    never_renews,
     next_expiry,
     plan,
     renew_needed,
@@ -238,3 +239,23 @@ def test_rail_verdicts_are_memoised_within_a_bound(monkeypatch: pytest.MonkeyPat
     # asked again (as every reconcile does), the answers are the same, memoised or not
     assert [r.refusal("amps", t) for t in targets] == first
     assert len(r._verdicts) <= 3
+
+
+def test_renew_tolerance_is_two_seconds_or_a_fiftieth_of_the_ban() -> None:
+    assert renew_needed(117, 120) and renew_needed(123, 120)  # 3 s off a 2-minute ban: re-applied
+    assert not renew_needed(9800, 10000) and renew_needed(9799, 10000)  # 200 s is 1/50 of 10000
+
+
+def test_every_expired_ban_is_counted() -> None:
+    items = bans(*(ban(f"203.0.113.{i}", expires_in=-i) for i in range(1, 4)), ban("203.0.113.9"))
+    d = desired_state(items, NOW, rails(), JAILS)
+    assert d.expired == 3 and set(d.wants) == {("amps", "203.0.113.9")}
+
+
+def test_never_renews_within_two_seconds_either_side_inclusive() -> None:
+    for off in (-2.0, -1.0, 0.0, 2.0):
+        assert never_renews(NOW + timedelta(seconds=off), NOW), off
+    for off in (-2.001, 2.001):
+        assert not never_renews(NOW + timedelta(seconds=off), NOW), off
+    # a kernel deadline a day off the ban's expiry needs renewing
+    assert not never_renews(NOW + timedelta(days=1), NOW)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from enforcer.plan import JailSpec, Refusal, desired_state
-from fleet2ban.contract import BanState
+from fleet2ban.allowlist import AllowList
+from fleet2ban.contract import AllowEntry, BanState
 from fleet2ban.rails import Rails
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -57,3 +58,23 @@ def test_the_cap_refuses_the_newest_by_name() -> None:
         )
     }
     assert list(got.wants) == [("amps", "203.0.113.1")]
+
+
+def test_an_allow_list_refusal_names_its_ban_and_the_entry_and_holds_in_its_jail_only() -> None:
+    entry = AllowEntry(id="al-1", network="203.0.113.0/24", at=NOW, jail="amps", by="alice", reason="partner")
+    bans = {
+        ("amps", "203.0.113.7"): _ban("amps", "203.0.113.7", "d-amps"),
+        ("other", "203.0.113.7"): _ban("other", "203.0.113.7", "d-other"),
+    }
+    jails = [JailSpec("amps", (9007,)), JailSpec("other", (9008,))]
+    got = desired_state(bans, NOW, Rails(), jails, AllowList([entry]))
+    assert got.refused == {
+        ("amps", "203.0.113.7"): Refusal(
+            "amps",
+            "203.0.113.7",
+            "d-amps",
+            "allowed",
+            "allowed: allow-list entry 203.0.113.0/24 (jail amps) by alice: partner",
+        )
+    }
+    assert list(got.wants) == [("other", "203.0.113.7")]

@@ -214,9 +214,13 @@ def test_replay_clock_bound_uses_timedelta_not_wall_time_in_tests() -> None:
     assert timedelta(seconds=p.max_future_s) == timedelta(seconds=5)
 
 
-def test_the_sending_host_of_future_events_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_sending_host_of_future_events_is_logged_and_counted(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from processor import metrics as m
 
+    # what was exported last, per host, is module state: start afresh whatever ran before in this process
+    monkeypatch.setattr(m, "_last_future", {})
     p = policy()
     Engine(p).feed([ev(1000, host="amps-clock-ahead\x1b[2J", n=i) for i in range(3)])
     with caplog.at_level(logging.WARNING, logger="processor.metrics"):

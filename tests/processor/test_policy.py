@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from fleet2ban.contract import Decision, Event, auto_decision_id, from_epoch, rfc3339
 from fleet2ban.settings import IncrementSettings, JailSettings
 from processor.engine import Engine
-from processor.policy import Output, Policy, TargetState, decode_state, encode_state
+from processor.policy import Output, Policy, TargetState, decode_state, durable_part, encode_state
 
 
 def _load_reference() -> Any:
@@ -450,3 +450,177 @@ def test_engine_fast_path_matches_brute_force_reference(
         ref.event(e, want)
         key = lambda x: (x[0].at, x[0].ip, x[0].action)  # noqa: E731
         assert sorted(got, key=key) == sorted(want, key=key)
+
+
+# ------------------------------------------------------------- rules the mutation tests found unpinned
+
+
+class Store:
+    """The table as the Faust worker keeps it, for driving ``Policy.process`` and ``tick`` directly
+    (``Engine.feed`` inlines its own hot path)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.states: dict[str, TargetState] = {}
+
+    def put(self, target: str, state: TargetState | None) -> None:
+        if state is None:
+            self.states.pop(target, None)
+        else:
+            self.states[target] = decode_state(encode_state(state))
+
+    def feed(self, events: list[Event]) -> list[Output]:
+        out: list[Output] = []
+        self.policy.process_events(self.states.get, self.put, events, out)
+        return out
+
+    def tick(self, now: float, forget: bool = True) -> list[Output]:
+        out: list[Output] = []
+        for target in sorted(self.states):
+            self.put(target, self.policy.tick(self.states[target], target, now, out, forget=forget))
+        return out
+
+    def manual(self, decision: Decision) -> list[Output]:
+        out: list[Output] = []
+        self.put(decision.ip, self.policy.manual(self.states.get(decision.ip), decision, out))
+        return out
+
+
+def two_jails(first: dict[str, Any], second: dict[str, Any]) -> Policy:
+    return Policy.from_settings([JailSettings(**first), JailSettings(**second)], lateness=5.0)
+
+
+def test_ignoreip_covers_only_its_own_addresses_and_family() -> None:
+    # an IPv4 ignoreip leaves other IPv4 addresses counted
+    s = Store(default_policy(maxretry=1, ignoreip=["10.0.0.0/24"]))
+    assert [b.ip for b in bans(s.feed([ev(1.0, ip="192.0.2.7", n=1)]))] == ["192.0.2.7"]
+    assert s.feed([ev(2.0, ip="10.0.0.7", n=2)]) == []
+    # ::a00:7 has the integer value of 10.0.0.7, but is an IPv6 address: not covered by 10.0.0.0/24
+    s = Store(default_policy(maxretry=1, ignoreip=["10.0.0.0/24"]))
+    assert [b.ip for b in bans(s.feed([ev(1.0, ip="::a00:7", n=1)]))] == ["::a00:7"]
+    assert s.policy.counters.ignored == 0
+
+
+def test_a_failure_of_a_reason_the_first_jail_does_not_count_reaches_the_second() -> None:
+    p = two_jails(
+        {"name": "first", "reasons": ["timeout"], "maxretry": 1},
+        {"name": "second", "reasons": ["auth"], "maxretry": 2},
+    )
+    s = Store(p)
+    (b,) = bans(s.feed([ev(1.0, n=1), ev(2.0, n=2)]))
+    assert b.jail == "second" and b.failures == 2
+    assert p.counters.not_failure == 2 and p.counters.failures == 2
+    (b,) = bans(s.feed([ev(3.0, n=3, reason="timeout")]))
+    assert b.jail == "first"
+
+
+def test_tick_expires_a_jail_s_ban_behind_another_jail_s_ban_in_force() -> None:
+    p = two_jails(
+        {"name": "long", "maxretry": 1, "bantime": 1000}, {"name": "short", "maxretry": 1, "bantime": 5}
+    )
+    s = Store(p)
+    assert sorted(b.jail for b in bans(s.feed([ev(1.0, n=1)]))) == ["long", "short"]
+    (o,) = s.tick(BASE + 10.0)
+    assert (o.decision.action, o.decision.jail, o.decision.at) == ("unban", "short", from_epoch(BASE + 6.0))
+    assert s.states["10.0.0.1"].jails["long"].ban is not None
+
+
+def test_overalljails_counts_the_bans_of_every_jail() -> None:
+    def second_ban(overall: bool) -> Decision:
+        inc = IncrementSettings(enabled=True, factor=1.0, overalljails=overall)
+        p = two_jails(
+            {"name": "a", "reasons": ["auth"], "maxretry": 1, "bantime": 10, "bantime_increment": inc},
+            {"name": "b", "reasons": ["timeout"], "maxretry": 1, "bantime": 10, "bantime_increment": inc},
+        )
+        s = Store(p)
+        (first,) = bans(s.feed([ev(1.0, n=1)]))
+        assert first.jail == "a" and first.ban_count == 1
+        (b,) = bans(s.feed([ev(2.0, n=2, reason="timeout")]))
+        assert b.jail == "b"
+        return b
+
+    b = second_ban(overall=True)
+    assert b.ban_count == 2 and b.expires_at == b.at + timedelta(seconds=20)
+    b = second_ban(overall=False)
+    assert b.ban_count == 1 and b.expires_at == b.at + timedelta(seconds=10)
+
+
+def _manual_unban(at: float) -> Decision:
+    return Decision(
+        id="m-u", action="unban", ip="10.0.0.1", jail="amps", at=from_epoch(BASE + at), origin="manual"
+    )
+
+
+def test_a_manual_unban_dated_before_the_watermark_forgives_every_failure_seen() -> None:
+    # failures up to 11.0 have been seen when an unban dated 5.0 arrives (the topics are read concurrently)
+    s = Store(default_policy(maxretry=3))
+    assert s.feed([ev(10.0, n=1), ev(11.0, n=2)]) == []
+    (o,) = s.manual(_manual_unban(5.0))
+    assert o.decision.action == "unban" and o.publish is False
+    # failures from before the watermark, still within the lateness bound, do not count again
+    assert s.feed([ev(10.5, n=3), ev(10.8, n=4), ev(11.0, n=5)]) == []
+    assert s.policy.counters.late == 3
+    (b,) = bans(s.feed([ev(11.1, n=6), ev(11.2, n=7), ev(11.3, n=8)]))
+    assert b.failures == 3 and b.first_failure_at == from_epoch(BASE + 11.1)
+
+
+def test_a_manual_unban_forgives_failures_up_to_its_own_time() -> None:
+    s = Store(default_policy(maxretry=2))
+    assert s.feed([ev(1.0, n=1)]) == []
+    s.manual(_manual_unban(4.0))
+    assert s.feed([ev(3.0, n=2), ev(4.0, n=3)]) == []  # up to and at the unban: forgiven
+    (b,) = bans(s.feed([ev(4.001, n=4), ev(4.002, n=5)]))
+    assert b.first_failure_at == from_epoch(BASE + 4.001)
+
+
+def test_idle_state_is_kept_while_a_later_failure_could_still_complete_its_window() -> None:
+    # findtime 10, lateness 5: failures at 0 and 1 matter until 1 + 10 (+ 5 for late arrivals)
+    p = default_policy(maxretry=3, findtime=10.0)
+    s = Store(p)
+    assert s.feed([ev(0.0, n=1), ev(1.0, n=2)]) == []
+    assert p.deadline(s.states["10.0.0.1"]) == BASE + 16.0
+    assert s.tick(BASE + 15.9) == []
+    assert "10.0.0.1" in s.states
+    (b,) = bans(s.feed([ev(9.9, n=3)]))  # (-0.1, 9.9] holds 0, 1 and 9.9
+    assert b.failures == 3 and b.first_failure_at == from_epoch(BASE)
+
+    s = Store(default_policy(maxretry=3, findtime=10.0))
+    s.feed([ev(0.0, n=1), ev(1.0, n=2)])
+    s.tick(BASE + 16.0)
+    assert s.states == {}
+    assert s.policy.counters.expired_forgotten == 1
+
+
+def test_durable_part_keeps_each_jail_s_lasting_state_whatever_the_others_hold() -> None:
+    p = Policy.from_settings(
+        [
+            JailSettings(name="idle", reasons=["timeout"], maxretry=5),
+            JailSettings(name="counted", reasons=["auth"], maxretry=5),
+            JailSettings(name="banned", reasons=["auth"], maxretry=2),
+        ],
+        lateness=5.0,
+    )
+    s = Store(p)
+    s.feed([ev(1.0, n=1), ev(1.5, n=2, reason="timeout"), ev(2.0, n=3)])
+    state = s.states["10.0.0.1"]
+    assert list(state.jails) == ["counted", "banned", "idle"]
+    # "counted" has a window only (events give it back); "banned" has a ban that must be kept
+    d = durable_part(state)
+    assert d is not None and list(d.jails) == ["banned"] and d.jails["banned"].ban is not None
+    # a jail kept whole comes first: the ones after it are still looked at
+    d = durable_part(state, keep_windows=("counted",))
+    assert d is not None and list(d.jails) == ["counted", "banned"]
+    assert d.jails["counted"] == state.jails["counted"] and len(d.jails["counted"].window) == 2
+
+
+def test_durable_part_keeps_the_last_manual_decision_so_a_redelivery_after_a_restart_is_not_reapplied() -> (
+    None
+):
+    s = Store(default_policy(maxretry=2))
+    unban = _manual_unban(3.0)
+    assert len(s.manual(unban)) == 1
+    d = durable_part(s.states["10.0.0.1"])
+    assert d is not None and d.jails["amps"].last_manual == "m-u"
+    restarted = Store(default_policy(maxretry=2))
+    restarted.states["10.0.0.1"] = decode_state(encode_state(d))
+    assert restarted.manual(unban) == []

@@ -408,3 +408,31 @@ def test_a_scoped_ban_widened_to_the_fleet_counts_once_for_recidive() -> None:
     # a second offence after the ban ends is the second counted ban: recidive bans
     out = engine.feed(burst(20, 3, 100, hosts=("h1", "h2")))
     assert len(bans(out, "recidive")) == 1 and p.counters.bans_counted == 2
+
+
+def test_the_recidive_jail_s_ignoreip_covers_its_own_range_only_and_counts_as_ignored() -> None:
+    p = policy(AMPS, {**RECIDIVE, "ignoreip": ["203.0.113.0/24"]})
+    Engine(p).feed([*burst(0, 3, 0), *burst(20, 3, 10), *burst(40, 3, 20)])
+    # ignored by the jail's own ignoreip (not refused by the rails, which hold the same range)
+    assert (p.counters.ignored, p.counters.refused, p.counters.bans_counted) == (3, 0, 0)
+    # an ignoreip elsewhere in the family leaves this address counted
+    p = policy(AMPS, {**RECIDIVE, "ignoreip": ["10.0.0.0/24"]})
+    out = Engine(p).feed([*burst(0, 3, 0), *burst(20, 3, 10), *burst(40, 3, 20)])
+    (r,) = bans(out, "recidive")
+    assert r.ip == IP and (p.counters.ignored, p.counters.bans_counted) == (0, 3)
+    # an IPv4 ignoreip never covers an IPv6 target
+    v6 = "2001:db8::9"
+    p = policy(AMPS, {**RECIDIVE, "ignoreip": ["10.0.0.0/24"]})
+    out = Engine(p).feed([*burst(0, 3, 0, ip=v6), *burst(20, 3, 10, ip=v6), *burst(40, 3, 20, ip=v6)])
+    assert [r.ip for r in bans(out, "recidive")] == [v6]
+
+
+def test_the_evidence_of_a_recidive_ban_names_each_counted_ban_in_full() -> None:
+    for bantime, until in ((5, "2025-11-24T16:00:05.100000Z"), (-1, "permanent")):
+        p = policy({**AMPS, "maxretry": 2, "bantime": bantime}, {**RECIDIVE, "maxretry": 1})
+        out = Engine(p).feed(burst(0, 2, 0, hosts=("h2", "h1")))
+        (a,) = bans(out, "amps")
+        (r,) = bans(out, "recidive")
+        assert r.evidence == [
+            f"ban {a.id} jail=amps at=2025-11-24T16:00:00.100000Z until={until} failures=2 hosts=h1,h2"
+        ]

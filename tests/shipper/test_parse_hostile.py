@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from shipper.parse import (
+    Parser,
+    ParseResult,
     ParseStats,
     Rejected,
     iter_file_events,
@@ -135,3 +137,30 @@ def test_suspicion_is_bounded(tmp_path: Path) -> None:
 
 def test_parse_line_itself_stays_a_pure_per_line_function() -> None:
     assert isinstance(parse_line(FAKE).ts, datetime)  # type: ignore[union-attr]
+
+
+def _line_by_line(text: str) -> ParseResult:
+    """parse_line, but not parse_line itself: iter_file_events then reads line by line."""
+    return parse_line(text)
+
+
+@pytest.mark.parametrize("parser", [parse_line, _line_by_line])
+def test_a_suspect_line_is_reported_at_its_own_offset(tmp_path: Path, parser: Parser) -> None:
+    cut = HEAD + "cut"
+    path = tmp_path / "ban.log"
+    path.write_text(f"{cut}\n{FAKE}\n")
+    rejected: list[tuple[int, str]] = []
+    events = list(
+        iter_file_events(path, "h", parser=parser, on_reject=lambda off, r: rejected.append((off, r.kind)))
+    )
+    assert events == []
+    assert rejected == [(0, "malformed"), (len(cut) + 1, "suspect")]
+
+
+def test_an_unterminated_record_exactly_at_the_bound_makes_the_next_line_suspect(tmp_path: Path) -> None:
+    cut = HEAD + "c" * (len(FAKE) - len(HEAD))  # as long as the fake line: both within the bound
+    path = tmp_path / "ban.log"
+    path.write_text(f"{cut}\n{FAKE}\n")
+    stats = ParseStats()
+    assert list(iter_file_events(path, "h", "", stats, max_line_bytes=len(FAKE))) == []
+    assert stats.rejected == {"malformed": 1, "suspect": 1}

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shipper.parse as parse_mod
+from fleet2ban.contract import RAW_LINE_MAX
 from shipper.parse import ParseResult, ParseStats, Rejected, iter_file_events, parse_line, write_file_json
 
 DATA = Path(__file__).parents[1] / "data"
@@ -315,6 +316,7 @@ def test_caches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(parse_line("x"), Rejected)
 
 
+@pytest.mark.timeout(30)  # a search that stops advancing never ends: fail, not hang (it takes milliseconds)
 @pytest.mark.parametrize("allowed", [parse_mod._ASCII, parse_mod._JSON_SAFE])
 @pytest.mark.parametrize("many", [False, True])
 def test_lines_with_other_bytes_are_found_by_either_way(allowed: bytes, many: bool) -> None:
@@ -338,6 +340,11 @@ def test_lines_with_other_bytes_are_found_by_either_way(allowed: bytes, many: bo
     got = parse_mod._lines_with_others(block, allowed)
     assert sorted(got or ()) == starts
     assert parse_mod._lines_with_others(b"plain\nlines\r\n", allowed) is None
+    assert parse_mod._lines_with_others(b"\n\xff\n", allowed) == {1}  # after an empty first line
+    # the very first byte of the block, and a line whose odd byte is its first
+    assert parse_mod._lines_with_others(b"\xffa\nplain\n\xffb\n" * (30 if many else 1), allowed) == {
+        i * 12 + d for i in range(30 if many else 1) for d in (0, 9)
+    }
 
 
 @pytest.mark.parametrize("limit", [100, 101, 102])
@@ -350,3 +357,39 @@ def test_a_line_at_the_bound_counts_its_cr_and_its_bytes(tmp_path: Path, limit: 
     path = tmp_path / "x.log"
     path.write_bytes(f"{ascii_line}\r\n{ascii_line}\n{utf8_line}\n{utf8_line}\r\n".encode())
     assert_same(path, max_line_bytes=limit)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_a_general_path_line_at_the_bound_is_an_event_one_byte_over_is_too_long(
+    tmp_path: Path, extra: int
+) -> None:
+    # a "Z" time is not the fast path's form: the general path takes these lines
+    head = "2017-12-07T16:55:49.939559Z [26] info: 07-0013 client["
+    tail = "](10.1.2.3:5) disconnected: auth."
+    line = head + "n" * (100 + extra - len(head) - len(tail)) + tail
+    path = tmp_path / "x.log"
+    path.write_bytes(f"{line}\n{line}\n".encode())
+    got = assert_same(path, max_line_bytes=100)
+    assert len(got.splitlines()) == (2 if extra == 0 else 0)
+
+
+def test_without_an_instance_the_events_name_none(tmp_path: Path) -> None:
+    path = tmp_path / "x.log"
+    path.write_bytes(
+        b"2017-12-07T16:55:49.9395590-08:00 [26] info: 07-0013 client[n](10.1.2.3:5) disconnected: auth.\n"
+    )
+    out = io.BytesIO()
+    write_file_json(path, "h1", out)
+    (event,) = [msgspec.json.decode(line) for line in out.getvalue().splitlines()]
+    assert event["instance"] == "" and event["host"] == "h1" and event["ip"] == "10.1.2.3"
+    (ev,) = iter_file_events(path, "h1")
+    assert ev.instance == ""
+
+
+def test_a_well_formed_line_longer_than_a_raw_line_is_cut_on_every_path(tmp_path: Path) -> None:
+    line = f"2017-12-07T16:55:49.9395590-08:00 [26] info: 07-0013 client[{'n' * 600}](10.1.2.3:5) disconnected: auth."
+    path = tmp_path / "x.log"
+    path.write_bytes(f"{line}\n".encode())
+    assert_same(path)
+    (ev,) = iter_file_events(path, "h1")
+    assert ev.raw == line[:RAW_LINE_MAX] and ev.client == "n" * 600
