@@ -211,17 +211,22 @@ def test_leader_kill_9_in_a_flood_loses_no_line_and_bans_once_everywhere(  # noq
         wait_for(lambda: all(want <= set(b.entries) for b in backends.values()), 60, "bans on every host")
         applied_s = time.monotonic() - killed_at
         got = decisions()
-        per_ip = Counter(d.ip for d in got)
+        # One decision per attacker. The same decision's record can be in the topic twice: the Faust
+        # worker's producer (aiokafka, not idempotent outside transactions) sends again what the killed
+        # leader had replicated but not acknowledged (seen once in CI: one log line "ban", two records
+        # with its id). Readers key decisions by id; a second decision (another id) fails here.
+        by_id = {d.id: d for d in got}
+        per_ip = Counter(d.ip for d in by_id.values())
         assert all(per_ip[ip] == 1 for ip in ATTACKERS), per_ip
         assert all(d.failures == 20 and d.action == "ban" for d in got), [d for d in got if d.failures != 20]
-        assert len({d.id for d in got}) == len(got)
+        assert all(d == by_id[d.id] for d in got), "two records with one decision id differ"
         assert not errors, errors
         assert worker.poll() is None, (tmp_path / "processor.log").read_text()[-3000:]
         print(
             f"broker {victim} killed at round {KILL_AT_ROUND}: all {sum(written.values())} lines acked"
             f" {shipped_s:.1f}s after the kill, {len(ATTACKERS)} bans decided by {banned_s:.1f}s,"
             f" applied on {len(HOSTS)} hosts by {applied_s:.1f}s; {sum(ids.values()) - len(ids)} lines"
-            " shipped twice"
+            f" shipped twice; {len(got) - len(by_id)} decisions records written twice"
         )
     finally:
         stop.set()
