@@ -21,6 +21,8 @@ def test_fleet_wide_failures_ban_with_decision_and_bans_entry(fleet) -> None:  #
     assert d.failures == 20 and d.hosts == ["h1", "h2", "h3"] and d.ban_count == 1
     assert d.expires_at is not None and d.expires_at - d.at == timedelta(seconds=120)
     key = b"amps|" + ip.encode()
+    # the bans record follows the decision (a separate write): wait for it, bounded
+    fleet.wait_for("the ban on bans", lambda: fleet.bans().get(key) is not None, 20)
     state = fleet.bans()[key]
     assert state is not None
     ban = decode_ban(state)

@@ -115,8 +115,9 @@ def test_kill_9_mid_distributed_attack_loses_no_ban_and_bans_none_twice(fleet) -
     # nothing lost, nothing twice: one ban each, in decisions and in force in bans
     for ip in counting + resent + banned:
         assert [d.action for d in fleet.decisions(ip)] == ["ban"], ip
-    bans = fleet.bans()
-    assert all(bans.get(f"amps|{ip}".encode()) is not None for ip in counting + resent + banned)
+    # in force in bans: that record follows each decision (a separate write), so wait for it, bounded
+    keys = [f"amps|{ip}".encode() for ip in counting + resent + banned]
+    fleet.wait_for("every ban on bans", lambda: all(fleet.bans().get(k) is not None for k in keys), 20)
     metrics = fleet.metrics()
     assert _metric(metrics, 'fleet2ban_processor_rebuilds_total{outcome="ok"}') >= 3
     assert _metric(metrics, "fleet2ban_processor_replayed_records_total") >= 3
