@@ -566,6 +566,8 @@ def report(
         "drain_lines_rate": drain_rate,
         "missing_from_ipset": {h: sorted(decided_ips - ipsets.get(h, set())) for h in host_names},
         "lines_per_record": lines_per_record,
+        # each shipper's last heartbeat counters: where lines are when fewer were shipped than written
+        "shippers": {h: series[-1][1] for h, series in sorted(out.shipper_hb.items()) if series},
         "bursts": len(expected),
         "decided": len(decided),
         "other_bans": len(extra_bans),
@@ -664,7 +666,7 @@ def run_on(fleet: DevFleet, args: argparse.Namespace) -> dict[str, Any]:
             lg.close()
     ipsets = {h.name: ipset_members(h.netns) for h in fleet.hosts if h.netns}
     out = collector.update()
-    deadline = time.monotonic() + 15.0  # the shippers' next heartbeats count the last acknowledgements
+    deadline = time.monotonic() + 30.0  # the shippers' next heartbeats count the last acknowledgements
     while (
         sum(shipped_lines(out, ws.started, ws.ended)[0].values()) < ws.lines and time.monotonic() < deadline
     ):

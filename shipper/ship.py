@@ -150,8 +150,9 @@ PRODUCER_LINGER_MS = 1.0
 """librdkafka's linger: the records of a round are handed over back to back (the batching is the
 rounds'), so a millisecond packs them into one request; more would only delay every round."""
 
-ROUND_RECORDS_AT_BASE = 8
-"""A round of more records than this stretches the next flush interval in proportion (see Batcher)."""
+ROUND_LINES_AT_BASE = 8
+"""A round of more lines than this stretches the next flush interval in proportion (see Batcher): with
+the base interval of 10 ms, a host writing more than 800 failure lines/s is under load."""
 
 RECORD_OVERHEAD = 96
 LINE_OVERHEAD = 192
@@ -176,9 +177,9 @@ class Batcher:
     - at once when the shipper is idle: nothing in flight (the caller says) and no round went out
       within the current interval. A lone failure waits for nothing;
     - otherwise when the oldest open batch is ``interval_s`` old: while records are in flight or rounds
-      follow each other (load), lines gather. A round of more than ``ROUND_RECORDS_AT_BASE`` records
-      stretches the next interval in proportion, up to ``max_interval_s``: under a flood the shipper
-      sends fewer, larger records.
+      follow each other (load), lines gather. A round of more than ``ROUND_LINES_AT_BASE`` lines
+      stretches the next interval in proportion, up to ``max_interval_s``: under load the shipper sends
+      fewer, larger records (each record, its request and its acknowledgement cost more than a line).
     """
 
     def __init__(
@@ -268,7 +269,8 @@ class Batcher:
         out = self.drain()
         self.rounds += 1
         self.last_round = now
-        stretched = self.base_interval_s * len(out) / ROUND_RECORDS_AT_BASE
+        lines = sum(len(b.lines) for b in out)
+        stretched = self.base_interval_s * lines / ROUND_LINES_AT_BASE
         self.interval_s = min(self.max_interval_s, max(self.base_interval_s, stretched))
         return out
 

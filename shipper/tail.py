@@ -310,9 +310,11 @@ class Tailer:
         except OSError:
             return 0
         lag = max(0, size - f.buf_start)
-        if self._rotation_seen is not None:
-            with contextlib.suppress(OSError):
-                lag += os.stat(self.path).st_size
+        # a file now on the path that is not ours (rotated, not yet noticed by a read) is lag too
+        with contextlib.suppress(OSError):
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) != (f.dev, f.ino):
+                lag += st.st_size
         return lag
 
     def read_lines(self, max_bytes: int = CHUNK) -> list[TailLine]:

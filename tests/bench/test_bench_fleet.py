@@ -100,7 +100,7 @@ def test_sustained_smoke() -> None:
         "40",
     )
     assert res["written"] == 1600
-    assert res["shipped"] == res["written"], "every line written was shipped"
+    assert res["shipped"] == res["written"], f"every line written was shipped: {res['shippers']}"
     bursts = res["bursts"]
     assert isinstance(bursts, int) and bursts >= 10
     assert res["decided"] == bursts

@@ -21,7 +21,7 @@ from fleet2ban.contract import (
 from fleet2ban.kafka import Cluster, read_to_end
 from fleet2ban.settings import KafkaSettings
 from shipper.parse import iter_file_events
-from shipper.ship import ROUND_RECORDS_AT_BASE, AckTracker, Batcher, Shipper
+from shipper.ship import ROUND_LINES_AT_BASE, AckTracker, Batcher, Shipper
 from shipper.tail import load_checkpoint
 
 # ------------------------------------------------------------------------------------------- pure
@@ -135,7 +135,7 @@ def test_batcher_stretches_its_interval_after_large_rounds_and_returns_to_the_ba
         return [d.partition for d in b.due(now)]
 
     waited = []
-    for n in (2, ROUND_RECORDS_AT_BASE, 3 * ROUND_RECORDS_AT_BASE, 100, 100, 1):
+    for n in (2, ROUND_LINES_AT_BASE, 3 * ROUND_LINES_AT_BASE, 100, 100, 1):
         opened_at = now
         assert len(round_of(n)) == n
         waited.append(round(now - opened_at, 6))
@@ -143,6 +143,10 @@ def test_batcher_stretches_its_interval_after_large_rounds_and_returns_to_the_ba
     # large one up to the maximum; a small round brings the base interval back for the next
     assert waited == [0.010, 0.010, 0.010, 0.030, 0.050, 0.050]
     assert b.interval_s == pytest.approx(0.010) and b.rounds == 6
+    # lines count, not records: 24 lines of one address (one record) stretch the next round 3x
+    for i in range(3 * ROUND_LINES_AT_BASE):
+        b.add(_line(i, distinct[0]), (2, i), now=now)
+    assert len(b.due(now + 0.010)) == 1 and b.interval_s == pytest.approx(0.030)
     # without a maximum above the base, the interval never stretches
     fixed = Batcher(0.010, max_lines=500, partitions=1000)
     for i in range(100):

@@ -67,6 +67,19 @@ def test_rename_and_recreate(tmp_path: Path) -> None:
     assert t.rotations == 1
 
 
+def test_lag_counts_a_file_rotated_in_before_any_read_noticed_it(tmp_path: Path) -> None:
+    p = tmp_path / "ban.log"
+    p.write_bytes(b"a1\n")
+    t = Tailer(p, from_start=True)
+    assert [ln.data for ln in t.read_lines()] == [b"a1"] and t.lag_bytes() == 0
+    os.rename(p, tmp_path / "ban.log.1")
+    p.write_bytes(b"b1\nb2\n")
+    # no read since the rename: the lines on the path are still to read (copytruncate waits on this)
+    assert t.lag_bytes() == 6
+    assert [ln.data for ln in read_all(t, want=2)] == [b"b1", b"b2"]
+    assert t.lag_bytes() == 0
+
+
 def test_rotation_with_a_partial_last_line_takes_it_after_the_grace(tmp_path: Path) -> None:
     p = tmp_path / "ban.log"
     p.write_bytes(b"a1\na2-no-newline")
