@@ -833,6 +833,41 @@ def events_partition(address: str, partitions: int, prefix_v6: int) -> int:
     return partition_for(events_key(address, prefix_v6), partitions)
 
 
+PARTITION_CACHE_MAX: Final = 200_000
+"""Addresses whose partition an :class:`EventsPartitions` remembers by default (cleared when full)."""
+
+
+class EventsPartitions:
+    """:func:`events_partition` for one ``events`` topic (its partition count and ``partition_prefix_v6``),
+    remembered per address: what a shipper groups lines by and a worker checks records against. The
+    cache holds at most ``limit`` addresses (cleared when full)."""
+
+    __slots__ = ("_cache", "limit", "partitions", "prefix_v6")
+
+    def __init__(self, partitions: int, prefix_v6: int, limit: int = PARTITION_CACHE_MAX) -> None:
+        self.partitions = partitions
+        self.prefix_v6 = prefix_v6
+        self.limit = limit
+        self._cache: dict[str, int] = {}
+
+    def of(self, address: str) -> int:
+        """The partition of one address or target."""
+        cache = self._cache
+        p = cache.get(address)
+        if p is None:
+            if len(cache) >= self.limit:
+                cache.clear()
+            p = cache[address] = events_partition(address, self.partitions, self.prefix_v6)
+        return p
+
+    def each(self, addresses: list[str]) -> list[int]:
+        """The partitions of many addresses, in order (one lookup in C when all are remembered)."""
+        got = list(map(self._cache.get, addresses))
+        if None in got:
+            return [self.of(a) for a in addresses]
+        return got  # type: ignore[return-value]  # no None left
+
+
 # -------------------------------------------------------------------------------------------- ids
 
 
