@@ -320,10 +320,14 @@ _reports_decoder: msgspec.json.Decoder[ReportsRecord] = msgspec.json.Decoder(Rep
 _event_decoder = msgspec.json.Decoder(Event)
 
 
+LinePort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+"""A client's port on an events line: 0 is a port a fail2ban filter did not capture (checked on decode)."""
+
+
 class _AnyLine(msgspec.Struct, frozen=True):
     id: str
     ts: Time
-    port: int
+    port: LinePort
     client: str
     reason: str
     raw: str = ""
@@ -341,6 +345,10 @@ class _AnyEvents(msgspec.Struct, frozen=True):
 
 
 _any_events_decoder = msgspec.json.Decoder(_AnyEvents)
+
+CANONICAL_SEEN_MAX: Final = 200_000
+"""Addresses of events lines already found canonical that the decoder remembers (cleared when full)."""
+_canonical_seen: set[str] = set()
 
 
 def encode(record: msgspec.Struct) -> bytes:
@@ -388,20 +396,20 @@ def _decode_events_any(data: bytes | str | None) -> _AnyEvents:
         raise ContractError(f"events record: {exc}") from None
     if not rec.lines:
         raise ContractError("events record: no lines")
-    v = rec.v
+    v = rec.v  # ports were checked by the decoder (LinePort)
     if v == EVENTS_VERSION:
-        seen: str | None = None
-        for ln in rec.lines:
-            ip = ln.ip
-            if ip != seen:  # runs of one address are common: check each run once
-                _check_canonical(ip, normalize_ip, "events record")
-                seen = ip
-            _check_port(ln.port, "events record", unknown_ok=True)
+        known = _canonical_seen
+        if not known.issuperset({ln.ip for ln in rec.lines}):  # most addresses were seen already
+            for ln in rec.lines:
+                ip = ln.ip
+                if ip not in known:
+                    _check_canonical(ip, normalize_ip, "events record")
+                    if len(known) >= CANONICAL_SEEN_MAX:
+                        known.clear()
+                    known.add(ip)
     elif v == 1:
         ip = rec.ip
         _check_canonical(ip, normalize_ip, "events record")
-        for ln in rec.lines:
-            _check_port(ln.port, "events record", unknown_ok=True)
         rec.lines[:] = [msgspec.structs.replace(ln, ip=ip) for ln in rec.lines]
     elif v > EVENTS_VERSION:
         raise ContractError(f"events record: schema version {v} is newer than {EVENTS_VERSION}")
