@@ -303,6 +303,8 @@ class Jail:
 
     def target(self, ip: str) -> str | None:
         """The ban target of an address in this jail, or None when ``ignoreip`` covers it."""
+        if not self.ignore and (self.prefix_v6 >= 128 or ":" not in ip):
+            return ip  # nothing to match nor widen: the address itself, without parsing it
         addr = ipaddress.ip_address(ip)
         for net in self.ignore:
             if addr.version == net.version and addr in net:
@@ -334,6 +336,7 @@ class Route:
 
 
 _ts_key = itemgetter(0)
+_id_key = itemgetter(1)
 
 _hosts_decoder = msgspec.json.Decoder(list[str])
 
@@ -468,18 +471,19 @@ class Policy:
         if r is None:
             norm = normalize_ip(ip)
             targets: dict[str, list[Jail]] = {}
-            ignored = allowed = 0
+            ignoreip = refused = allowed = 0
             rails = self.rails
             for j in self.event_jails:
                 t = j.target(norm)
-                if t is None or (rails is not None and rails.refusal(j.name, t) is not None):
-                    ignored += 1  # ignoreip, or a target no enforcer would ban (counted apart below)
+                if t is None:
+                    ignoreip += 1
+                elif rails is not None and rails.refusal(j.name, t) is not None:
+                    refused += 1  # a target no enforcer would ban
                 elif self.allowed(j.name, t) is not None:
-                    ignored += 1
                     allowed += 1
                 else:
                     targets.setdefault(t, []).append(j)
-            refused = ignored - allowed - sum(1 for j in self.event_jails if j.target(norm) is None)
+            ignored = ignoreip + refused + allowed
             r = Route(norm, {t: tuple(js) for t, js in targets.items()}, ignored, refused, allowed)
             if len(self._routes) > 100_000:
                 self._routes.clear()
@@ -617,15 +621,13 @@ class Policy:
             return
         window = js.window
         ev_id = ev.id
-        if window:
+        if window and t <= window[-1][0]:
             # a duplicate line has the id, hence the time, of one already counted: look at equal times
+            # (none when ``t`` is newer than the window, the common case)
             i = bisect_left(window, (t,))
-            n = len(window)
-            while i < n and window[i][0] == t:
-                if window[i][1] == ev_id:
-                    c.duplicates += 1
-                    return
-                i += 1
+            if window[i][0] == t and ev_id in map(_id_key, window[i : bisect_right(window, (t, _HI), i)]):
+                c.duplicates += 1
+                return
         c.failures += 1
         raw = ev.raw
         failure: Failure = (t, ev_id, ev.host, raw if len(raw) <= RAW_LINE_MAX else raw[:RAW_LINE_MAX])
