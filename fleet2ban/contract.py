@@ -84,7 +84,7 @@ class Line(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     raw: str = ""
 
 
-class Event(msgspec.Struct, frozen=True):
+class Event(msgspec.Struct, frozen=True, gc=False):
     """One parsed ``07-0013`` line of one host: what ``fleet2ban parse`` prints, what the policy consumes."""
 
     host: str
@@ -131,7 +131,7 @@ class EventBatch(msgspec.Struct, frozen=True):
         ]
 
 
-class AddressLine(msgspec.Struct, frozen=True):
+class AddressLine(msgspec.Struct, frozen=True, gc=False):
     """One ``07-0013`` line inside an :class:`EventsRecord`: a :class:`Line` with its client address."""
 
     ip: str
@@ -324,7 +324,7 @@ LinePort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 """A client's port on an events line: 0 is a port a fail2ban filter did not capture (checked on decode)."""
 
 
-class _AnyLine(msgspec.Struct, frozen=True):
+class _AnyLine(msgspec.Struct, frozen=True, gc=False):
     id: str
     ts: Time
     port: LinePort
