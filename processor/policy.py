@@ -79,7 +79,8 @@ import time
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from operator import itemgetter
+from itertools import groupby
+from operator import attrgetter, itemgetter
 
 import msgspec
 
@@ -336,6 +337,8 @@ class Route:
 
 
 _ts_key = itemgetter(0)
+_ts_attr = attrgetter("ts")
+_ip_key = attrgetter("ip")
 _id_key = itemgetter(1)
 
 _hosts_decoder = msgspec.json.Decoder(list[str])
@@ -517,28 +520,16 @@ class Policy:
         :meth:`process`; events of different addresses meet no common state unless they share a target
         (an IPv6 prefix), and then they reach it in the record's order."""
         events = self._bounded(events)
-        n = len(events)
-        if not n:
-            return
         routed = self._routed
-        start = 0
-        ip = events[0].ip
-        for i in range(1, n):
-            nxt = events[i].ip
-            if nxt != ip:
-                routed(get, put, ip, events[start:i], out)
-                start, ip = i, nxt
-        routed(get, put, ip, events[start:] if start else events, out)
+        for ip, run in groupby(events, _ip_key):  # the runs, found in C
+            routed(get, put, ip, list(run), out)
 
     def _bounded(self, events: Sequence[Event]) -> Sequence[Event]:
         """``events`` without those dated beyond ``max_future_s`` ahead of the clock (counted apart)."""
-        if self.max_future_s == math.inf:
+        if self.max_future_s == math.inf or not events:
             return events
         limit = self.future_limit()
-        for ev in events:
-            if ev.ts.timestamp() > limit:
-                break
-        else:
+        if max(map(_ts_attr, events)).timestamp() <= limit:  # the common case, in C
             return events
         c = self.counters
         kept = []
