@@ -8,6 +8,9 @@ Scenarios (a fresh set of topics each, 6 partitions, the backlog produced before
   ``--trials`` trials.
 References measured in the same run: the same logic (decode + jail core + produce decisions) in a plain
 confluent-kafka loop over the same backlog, and a bare produce -> consume round trip for the delay.
+On a shared machine lines/s follow how much of a core each process got: the distinct-addresses rows are
+also given per CPU-second (the bench process's CPU time for the core and the loop, the worker's own from
+``/proc`` for the worker), which does not.
 
 Usage: python -m bench processor_worker [--flood-lines N] [--ips N] [--trials N] [--quick]
 """
@@ -133,6 +136,16 @@ def distinct_records(
     return out, total
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def core_alone(recs: list[tuple[bytes, bytes]]) -> tuple[float, int]:
     """The reference without Kafka: the records decoded and fed to the core, as the worker does."""
     engine = Engine(Policy.from_settings([JailSettings()], 5.0))
@@ -201,6 +214,10 @@ class Workers:
             self.procs.append(
                 subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
             )
+
+    def cpu(self) -> float:
+        """CPU seconds the workers have used so far."""
+        return sum(cpu_seconds(p.pid) for p in self.procs)
 
     def counters(self) -> tuple[float, float]:
         recs = lines = 0.0
@@ -364,10 +381,15 @@ def main(argv: list[str]) -> int:
         tmp = Path(d)
         profile = tmp / "worker.pyspy" if args.profile else None
 
+        cpu: dict[str, float] = {}
+        """CPU seconds of the last distinct-addresses runs (core, loop, workers): the machine may be shared,
+        and lines per CPU-second do not depend on how much of a core each process got."""
+
         def through_workers(
             n_workers: int, recs: list[tuple[bytes, bytes]], profile: Path | None = None
         ) -> tuple[float, float, float]:
-            """Start workers on fresh topics, wait until each consumes, then produce and time the backlog."""
+            """Start workers on fresh topics, wait until each consumes, then produce and time the backlog
+            (``cpu["workers"]``: the workers' CPU seconds meanwhile)."""
             c = fresh(broker.bootstrap)
             w = Workers(c, tmp, n_workers)
             rec = None
@@ -375,8 +397,11 @@ def main(argv: list[str]) -> int:
                 base = w.ready(c)
                 if profile is not None:
                     rec = Recording(w.procs[0].pid, profile).start()
+                c0 = w.cpu()
                 fill(c, recs)
-                return w.run_until(len(recs), base)
+                got = w.run_until(len(recs), base)
+                cpu["workers"] = w.cpu() - c0
+                return got
             finally:
                 if rec is not None:
                     rec.stop()
@@ -385,7 +410,10 @@ def main(argv: list[str]) -> int:
         def reference(recs: list[tuple[bytes, bytes]]) -> tuple[float, int]:
             c = fresh(broker.bootstrap)
             fill(c, recs)
-            return plain_loop(c, len(recs))
+            c0 = time.process_time()
+            got = plain_loop(c, len(recs))
+            cpu["loop"] = time.process_time() - c0
+            return got
 
         # --- flood
         recs = flood_records(args.flood_lines, args.lines_per_record)
@@ -410,7 +438,9 @@ def main(argv: list[str]) -> int:
         )
         # --- a distributed attack from distinct addresses, 1 then 2 workers
         recs, n_attack = distinct_records(args.ips, args.round_lines, args.attack_lines)
+        c0 = time.process_time()
         core_s, _ = core_alone(recs)
+        cpu["core"] = time.process_time() - c0
         core_rate = n_attack / core_s
         ref_s, _ = reference(recs)
         ref_rate = n_attack / ref_s
@@ -426,9 +456,11 @@ def main(argv: list[str]) -> int:
             )
         )
         results: dict[int, float] = {}
+        per_cpu: dict[int, float] = {}
         for n_workers in (1, 2):
             secs, n_rec, n_lines = through_workers(n_workers, recs, profile if n_workers == 1 else None)
             results[n_workers] = n_lines / secs
+            per_cpu[n_workers] = n_lines / cpu["workers"] if cpu["workers"] else 0.0
             rows.append(
                 (
                     f"{label}, {n_workers} Faust worker(s)",
@@ -438,6 +470,25 @@ def main(argv: list[str]) -> int:
                 )
             )
         rows.append((f"  ({per_rec:.1f} lines per record)", "", "", ""))
+        if cpu["core"] and cpu["loop"] and per_cpu[1]:
+            core_cpu, loop_cpu = n_attack / cpu["core"], n_attack / cpu["loop"]
+            rows.append((f"{label}, core alone, per CPU-second", f"{core_cpu:,.0f} lines/s", "", "1.00"))
+            rows.append(
+                (
+                    f"{label}, plain loop, per CPU-second",
+                    f"{loop_cpu:,.0f} lines/s",
+                    "",
+                    f"{loop_cpu / core_cpu:.3f}",
+                )
+            )
+            rows.append(
+                (
+                    f"{label}, 1 worker, per CPU-second",
+                    f"{per_cpu[1]:,.0f} lines/s",
+                    "",
+                    f"{per_cpu[1] / loop_cpu:.3f} loop, {per_cpu[1] / core_cpu:.3f} core",
+                )
+            )
         rows.append(("scaling: 2 workers / 1 worker", "", "", f"{results[2] / results[1]:.2f}"))
         # --- decision delay at low load
         c = fresh(broker.bootstrap)

@@ -84,7 +84,7 @@ class Line(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     raw: str = ""
 
 
-class Event(msgspec.Struct, frozen=True):
+class Event(msgspec.Struct, frozen=True, gc=False):
     """One parsed ``07-0013`` line of one host: what ``fleet2ban parse`` prints, what the policy consumes."""
 
     host: str
@@ -131,7 +131,7 @@ class EventBatch(msgspec.Struct, frozen=True):
         ]
 
 
-class AddressLine(msgspec.Struct, frozen=True):
+class AddressLine(msgspec.Struct, frozen=True, gc=False):
     """One ``07-0013`` line inside an :class:`EventsRecord`: a :class:`Line` with its client address."""
 
     ip: str
@@ -320,10 +320,14 @@ _reports_decoder: msgspec.json.Decoder[ReportsRecord] = msgspec.json.Decoder(Rep
 _event_decoder = msgspec.json.Decoder(Event)
 
 
-class _AnyLine(msgspec.Struct, frozen=True):
+LinePort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+"""A client's port on an events line: 0 is a port a fail2ban filter did not capture (checked on decode)."""
+
+
+class _AnyLine(msgspec.Struct, frozen=True, gc=False):
     id: str
     ts: Time
-    port: int
+    port: LinePort
     client: str
     reason: str
     raw: str = ""
@@ -341,6 +345,10 @@ class _AnyEvents(msgspec.Struct, frozen=True):
 
 
 _any_events_decoder = msgspec.json.Decoder(_AnyEvents)
+
+CANONICAL_SEEN_MAX: Final = 200_000
+"""Addresses of events lines already found canonical that the decoder remembers (cleared when full)."""
+_canonical_seen: set[str] = set()
 
 
 def encode(record: msgspec.Struct) -> bytes:
@@ -388,20 +396,20 @@ def _decode_events_any(data: bytes | str | None) -> _AnyEvents:
         raise ContractError(f"events record: {exc}") from None
     if not rec.lines:
         raise ContractError("events record: no lines")
-    v = rec.v
+    v = rec.v  # ports were checked by the decoder (LinePort)
     if v == EVENTS_VERSION:
-        seen: str | None = None
-        for ln in rec.lines:
-            ip = ln.ip
-            if ip != seen:  # runs of one address are common: check each run once
-                _check_canonical(ip, normalize_ip, "events record")
-                seen = ip
-            _check_port(ln.port, "events record", unknown_ok=True)
+        known = _canonical_seen
+        if not known.issuperset({ln.ip for ln in rec.lines}):  # most addresses were seen already
+            for ln in rec.lines:
+                ip = ln.ip
+                if ip not in known:
+                    _check_canonical(ip, normalize_ip, "events record")
+                    if len(known) >= CANONICAL_SEEN_MAX:
+                        known.clear()
+                    known.add(ip)
     elif v == 1:
         ip = rec.ip
         _check_canonical(ip, normalize_ip, "events record")
-        for ln in rec.lines:
-            _check_port(ln.port, "events record", unknown_ok=True)
         rec.lines[:] = [msgspec.structs.replace(ln, ip=ip) for ln in rec.lines]
     elif v > EVENTS_VERSION:
         raise ContractError(f"events record: schema version {v} is newer than {EVENTS_VERSION}")
@@ -831,6 +839,41 @@ def events_key(address: str, prefix_v6: int) -> str:
 def events_partition(address: str, partitions: int, prefix_v6: int) -> int:
     """The ``events`` partition of an address or target (:func:`events_key`, then :func:`partition_for`)."""
     return partition_for(events_key(address, prefix_v6), partitions)
+
+
+PARTITION_CACHE_MAX: Final = 200_000
+"""Addresses whose partition an :class:`EventsPartitions` remembers by default (cleared when full)."""
+
+
+class EventsPartitions:
+    """:func:`events_partition` for one ``events`` topic (its partition count and ``partition_prefix_v6``),
+    remembered per address: what a shipper groups lines by and a worker checks records against. The
+    cache holds at most ``limit`` addresses (cleared when full)."""
+
+    __slots__ = ("_cache", "limit", "partitions", "prefix_v6")
+
+    def __init__(self, partitions: int, prefix_v6: int, limit: int = PARTITION_CACHE_MAX) -> None:
+        self.partitions = partitions
+        self.prefix_v6 = prefix_v6
+        self.limit = limit
+        self._cache: dict[str, int] = {}
+
+    def of(self, address: str) -> int:
+        """The partition of one address or target."""
+        cache = self._cache
+        p = cache.get(address)
+        if p is None:
+            if len(cache) >= self.limit:
+                cache.clear()
+            p = cache[address] = events_partition(address, self.partitions, self.prefix_v6)
+        return p
+
+    def each(self, addresses: list[str]) -> list[int]:
+        """The partitions of many addresses, in order (one lookup in C when all are remembered)."""
+        got = list(map(self._cache.get, addresses))
+        if None in got:
+            return [self.of(a) for a in addresses]
+        return got  # type: ignore[return-value]  # no None left
 
 
 # -------------------------------------------------------------------------------------------- ids

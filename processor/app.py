@@ -64,13 +64,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from fleet2ban.contract import TopicSpec, events_partition, partition_for
+from fleet2ban.contract import PARTITION_CACHE_MAX, TopicSpec, events_partition, partition_for
 from fleet2ban.identity import Verifier
 from fleet2ban.kafka import Cluster, ensure_topics_quietly
 from fleet2ban.settings import Settings
 from processor import faust_adapter as fa
 from processor.agents import Agents, AllowFollower
-from processor.driver import MAX_RECORD_BYTES, PARTITION_CACHE_MAX, Processor, StateStore
+from processor.driver import MAX_RECORD_BYTES, Processor, StateStore
 from processor.periodic import STALL_S, Periodic, stalled
 from processor.policy import Policy
 from processor.publish import Publisher, outputs_to_records

@@ -18,17 +18,19 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Protocol, runtime_checkable
 
 from fleet2ban.allowlist import AllowList
 from fleet2ban.contract import (
+    PARTITION_CACHE_MAX,
     AllowEntry,
     ContractError,
     Decision,
     Event,
+    EventsPartitions,
     decode_decision,
     decode_events,
-    events_partition,
     from_epoch,
     normalize_target,
     target_network,
@@ -47,6 +49,7 @@ from processor.policy import (
 )
 
 log = logging.getLogger("fleet2ban.processor")
+_event_time = attrgetter("ts")
 rlog = RateLimitedLog(log)
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024
@@ -67,10 +70,6 @@ class StateStore(Protocol):
     def __delitem__(self, key: bytes, /) -> None: ...
 
     def keys(self) -> Iterable[bytes]: ...
-
-
-PARTITION_CACHE_MAX = 200_000
-"""Addresses whose partition a worker remembers (cleared when full)."""
 
 
 # ------------------------------------------------------------------------------------- the processor
@@ -162,17 +161,15 @@ class Processor(Driver):
     changes no durable state costs no table lookup."""
     verifier: Verifier | None = None
     """Checks each events record's host signature (DESIGN §8): one that does not verify changes nothing."""
-    _parts: dict[str, int] = field(default_factory=dict, repr=False)
+    _parts: EventsPartitions = field(init=False, repr=False)
     _next_sweep: float = 0.0
 
+    def __post_init__(self) -> None:
+        self._parts = EventsPartitions(self.partitions, self.prefix_v6, PARTITION_CACHE_MAX)
+
     def partition_of(self, ip: str) -> int:
-        """The events partition of an address or target (cached ``events_partition``)."""
-        p = self._parts.get(ip)
-        if p is None:
-            if len(self._parts) >= PARTITION_CACHE_MAX:
-                self._parts.clear()
-            p = self._parts[ip] = events_partition(ip, self.partitions, self.prefix_v6)
-        return p
+        """The events partition of an address or target (``contract.EventsPartitions``)."""
+        return self._parts.of(ip)
 
     def _get(self, target: str) -> TargetState | None:
         state = self.live.get(target)
@@ -249,7 +246,7 @@ class Processor(Driver):
             events = self._in_partition(events, partition, key, replay)
             if not events:
                 return
-            newest = max(ev.ts for ev in events).timestamp()
+            newest = max(map(_event_time, events)).timestamp()
             if newest > self.watermarks.get(partition, NEG_INF):
                 self.watermarks[partition] = newest
         self.feed_record(events, out)
@@ -303,15 +300,8 @@ class Processor(Driver):
         self, events: list[Event], partition: int, key: bytes | None, replay: bool
     ) -> list[Event]:
         """``events`` without the lines whose addresses belong to another partition (refused, counted)."""
-        part_of = self.partition_of
-        ip = None
-        ok = True
-        misrouted = 0
-        for ev in events:
-            if ev.ip != ip:
-                ip = ev.ip
-                ok = part_of(ip) == partition
-            misrouted += not ok
+        parts = self._parts.each([ev.ip for ev in events])
+        misrouted = len(parts) - parts.count(partition)
         if not misrouted:
             return events
         if not replay:
@@ -324,7 +314,7 @@ class Processor(Driver):
             partition,
             key,
         )
-        return [ev for ev in events if part_of(ev.ip) == partition]
+        return [ev for ev, p in zip(events, parts, strict=True) if p == partition]
 
     def on_allow_record(
         self,

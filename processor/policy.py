@@ -79,7 +79,8 @@ import time
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from operator import itemgetter
+from itertools import groupby
+from operator import attrgetter, itemgetter
 
 import msgspec
 
@@ -303,6 +304,8 @@ class Jail:
 
     def target(self, ip: str) -> str | None:
         """The ban target of an address in this jail, or None when ``ignoreip`` covers it."""
+        if not self.ignore and (self.prefix_v6 >= 128 or ":" not in ip):
+            return ip  # nothing to match nor widen: the address itself, without parsing it
         addr = ipaddress.ip_address(ip)
         for net in self.ignore:
             if addr.version == net.version and addr in net:
@@ -334,6 +337,9 @@ class Route:
 
 
 _ts_key = itemgetter(0)
+_ts_attr = attrgetter("ts")
+_ip_key = attrgetter("ip")
+_id_key = itemgetter(1)
 
 _hosts_decoder = msgspec.json.Decoder(list[str])
 
@@ -468,18 +474,19 @@ class Policy:
         if r is None:
             norm = normalize_ip(ip)
             targets: dict[str, list[Jail]] = {}
-            ignored = allowed = 0
+            ignoreip = refused = allowed = 0
             rails = self.rails
             for j in self.event_jails:
                 t = j.target(norm)
-                if t is None or (rails is not None and rails.refusal(j.name, t) is not None):
-                    ignored += 1  # ignoreip, or a target no enforcer would ban (counted apart below)
+                if t is None:
+                    ignoreip += 1
+                elif rails is not None and rails.refusal(j.name, t) is not None:
+                    refused += 1  # a target no enforcer would ban
                 elif self.allowed(j.name, t) is not None:
-                    ignored += 1
                     allowed += 1
                 else:
                     targets.setdefault(t, []).append(j)
-            refused = ignored - allowed - sum(1 for j in self.event_jails if j.target(norm) is None)
+            ignored = ignoreip + refused + allowed
             r = Route(norm, {t: tuple(js) for t, js in targets.items()}, ignored, refused, allowed)
             if len(self._routes) > 100_000:
                 self._routes.clear()
@@ -513,28 +520,16 @@ class Policy:
         :meth:`process`; events of different addresses meet no common state unless they share a target
         (an IPv6 prefix), and then they reach it in the record's order."""
         events = self._bounded(events)
-        n = len(events)
-        if not n:
-            return
         routed = self._routed
-        start = 0
-        ip = events[0].ip
-        for i in range(1, n):
-            nxt = events[i].ip
-            if nxt != ip:
-                routed(get, put, ip, events[start:i], out)
-                start, ip = i, nxt
-        routed(get, put, ip, events[start:] if start else events, out)
+        for ip, run in groupby(events, _ip_key):  # the runs, found in C
+            routed(get, put, ip, list(run), out)
 
     def _bounded(self, events: Sequence[Event]) -> Sequence[Event]:
         """``events`` without those dated beyond ``max_future_s`` ahead of the clock (counted apart)."""
-        if self.max_future_s == math.inf:
+        if self.max_future_s == math.inf or not events:
             return events
         limit = self.future_limit()
-        for ev in events:
-            if ev.ts.timestamp() > limit:
-                break
-        else:
+        if max(map(_ts_attr, events)).timestamp() <= limit:  # the common case, in C
             return events
         c = self.counters
         kept = []
@@ -617,15 +612,13 @@ class Policy:
             return
         window = js.window
         ev_id = ev.id
-        if window:
+        if window and t <= window[-1][0]:
             # a duplicate line has the id, hence the time, of one already counted: look at equal times
+            # (none when ``t`` is newer than the window, the common case)
             i = bisect_left(window, (t,))
-            n = len(window)
-            while i < n and window[i][0] == t:
-                if window[i][1] == ev_id:
-                    c.duplicates += 1
-                    return
-                i += 1
+            if window[i][0] == t and ev_id in map(_id_key, window[i : bisect_right(window, (t, _HI), i)]):
+                c.duplicates += 1
+                return
         c.failures += 1
         raw = ev.raw
         failure: Failure = (t, ev_id, ev.host, raw if len(raw) <= RAW_LINE_MAX else raw[:RAW_LINE_MAX])

@@ -42,10 +42,10 @@ from fleet2ban import __version__
 from fleet2ban.contract import (
     EVENTS_RECORD_MAX_BYTES,
     AddressLine,
+    EventsPartitions,
     EventsRecord,
     Heartbeat,
     encode,
-    events_partition,
     from_epoch,
     utcnow,
 )
@@ -160,7 +160,8 @@ LINE_OVERHEAD = 192
 generously: the estimate of a record's size stays above its real size for ASCII text."""
 
 PARTITION_CACHE_MAX = 100_000
-"""Addresses whose partition the shipper remembers (cleared when full)."""
+"""Addresses whose partition the shipper remembers (cleared when full; fewer than a worker's
+``contract.PARTITION_CACHE_MAX``: one host sees fewer addresses, and its footprint is small)."""
 
 
 class Batcher:
@@ -198,10 +199,8 @@ class Batcher:
         """The interval for batches opened now: the base one, or longer after a large round."""
         self.max_lines = max_lines
         self.max_bytes = max_bytes
-        self.partitions = partitions
-        self.prefix_v6 = prefix_v6
-        self.parts: dict[str, int] = {}
-        """Cache: address -> its events partition."""
+        self.parts = EventsPartitions(partitions, prefix_v6, PARTITION_CACHE_MAX)
+        """Each address's events partition (remembered)."""
         self.open_batches: dict[int, Pending] = {}
         # Opening order. A batch that went out full stays here until it reaches the front and is
         # skipped: popping from the front of a deque stays O(1).
@@ -212,13 +211,18 @@ class Batcher:
         self.rounds = 0
         self._next_rid = 0
 
+    @property
+    def partitions(self) -> int:
+        """The partition count lines are grouped by."""
+        return self.parts.partitions
+
+    @partitions.setter
+    def partitions(self, n: int) -> None:
+        """Group by ``n`` partitions from now on (each address's partition is found afresh)."""
+        self.parts = EventsPartitions(n, self.parts.prefix_v6, PARTITION_CACHE_MAX)
+
     def partition_of(self, ip: str) -> int:
-        p = self.parts.get(ip)
-        if p is None:
-            if len(self.parts) >= PARTITION_CACHE_MAX:
-                self.parts.clear()
-            p = self.parts[ip] = events_partition(ip, self.partitions, self.prefix_v6)
-        return p
+        return self.parts.of(ip)
 
     def open(self, partition: int, key: bytes, pos: Pos, now: float) -> Pending:
         """A new open batch for ``partition`` (which has none), its first line (address ``key``) at ``pos``."""
@@ -985,7 +989,6 @@ class Shipper:
             for b in self.batcher.drain():  # grouped by the old count: sent as they are
                 self._send(b)
             self.batcher.partitions = n
-            self.batcher.parts.clear()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Unhealthy after a minute without delivery, except when the broker refuses this host's clock:

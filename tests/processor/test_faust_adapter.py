@@ -41,5 +41,8 @@ def test_a_dict_and_a_faust_table_are_state_stores() -> None:
     table = fa.create_table(app, "targets", 4, lambda _key: 3)
     assert isinstance({}, StateStore) and isinstance(table, StateStore)
     assert table.partition_for_key(b"10.0.0.1") == 3  # the contract's partition, not aiokafka's
+    assert table.get(b"10.0.0.1") is None and table.get(b"10.0.0.1", b"-") == b"-"
+    table.data[b"10.0.0.2"] = b"x"  # as a recovered changelog entry is (no changelog write here)
+    assert table.get(b"10.0.0.2") == b"x" and b"10.0.0.2" in table
     app.on_init_dependencies()  # what starting the app does: its sensors registered
     assert [type(s).__name__ for s in app.sensors] == ["Sensor"]  # a no-op sensor, no Monitor
