@@ -20,10 +20,11 @@ from processor.app import murmur2_partition
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-KILL_9_BOUND_S = 30.0
-"""Asserted generously. Measured on a loaded 2-core machine: 10.0-11.5 s (the 6 s session timeout, the
-rebalance, ~3-4 s of Faust's table recovery before the first record, the rebuild), 21.5 s once when Faust
-dropped the survivor's first fetch and the stall watchdog re-sought it after its 10 s."""
+KILL_9_BOUND_S = 45.0
+"""Asserted generously (a liveness bound, not a speed figure). Measured on a loaded 2-core machine:
+10.0-11.5 s (the 6 s session timeout, the rebalance, ~3-4 s of Faust's table recovery before the first
+record, the rebuild), 21.5 s once when Faust dropped the survivor's first fetch and the stall watchdog
+re-sought it after its 10 s, 30.1 s once at load average 8-15 (three benchmarks beside the test)."""
 SIGTERM_BOUND_S = 20.0
 """Measured 3.1-5.6 s (no session timeout: the stopped worker leaves the group)."""
 STALL_S = 90.0
