@@ -55,11 +55,15 @@ report each; 10,000 reports cost 2-3 times the CPU (process, brokers) and 0.1-0.
 to hand over, against 0.1 s with 1 ms (measured against a local one-node Kafka)."""
 DRAIN_RECORDS = 500
 """Records taken from the consumer per poll (the batch's time bound is checked between polls)."""
-DRAIN_MAX_S = 0.05
-"""How long one batch is read before it is reconciled (when records keep coming). A flood is applied in
-slices that overlap its arrival, so when its last record is read only the last slice is left to apply
-(0.25 s let 10,000 bans published at once pile up into one reconcile of all of them after the last one
-arrived); a reconcile costs what changed, so slicing costs little (a transaction, a report flush)."""
+DRAIN_MIN_S = 0.05
+DRAIN_MAX_S = 0.25
+"""How long one batch is read before it is reconciled, when records keep coming: as long as the last
+incremental reconcile took, within [DRAIN_MIN_S, DRAIN_MAX_S]. A flood is applied in slices that overlap
+its arrival, so when its last record is read only the last slice is left to apply (a fixed 0.25 s let
+10,000 bans published at once pile up into one reconcile of all of them after the last one arrived). A
+reconcile costs what changed, plus a fixed part (a transaction; for ipset above 64 changes a fork of
+``ipset restore``, which on a loaded host took 0.1-0.2 s for a few hundred entries): reading for as long
+as the last one took keeps that part at most about half of the time."""
 DRAIN_MAX_RECORDS = 50_000
 """At most this many records per batch (the initial read of the topic is not reconciled until its end)."""
 
@@ -85,6 +89,8 @@ class Agent:
         self._last_full_ok: float | None = None
         self._last_error: str | None = None
         self._ingested = 0
+        self._last_apply_s = 0.0
+        """How long the last incremental reconcile took (it bounds how long the next batch is read)."""
         self._first_read = 0.0
         """perf_counter() when the first record of the batch being read was fed."""
         self._received: list[float] = []
@@ -225,7 +231,7 @@ class Agent:
         self._ingested = 0
         try:
             reader.poll(0.2, DRAIN_RECORDS)
-            deadline = time.monotonic() + DRAIN_MAX_S
+            deadline = time.monotonic() + min(DRAIN_MAX_S, max(DRAIN_MIN_S, self._last_apply_s))
             while self._ingested and time.monotonic() < deadline and self._ingested < DRAIN_MAX_RECORDS:
                 if not reader.poll(0, DRAIN_RECORDS):
                     break
@@ -256,6 +262,8 @@ class Agent:
                 outcome.failed,
                 outcome.seconds,
             )
+        if not full:
+            self._last_apply_s = outcome.seconds
         if full:
             self._last_full_ok = time.monotonic()
             self._last_error = None
