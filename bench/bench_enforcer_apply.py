@@ -410,6 +410,7 @@ def run_backend(
             producer.poll(0)
         producer.flush(30)
         lifted = wait_count(host, backend, 0, timeout=300) - t1
+        time.sleep(1.0)  # the lifting batch's reports and observations are done: not counted below
         before = scrape(host)
         delays = enforce_delays(cluster, consumer, topics, singles, proc)
         after = scrape(host)
