@@ -11,6 +11,9 @@ End to end (``--e2e``) runs the real pipeline: a local 3-node Kafka, a test flee
 ``fleet2ban enforcer`` as its own process, reached through the fleet's loopback forwarder. Once the
 enforcer has read the (empty) topic and sent a heartbeat, N ban records are produced; the clock stops when
 the system tools (``ipset list -t`` / ``iptables-legacy -S``) show N entries. Then N tombstones, until 0.
+Then ``--delays`` bans one at a time (decision time -> applied report time), split by the enforcer's own
+metrics, scraped around them, into its own share (reading the batch to its reports produced) and the
+Kafka hop (the record's timestamp to the enforcer reading it).
 References measured in the same run: the raw tools on the same N entries (``ipset restore``; python-iptables
 build + one commit), and the ipset backend. Target (issue 6): ipset under 2 s for 10,000.
 
@@ -44,6 +47,38 @@ from fleet2ban.kafka import Cluster, consumer_config, ensure_topics, producer_co
 from fleet2ban.settings import KafkaSettings
 
 FLEET2BAN = str(Path(sys.executable).with_name("fleet2ban"))
+METRICS_PORT = 9464
+"""The enforcer's /metrics inside its host (scraped around the one-at-a-time bans: its own share)."""
+OWN = "fleet2ban_enforcer_live_batch_seconds"
+HOP = "fleet2ban_enforcer_bans_receive_seconds"
+Buckets = dict[str, list[tuple[float, float]]]
+"""Histogram name -> its cumulative buckets, (le, count), from one scrape."""
+
+
+def scrape(host: Host) -> Buckets:
+    """The enforcer's histograms OWN and HOP ({} when it does not serve them: an older tree)."""
+    out = host.run(
+        ["curl", "-s", "-m", "5", f"http://127.0.0.1:{METRICS_PORT}/metrics"], capture_output=True, text=True
+    )
+    got: Buckets = {}
+    for line in out.stdout.splitlines():
+        for name in (OWN, HOP):
+            if line.startswith(f'{name}_bucket{{le="'):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                got.setdefault(name, []).append((float(le), float(line.rsplit(" ", 1)[1])))
+    return got
+
+
+def bucket_quantile(before: Buckets, after: Buckets, name: str, q: float) -> float | None:
+    """The upper bound of the bucket holding quantile ``q`` of what was observed between two scrapes."""
+    if name not in after:
+        return None
+    old = dict(before.get(name, []))
+    delta = [(le, n - old.get(le, 0.0)) for le, n in after[name]]
+    total = delta[-1][1] if delta else 0.0
+    if total <= 0:
+        return None
+    return next(le for le, n in delta if n >= q * total)
 
 
 def targets(n: int) -> list[str]:
@@ -301,6 +336,9 @@ def raw_iptc(host: Host, ips: list[str]) -> float:
     return took
 
 
+Result = tuple[float, float, float, list[float], dict[str, float | None]]
+
+
 def run_backend(
     backend: str,
     n: int,
@@ -311,11 +349,12 @@ def run_backend(
     code: Path | None = None,
     tag: str = "",
     singles: int = 0,
-) -> tuple[float, float, float, list[float]]:
+) -> Result:
     """(seconds from the first record produced to all ``n`` in the kernel, to all gone after the
     tombstones, to the producer's flush of the bans; then, for ``singles`` bans published one at a time,
-    each one's enforce delay: its decision time to the time of its ``applied`` report); ``code``: run the
-    enforcer of that tree."""
+    each one's enforce delay: its decision time to the time of its ``applied`` report; and of those, the
+    enforcer's own share and the Kafka hop by its metrics, p50 and p99 as bucket bounds); ``code``: run
+    the enforcer of that tree."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
     from fleet2ban.contract import BanState, ban_key, decode_report, encode, partition_for, utcnow
@@ -328,7 +367,10 @@ def run_backend(
     argv = [FLEET2BAN, "-b", bootstrap, "--topic-prefix", topics.prefix, "enforcer", "--backend", backend]
     env = None if code is None else {**os.environ, "PYTHONPATH": str(code)}
     proc = host.popen(
-        [*argv, "--host", "h1", "--reconcile-interval", "3600"], stdout=log, stderr=log, env=env
+        [*argv, "--host", "h1", "--reconcile-interval", "3600", "--metrics-port", str(METRICS_PORT)],
+        stdout=log,
+        stderr=log,
+        env=env,
     )
     try:
         consumer = Consumer(consumer_config(cluster))
@@ -368,7 +410,16 @@ def run_backend(
             producer.poll(0)
         producer.flush(30)
         lifted = wait_count(host, backend, 0, timeout=300) - t1
-        return applied, lifted, published, enforce_delays(cluster, consumer, topics, singles, proc)
+        time.sleep(1.0)  # the lifting batch's reports and observations are done: not counted below
+        before = scrape(host)
+        delays = enforce_delays(cluster, consumer, topics, singles, proc)
+        after = scrape(host)
+        own = {
+            f"{what} p{int(q * 100)}": bucket_quantile(before, after, name, q)
+            for what, name in (("own", OWN), ("hop", HOP))
+            for q in (0.5, 0.99)
+        }
+        return applied, lifted, published, delays, own
     finally:
         consumer.close()
         proc.terminate()
@@ -518,8 +569,8 @@ def main(argv: list[str]) -> int:
         ref_ipset = raw_ipset(host, ips)
         ref_iptc = raw_iptc(host, ips)
         ref_nft = raw_nft(host, ips)
-        results: dict[str, tuple[float, float, float, list[float]]] = {}
-        before: dict[str, tuple[float, float, float, list[float]]] = {}
+        results: dict[str, Result] = {}
+        before: dict[str, Result] = {}
         for i, b in enumerate(backends):
             if args.before is not None:
                 before[b] = run_backend(
@@ -546,7 +597,7 @@ def main(argv: list[str]) -> int:
     )
     rows = [(f"enforcer, backend {b}", b, r, before.get(b)) for b, r in results.items()]
     rows += [(f"before: enforcer, backend {b}", b, r, None) for b, r in before.items()]
-    for what, b, (applied, lifted, published, _), ref in rows:
+    for what, b, (applied, lifted, published, _, _), ref in rows:
         raw = {"ipset": ref_ipset, "nftables": ref_nft}.get(b, ref_iptc)
         vs = f"{applied / ref[0]:.2f}" if ref is not None else ""
         print(
@@ -558,7 +609,7 @@ def main(argv: list[str]) -> int:
     print(f"{'raw: python-iptables, one commit':<34} {ref_iptc:>9.3f} {pad} {args.bans / ref_iptc:>10.0f}")
     print(f"{'raw: nft -f (one batch)':<34} {ref_nft:>9.3f} {pad} {args.bans / ref_nft:>10.0f}")
     print("apply s: from the first record produced to all in the kernel; publish s: to the producer's flush")
-    for b, (applied, _, _, _) in results.items():
+    for b, (applied, _, _, _, _) in results.items():
         print(
             f"target {b} < 0.5 s for {args.bans}: {'met' if applied < 0.5 else 'NOT met'} ({applied:.3f} s)"
         )
@@ -577,6 +628,16 @@ def main(argv: list[str]) -> int:
             p50, p99 = percentile(r[3], 50), percentile(r[3], 99)
             ok = p50 < 0.003 and p99 < 0.010
             print(f"target {b} p50 < 3 ms, p99 < 10 ms: {'met' if ok else 'NOT met'}")
+        print(
+            "\nof which (the enforcer's histograms, bucket upper bounds, ms): own = reading the batch to its"
+            " reports produced;\nhop = the bans record's timestamp to the enforcer reading it (Kafka)\n"
+        )
+        print(f"{'what':<34} {'own p50':>8} {'own p99':>8} {'hop p50':>8} {'hop p99':>8}")
+        orows = [(f"enforcer, backend {b}", r[4]) for b, r in results.items()]
+        orows += [(f"before: enforcer, backend {b}", r[4]) for b, r in before.items()]
+        for what, own in orows:
+            cells = [own.get(k) for k in ("own p50", "own p99", "hop p50", "hop p99")]
+            print(f"{what:<34} " + " ".join(f"{'-' if c is None else f'<={c * 1e3:g}':>8}" for c in cells))
     if "ipset" in results:
         ok = results["ipset"][0] < 2.0
         print(f"\ntarget ipset < 2 s for 10,000: {'met' if ok else 'NOT met'} ({results['ipset'][0]:.2f} s)")

@@ -26,6 +26,7 @@ from enforcer.metrics import (
     RECONCILES,
     WANTED,
     action,
+    observe_many,
 )
 from enforcer.plan import (
     Changes,
@@ -105,6 +106,8 @@ class Enforcer:
         """What is believed to be in the kernel: key -> when its kernel timeout runs out (None: never)."""
         self.outbox: list[Report] = []
         self.counters: CounterDict[str] = CounterDict()
+        self._unmetered: CounterDict[str] = CounterDict()
+        """Reports queued and not yet counted in the actions metric (:meth:`_meter`)."""
         self.live = False
         """Set once the topic was read to its end: from then on decision-to-applied delays are observed."""
         self._reported: dict[Key, str] = {}
@@ -186,6 +189,7 @@ class Enforcer:
         self.counters["invalid"] += 1
         rlog.warning("invalid", "skipping an invalid bans record: %s", error)
         self._report("skipped", jail, target, None, f"invalid record: {error}")
+        self._meter()
 
     # -- reports
 
@@ -198,9 +202,10 @@ class Enforcer:
         detail: str | None,
         at: datetime | None = None,
     ) -> None:
-        """Queue one report; ``at``: when it happened (a batch reads the clock once), default now."""
-        action(kind).inc()
+        """Queue one report; ``at``: when it happened (a batch reads the clock once), default now. The
+        actions metric is brought up to date once per batch (:meth:`_meter`)."""
         self.counters[kind] += 1
+        self._unmetered[kind] += 1
         self.outbox.append(
             Report(
                 host=self.host,
@@ -213,6 +218,12 @@ class Enforcer:
                 backend=self.backend.name,
             )
         )
+
+    def _meter(self) -> None:
+        """Count the reports queued since the last call in the actions metric (one increment per kind)."""
+        for kind, n in self._unmetered.items():
+            action(kind).inc(n)
+        self._unmetered.clear()
 
     def take_reports(self) -> list[Report]:
         out, self.outbox = self.outbox, []
@@ -325,6 +336,7 @@ class Enforcer:
         self._report_refusals(desired.refused, keys)
         self._track_renewals(desired.wants, keys)
         self._kept_for = (self.rails, known)
+        self._meter()
         self._observe(desired, full)
         evaluated = None if keys is None else len(keys)
         return Outcome(changes, len(failures), corrections, time.perf_counter() - started, evaluated)
@@ -398,23 +410,33 @@ class Enforcer:
                 continue
             self.applied.pop(delete.key, None)
             self._removed(delete.key, now, desired, done)
+        applied, reported, bans, live = self.applied, self._reported, self.bans, self.live
+        deadlines: dict[int, datetime] = {}  # kernel deadline per timeout: a burst shares a few
+        delays: list[float] = []
         for add in changes.adds:
-            if add.key in failed:
-                mark = (add.key, add.decision_id)
+            key = (add.jail, add.target)
+            if failed and key in failed:
+                mark = (key, add.decision_id)
                 if mark not in self._failures_reported:
                     self._failures_reported.add(mark)
-                    self._report("failed", add.jail, add.target, add.decision_id, failed[add.key])
-                rlog.error(
-                    "apply", "could not apply %s in jail %s: %s", add.target, add.jail, failed[add.key]
-                )
+                    self._report("failed", add.jail, add.target, add.decision_id, failed[key])
+                rlog.error("apply", "could not apply %s in jail %s: %s", add.target, add.jail, failed[key])
                 continue
-            self.applied[add.key] = None if add.timeout is None else now + timedelta(seconds=add.timeout)
-            if self._reported.get(add.key) != add.decision_id:
-                self._reported[add.key] = add.decision_id
+            timeout = add.timeout
+            if timeout is None:
+                applied[key] = None
+            else:
+                deadline = deadlines.get(timeout)
+                if deadline is None:
+                    deadline = deadlines[timeout] = now + timedelta(seconds=timeout)
+                applied[key] = deadline
+            if reported.get(key) != add.decision_id:
+                reported[key] = add.decision_id
                 self._report("applied", add.jail, add.target, add.decision_id, None, done)
-                ban = self.bans.get(add.key)
-                if self.live and ban is not None:
-                    DELAY_SECONDS.observe(max(0.0, (done - ban.at).total_seconds()))
+                ban = bans.get(key)
+                if live and ban is not None:
+                    delays.append(max(0.0, (done - ban.at).total_seconds()))
+        observe_many(DELAY_SECONDS, delays)
 
     def _report_refusals(self, refused: dict[Key, Refusal], keys: set[Key] | None) -> None:
         """Report each refusal (of ``keys``, or all) once per decision, in (jail, target) order."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import Counter as Tally
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -28,6 +31,12 @@ RECEIVE_SECONDS = Histogram(
     " the Kafka hop of the enforce stage (clocks of two hosts)",
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+HANDLE_SECONDS = Histogram(
+    "fleet2ban_enforcer_live_batch_seconds",
+    "from reading the first record of a live batch of bans records to its reports handed to the producer"
+    " (reading the batch, the reconcile, the reports): what the enforcer itself adds to the enforce stage",
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 CORRECTIONS = Counter(
     "fleet2ban_enforcer_reconcile_corrections_total",
     "drift a full reconcile found and repaired",
@@ -47,3 +56,22 @@ def action(kind: str) -> Any:
     if child is None:
         child = _ACTION_BY_KIND[kind] = ACTIONS.labels(kind)
     return child
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """``histogram.observe(a)`` for every ``a``, with one increment per bucket touched and one of the sum:
+    a batch of 10,000 bans observed one by one took a lock three times each (about 2 us a ban). Uses the
+    histogram's buckets as prometheus_client keeps them (``_upper_bounds``, ``_buckets``, ``_sum``; the
+    version is locked, and a test compares this with ``observe``)."""
+    bounds = histogram._upper_bounds
+    counts: Tally[int] = Tally()
+    total = 0.0
+    for amount in amounts:
+        counts[bisect_left(bounds, amount)] += 1  # the first bound >= amount, as observe's scan finds
+        total += amount
+    if not counts:
+        return
+    histogram._sum.inc(total)
+    buckets = histogram._buckets
+    for i, n in counts.items():
+        buckets[i].inc(n)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import socket
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -109,6 +110,21 @@ FAST_PATH_SPECIAL: Final[tuple[IPNetwork, ...]] = tuple(
 """A superset of the special-purpose ranges the rails refuse: an address outside these (and outside every
 protected network) is allowed without the full check. Kept a superset by a test against the rails."""
 
+
+def merged_ranges(ranges: Iterable[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Inclusive integer ranges merged where they overlap or touch: (sorted starts, their ends), for a
+    bisect (one lookup per address instead of a scan of every protected network)."""
+    starts: list[int] = []
+    ends: list[int] = []
+    for lo, hi in sorted(ranges):
+        if ends and lo <= ends[-1] + 1:
+            ends[-1] = max(ends[-1], hi)
+        else:
+            starts.append(lo)
+            ends.append(hi)
+    return starts, ends
+
+
 VERDICTS_MAX: Final = 1_000_000
 """Memoised rail verdicts per (jail, target); every full desired-state computation asks again for every
 ban in force."""
@@ -133,9 +149,10 @@ class Rails:
         default_factory=dict, compare=False, hash=False, repr=False
     )
     """Memo of :meth:`refusal` (the enforcer rebuilds its rails, hence forgets, at every full reconcile)."""
-    _ranges: dict[str, list[tuple[int, int, int]]] = field(
+    _ranges: dict[tuple[str, int], tuple[list[int], list[int]]] = field(
         default_factory=dict, compare=False, hash=False, repr=False
     )
+    """Per (jail, IP version): the fast path's excluded ranges merged, as sorted starts and their ends."""
 
     @classmethod
     def build(
@@ -176,13 +193,15 @@ class Rails:
             if str(addr) != target:  # not canonical (e.g. IPv4-mapped, upper case): the full check says so
                 return False
             value, version = int(addr), addr.version
-        ranges = self._ranges.get(jail)
+        ranges = self._ranges.get((jail, version))
         if ranges is None:
             nets = (*FAST_PATH_SPECIAL, *self.protect, *self.ignore.get(jail, ()))
-            ranges = self._ranges[jail] = [
-                (n.version, int(n.network_address), int(n.broadcast_address)) for n in nets
-            ]
-        return not any(v == version and lo <= value <= hi for v, lo, hi in ranges)
+            ranges = self._ranges[(jail, version)] = merged_ranges(
+                (int(n.network_address), int(n.broadcast_address)) for n in nets if n.version == version
+            )
+        starts, ends = ranges
+        i = bisect_right(starts, value) - 1
+        return i < 0 or value > ends[i]
 
     @property
     def alarm_at(self) -> int:

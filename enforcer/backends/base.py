@@ -13,8 +13,9 @@ import builtins
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
+
+import msgspec
 
 from enforcer.plan import Add, Delete, JailSpec, KernelEntry, Key
 from fleet2ban.settings import EnforcerSettings
@@ -23,8 +24,7 @@ CHAIN_NAME_MAX = 28  # XT_EXTENSION_MAXNAMELEN - 1
 SET_NAME_MAX = 31  # IPSET_MAXNAMELEN - 1
 
 
-@dataclass(frozen=True)
-class Failure:
+class Failure(msgspec.Struct, frozen=True, gc=False):
     """One staged change the kernel refused, with its error text."""
 
     jail: str

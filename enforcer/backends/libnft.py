@@ -118,7 +118,11 @@ class Nft:
     def run(self, commands: list[dict[str, Any]]) -> None:
         """Apply ``commands`` (JSON command objects) as one atomic transaction; NftError when refused."""
         if commands:
-            self._run(json.dumps({"nftables": commands}, separators=(",", ":")), OUTPUT_JSON)
+            # check_circular off: the commands are trees built afresh by the backend (a list may appear
+            # twice, never inside itself); the check's bookkeeping per dict and list was about a third of
+            # encoding a transaction of 10,000 elements (CPU 15 -> 10-12 ms)
+            text = json.dumps({"nftables": commands}, separators=(",", ":"), check_circular=False)
+            self._run(text, OUTPUT_JSON)
 
     def query(self, command: str, terse: bool = False) -> list[dict[str, Any]]:
         """A ``list ...`` command's JSON objects (without the metainfo object)."""

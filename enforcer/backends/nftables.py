@@ -71,20 +71,6 @@ class SetSpec:
         return ["interval", "timeout"] if self.nets else ["timeout"]
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One staged change, and whom to blame when the kernel refuses it."""
-
-    jail: str
-    target: str
-    set_name: str
-    value: Any
-    replace: bool
-    """Made present, then deleted, before ``elem`` (if any) is added: a removal or a renewal."""
-    elem: Any
-    """The element added last (with its timeout); None for a removal."""
-
-
 def element_value(target: str) -> Any:
     """The JSON form of a ban target: an address string, or a prefix object."""
     if "/" not in target:
@@ -155,7 +141,7 @@ class NftablesBackend(Backend):
         self._snapshot: tuple[float, list[dict[str, Any]]] | None = None
         self._counts: dict[str, int] = {}
         self._warned: set[str] = set()
-        self._set_names: dict[tuple[str, bool, bool], str] = {}
+        self._set_names: dict[str, tuple[str, ...]] = {}
 
     @property
     def nft(self) -> Nft:
@@ -409,39 +395,34 @@ class NftablesBackend(Backend):
                 cmds += [self._rule_cmd(spec, e) for e in self.rule_exprs(spec)]
         return cmds
 
-    def _units(self, adds: list[Add], deletes: list[Delete]) -> list[Unit]:
-        """One :class:`Unit` per staged change: its set, and whether it is first made present and
-        deleted (a removal, or a renewal), and the element it ends with (None for a removal)."""
-        units = []
-        set_for = self._set_for_cached
-        for d in deletes:
-            units.append(
-                Unit(d.jail, d.target, set_for(d.jail, d.target), element_value(d.target), True, None)
-            )
-        for a in adds:
-            value = element_value(a.target)
-            elem = value if a.timeout is None else {"elem": {"val": value, "timeout": a.timeout}}
-            units.append(Unit(a.jail, a.target, set_for(a.jail, a.target), value, a.renew, elem))
-        return units
-
     def _set_for_cached(self, jail: str, target: str) -> str:
-        key = (jail, ":" in target, "/" in target)
-        name = self._set_names.get(key)
-        if name is None:
-            name = self._set_names[key] = self.set_for(jail, target)
-        return name
+        """:meth:`set_for`, memoised per jail: an index by family and prefix, not a name built per ban."""
+        names = self._set_names.get(jail)
+        if names is None:
+            names = self._set_names[jail] = tuple(
+                self.set_name(jail, family, nets) for family in (4, 6) for nets in (False, True)
+            )
+        return names[(":" in target) * 2 + ("/" in target)]
 
-    def _batch(self, units: list[Unit]) -> list[dict[str, Any]]:
-        """The units as one transaction, merged per set: every element to remove or renew is first made
+    def _batch(self, changes: Sequence[Add | Delete]) -> list[dict[str, Any]]:
+        """The changes as one transaction, merged per set: every element to remove or renew is first made
         present (so its delete cannot fail), then deleted, then every element added with its timeout:
-        10,000 new bans are one ``add element``."""
+        10,000 new bans are one ``add element``. Built straight from the staged changes (no object per
+        change): the same function builds a whole commit and each half of a refused one."""
         present: dict[str, list[Any]] = {}
         final: dict[str, list[Any]] = {}
-        for u in units:
-            if u.replace:
-                present.setdefault(u.set_name, []).append(u.value)
-            if u.elem is not None:
-                final.setdefault(u.set_name, []).append(u.elem)
+        set_for = self._set_for_cached
+        for c in changes:
+            name = set_for(c.jail, c.target)
+            value = element_value(c.target)
+            if isinstance(c, Delete):
+                present.setdefault(name, []).append(value)
+                continue
+            if c.renew:
+                present.setdefault(name, []).append(value)
+            final.setdefault(name, []).append(
+                value if c.timeout is None else {"elem": {"val": value, "timeout": c.timeout}}
+            )
         cmds = [self._element_cmd("add", n, v) for n, v in present.items()]
         cmds += [self._element_cmd("delete", n, v) for n, v in present.items()]
         cmds += [self._element_cmd("add", n, v) for n, v in final.items()]
@@ -452,9 +433,9 @@ class NftablesBackend(Backend):
         if not adds and not deletes:
             return []
         self._snapshot = None
-        units = self._units(adds, deletes)
+        changes: list[Add | Delete] = [*deletes, *adds]
         try:
-            self.nft.run(self._batch(units))
+            self.nft.run(self._batch(changes))
             return []
         except NftError as exc:
             first = str(exc)
@@ -464,7 +445,7 @@ class NftablesBackend(Backend):
             try:
                 repairs = self.ensure()
                 self._snapshot = None
-                self.nft.run(self._batch(units))
+                self.nft.run(self._batch(changes))
                 log.warning(
                     "table %s %s was damaged (%s): %d repairs before this commit; the next full "
                     "reconcile re-adds the bans it held",
@@ -478,16 +459,18 @@ class NftablesBackend(Backend):
                 first = str(exc)
         failures: list[Failure] = []
         budget = [MAX_SPLIT_TRANSACTIONS]
-        self._split(units, first, failures, budget)
+        self._split(changes, first, failures, budget)
         return failures
 
-    def _split(self, units: list[Unit], error: str, failures: list[Failure], budget: list[int]) -> None:
-        """``units`` were refused together with ``error``: apply what the kernel accepts, collect the rest."""
-        if len(units) == 1 or budget[0] <= 0:
-            failures += [Failure(u.jail, u.target, f"nftables: {error}") for u in units]
+    def _split(
+        self, changes: list[Add | Delete], error: str, failures: list[Failure], budget: list[int]
+    ) -> None:
+        """``changes`` were refused together with ``error``: apply what the kernel accepts, collect the rest."""
+        if len(changes) == 1 or budget[0] <= 0:
+            failures += [Failure(c.jail, c.target, f"nftables: {error}") for c in changes]
             return
-        half = len(units) // 2
-        for part in (units[:half], units[half:]):
+        half = len(changes) // 2
+        for part in (changes[:half], changes[half:]):
             budget[0] -= 1
             try:
                 self.nft.run(self._batch(part))

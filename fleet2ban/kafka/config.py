@@ -77,6 +77,12 @@ def _common(settings: KafkaSettings, bootstrap: str) -> dict[str, Any]:
         "security.protocol": settings.security_protocol,
         "client.id": settings.client_id or f"fleet2ban-{socket.gethostname()}",
         "log.connection.close": False,
+        # TCP_NODELAY, as the brokers, the Java clients and asyncio (aiokafka: the processor) have it: with
+        # librdkafka's default (Nagle on) a small request written while an earlier one is unacknowledged
+        # waits for the broker's delayed ACK (up to 40 ms). librdkafka batches records itself (linger,
+        # batch size), so Nagle saves nothing here; a ban's record, its applied report, a shipper's lone
+        # line and every fetch are small requests that wait on each other
+        "socket.nagle.disable": True,
         # librdkafka's own log lines go through Python logging (greppable, one format), not raw stderr
         "logger": librdkafka_log,
     }

@@ -254,6 +254,8 @@ class TopicReader:
         finished: list[tuple[str, int]] = []
         kinds, since, until, done, stops = self._kinds, self._since_ms, self._until_ms, self._done, self._stop
         contains, on_record = self.value_contains, self.on_record
+        last_ms = -1  # the records of a batch share their millisecond: one datetime for each
+        last_ts: datetime | None = None
         for msg in msgs:
             err = msg.error()
             topic: str = msg.topic() or ""
@@ -276,7 +278,9 @@ class TopicReader:
                 if topic in until and ms > until[topic]:
                     self._finish(tp, finished)
                     continue
-                ts = datetime.fromtimestamp(ms / 1000.0, UTC)
+                if ms != last_ms:
+                    last_ms, last_ts = ms, datetime.fromtimestamp(ms / 1000.0, UTC)
+                ts = last_ts
             value = msg.value()
             if contains is None or (value is not None and contains in value):
                 if self.track_positions:

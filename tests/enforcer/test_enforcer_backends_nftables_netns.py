@@ -21,7 +21,7 @@ from enforcer_helpers import OTHER_PORT, PORT, FwFleet, fw, wait_for
 from enforcer.backends import make_backend
 from enforcer.backends.auto import Evidence, decide
 from enforcer.backends.libnft import clean_error
-from enforcer.backends.nftables import NftablesBackend, Unit, element_value, parse_element
+from enforcer.backends.nftables import NftablesBackend, element_value, parse_element
 from enforcer.core import Enforcer
 from enforcer.plan import Add, Delete, JailSpec, Rails
 from fleet2ban.contract import BanState, ban_key, encode, utcnow
@@ -68,13 +68,14 @@ def test_clean_error_keeps_the_message_only() -> None:
 
 def test_batch_merges_per_set_and_keeps_renewal_order() -> None:
     b = NftablesBackend(JAILS, EnforcerSettings())
-    units = b._units(
-        [Add("amps", "192.0.2.1", 4, 60), Add("amps", "192.0.2.2", 4, 90, renew=True)],
-        [Delete("amps", "192.0.2.3", 4), Delete("amps", "2001:db8::/64", 6)],
-    )
-    assert [u.target for u in units] == ["192.0.2.3", "2001:db8::/64", "192.0.2.1", "192.0.2.2"]
-    assert isinstance(units[0], Unit) and units[1].set_name == "f2b-amps-6-nets"
-    batch = b._batch(units)
+    changes: list[Add | Delete] = [
+        Delete("amps", "192.0.2.3", 4),
+        Delete("amps", "2001:db8::/64", 6),
+        Add("amps", "192.0.2.1", 4, 60),
+        Add("amps", "192.0.2.2", 4, 90, renew=True),
+    ]
+    assert b._set_for_cached("amps", "2001:db8::/64") == "f2b-amps-6-nets"
+    batch = b._batch(changes)
     steps = [
         (verb, body["element"]["name"], body["element"]["elem"]) for c in batch for verb, body in c.items()
     ]

@@ -218,6 +218,42 @@ def test_fast_path_agrees_with_the_rails(target: str) -> None:
         assert not full
 
 
+def test_fast_path_agrees_with_the_rails_at_every_range_edge() -> None:
+    # overlapping, nested and touching protected networks: merged into disjoint ranges for a bisect
+    protect = tuple(
+        ipaddress.ip_network(n)
+        for n in (
+            "10.0.0.0/24",
+            "10.0.0.128/25",
+            "10.0.1.0/24",
+            "10.0.3.7/32",
+            "2001:db8::/64",
+            "2001:db8::/48",
+        )
+    )
+    r = Rails(protect=protect, ignore={"amps": (ipaddress.ip_network("192.0.2.0/24"),)})
+    edges: list[str] = []
+    for net in (*protect, *FAST_PATH_SPECIAL, *r.ignore["amps"]):
+        cls = ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address
+        lo, hi = int(net.network_address), int(net.broadcast_address)
+        edges += [str(cls(v)) for v in (lo - 1, lo, hi, hi + 1) if 0 <= v < 2**net.max_prefixlen]
+    for target in edges:
+        full = check_target(target, protect=(*protect, *r.ignore["amps"]))
+        if r._clearly_allowed("amps", target):
+            assert not full, target
+        assert (r.refusal("amps", target) is None) == (not full), target
+
+
+def test_merged_ranges_are_disjoint_and_sorted() -> None:
+    from fleet2ban.rails import merged_ranges
+
+    assert merged_ranges([(5, 10), (1, 3), (4, 4), (20, 30), (25, 26), (12, 13)]) == (
+        [1, 12, 20],
+        [10, 13, 30],
+    )
+    assert merged_ranges([]) == ([], [])
+
+
 def test_fast_path_special_ranges_cover_the_rails_own() -> None:
     from fleet2ban import rails as rails_module
 
