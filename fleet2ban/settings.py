@@ -586,7 +586,26 @@ def read_config_file(path: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    bad = _non_text_key(loaded)
+    if bad is not None:
+        raise ConfigError(f"config file {path}: setting names must be text, not {bad}")
     return loaded
+
+
+def _non_text_key(node: Any, where: str = "") -> str | None:
+    """A key of the loaded YAML that is not a string (``?`` alone is a null key, ``1:`` an integer one),
+    said as "KEY (under PATH)"; None when every key is text."""
+    stack = [(node, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    return f"{str(k)[:40]} (under {at or 'the top level'})"
+                stack.append((v, f"{at}.{k}" if at else k))
+        elif isinstance(item, list):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item))
+    return None
 
 
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:

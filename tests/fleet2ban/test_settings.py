@@ -85,6 +85,13 @@ def test_bad_files(tmp_path: Path) -> None:
     scalar.write_text("just a string\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(scalar)
+    # a key that is not text, at any depth (found by the settings fuzz test: "?" alone is a null key)
+    for text, where in (("?\n", "None [(]under the top level"), ("kafka:\n  1: x\n", "1 [(]under kafka"),
+                        ("jails:\n  - name: a\n    ? \n", "None [(]under jails\\[0\\]")):  # fmt: skip
+        keyed = tmp_path / "keyed.yaml"
+        keyed.write_text(text)
+        with pytest.raises(ConfigError, match=f"setting names must be text, not {where}"):
+            load_settings(keyed)
 
 
 def test_env_names_cover_nested_settings() -> None:

@@ -276,6 +276,7 @@ def test_allow_records_fold_or_refuse(key: str, value: bytes | None) -> None:
 
 yaml_docs = st.one_of(
     nasty_text,
+    st.sampled_from(["?\n", "? [a]\n", "1: x\n", "kafka:\n  ? \n", "jails:\n  - {1: 2}\n"]),  # keys not text
     st.builds(lambda k, v: f"jails:\n  - name: amps\n    {k}: {v}\n",
               st.sampled_from(["bantime", "findtime", "maxretry", "ignoreip", "ports", "name", "reasons"]),
               st.one_of(nasty_text, st.sampled_from([".nan", ".inf", "-.inf", "1e12", "0", "-1", "*a", "[0.0.0.0/0]"]))),
