@@ -10,8 +10,10 @@ from __future__ import annotations
 import heapq
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 import typer
@@ -29,6 +31,9 @@ from fleet2ban.contract import Event
 from fleet2ban.exceptions import ConfigError
 from fleet2ban.safetext import json_safe, printable
 from fleet2ban.settings import JailSettings, Settings, format_validation_error, to_yaml
+
+if TYPE_CHECKING:
+    from processor.policy import Output
 
 _json = msgspec.json.Encoder()
 
@@ -64,6 +69,29 @@ def _by_jail(per_jail: dict[str, int]) -> str:
     return " (" + ",".join(f"{j}={n}" for j, n in sorted(per_jail.items())) + ")"
 
 
+@dataclass
+class _Tally:
+    """Writes each decision of a replay as a JSON line and counts them for the summary."""
+
+    write: Callable[[str], object]
+    bans: int = 0
+    unbans: int = 0
+    banned: set[str] = field(default_factory=set)
+    per_jail: dict[str, int] = field(default_factory=dict)
+
+    def emit(self, outputs: Iterable[Output]) -> None:
+        for o in outputs:
+            d = o.decision
+            self.write(_json.encode(d).decode())
+            self.write("\n")
+            if d.action == "ban":
+                self.bans += 1
+                self.banned.add(d.ip)
+                self.per_jail[d.jail] = self.per_jail.get(d.jail, 0) + 1
+            else:
+                self.unbans += 1
+
+
 @handle_errors
 def replay(
     ctx: typer.Context,
@@ -92,7 +120,7 @@ def replay(
     ``source: bans`` (repeat offenders, fail2ban's recidive) count the bans the other jails decide here.
     """
     from processor.engine import Engine
-    from processor.policy import Output, Policy
+    from processor.policy import Policy
     from shipper.parse import ParseStats, iter_file_events
 
     if config is not None:
@@ -129,37 +157,21 @@ def replay(
     out: list[Output] = []
     buffer = sys.stdout.buffer
 
-    def write(text: str) -> None:
-        buffer.write(json_safe(text.encode()))
-
-    n_ban = n_unban = 0
-    banned: set[str] = set()
-    per_jail: dict[str, int] = {}
+    tally = _Tally(lambda text: buffer.write(json_safe(text.encode())))
     started = time.perf_counter()
     for ev in merged:
         engine.feed((ev,), out)
         if out:
-            for o in out:
-                write(_json.encode(o.decision).decode())
-                write("\n")
-                if o.decision.action == "ban":
-                    n_ban += 1
-                    banned.add(o.decision.ip)
-                    per_jail[o.decision.jail] = per_jail.get(o.decision.jail, 0) + 1
-                else:
-                    n_unban += 1
+            tally.emit(out)
             out.clear()
     if expire_all:
-        for o in engine.advance(float("inf")):
-            write(_json.encode(o.decision).decode())
-            write("\n")
-            n_unban += 1
+        tally.emit(engine.advance(float("inf")))
     buffer.flush()
     elapsed = time.perf_counter() - started
     c = policy.counters
     typer.echo(
         f"replay: {len(sources)} file(s), {stats.summary()}; "
-        f"bans={n_ban}{_by_jail(per_jail)} unbans={n_unban} banned_ips={len(banned)} "
+        f"bans={tally.bans}{_by_jail(tally.per_jail)} unbans={tally.unbans} banned_ips={len(tally.banned)} "
         f"failures={c.failures} duplicates={c.duplicates} late={c.late} evidence={c.evidence} "
         f"ignored={c.ignored} not_failure={c.not_failure} refused={c.refused} future={c.future}; "
         f"{elapsed:.2f}s",

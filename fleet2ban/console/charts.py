@@ -16,8 +16,25 @@ from datetime import datetime, timedelta
 from fleet2ban.audit.timeparse import format_duration
 
 NICE_BUCKETS_S: tuple[float, ...] = (
-    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
-)  # fmt: skip
+    1,
+    2,
+    5,
+    10,
+    15,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1800,
+    3600,
+    7200,
+    10800,
+    21600,
+    43200,
+    86400,
+)
 MAX_SERIES = 8
 """Distinct colours; further series are merged into ``other``."""
 OTHER = "other"
@@ -107,6 +124,71 @@ def _time_label(t: datetime, span_s: float) -> str:
     return t.strftime("%m-%d %H:%M")
 
 
+def _bucket_counts(
+    points: Iterable[tuple[datetime, str]], t0: float, bucket: float, n: int
+) -> tuple[dict[int, Counter[str]], Counter[str]]:
+    """Per bucket index (of ``n`` from ``t0``), the points of each series; and each series' total."""
+    counts: dict[int, Counter[str]] = {}
+    totals: Counter[str] = Counter()
+    for ts, name in points:
+        i = int((ts.timestamp() - t0) // bucket)
+        if 0 <= i < n:
+            counts.setdefault(i, Counter())[name] += 1
+            totals[name] += 1
+    return counts, totals
+
+
+def _series_of(totals: Counter[str]) -> tuple[list[Series], dict[str, str]]:
+    """The series drawn, largest first (beyond ``MAX_SERIES`` the smallest share one ``OTHER``), and the
+    css class of each series drawn under its own name."""
+    ranked = [name for name, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))]
+    keep = ranked if len(ranked) <= MAX_SERIES else ranked[: MAX_SERIES - 1]
+    merged = set(ranked) - set(keep)
+    css = {name: f"s{i}" for i, name in enumerate(keep)}
+    series = [Series(name, css[name], totals[name]) for name in keep]
+    if merged:
+        series.append(Series(OTHER, f"s{MAX_SERIES - 1}", sum(totals[m] for m in merged)))
+    return series, css
+
+
+def _stack(
+    counts: Counter[str],
+    series: list[Series],
+    css: dict[str, str],
+    *,
+    x: float,
+    w: float,
+    bottom: float,
+    plot_h: float,
+    y_max: int,
+    label: str,
+) -> list[Rect]:
+    """One bucket's bar: a rectangle per series present, stacked up from ``bottom`` (``y_max`` points are
+    ``plot_h`` pixels)."""
+    grouped: Counter[str] = Counter()
+    for name, k in counts.items():
+        grouped[name if name in css else OTHER] += k
+    rects = []
+    y = bottom
+    for s in series:
+        k = grouped.get(s.name, 0)
+        if not k:
+            continue
+        h = plot_h * k / y_max
+        y -= h
+        rects.append(
+            Rect(
+                x=round(x, 2),
+                y=round(y, 2),
+                w=round(max(w - 1, 1), 2),
+                h=round(h, 2),
+                css=s.css,
+                title=f"{label} {s.name}: {k}",
+            )
+        )
+    return rects
+
+
 def stacked_bars(
     points: Iterable[tuple[datetime, str]],
     start: datetime,
@@ -128,51 +210,30 @@ def stacked_bars(
     # align the first bucket on a multiple of the bucket size (readable labels)
     t0 = start.timestamp() // bucket * bucket
     n = max(1, math.ceil((end.timestamp() - t0) / bucket))
-    counts: dict[int, Counter[str]] = {}
-    totals: Counter[str] = Counter()
-    for ts, name in points:
-        i = int((ts.timestamp() - t0) // bucket)
-        if 0 <= i < n:
-            counts.setdefault(i, Counter())[name] += 1
-            totals[name] += 1
-    ranked = [name for name, _ in sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))]
-    keep = ranked if len(ranked) <= MAX_SERIES else ranked[: MAX_SERIES - 1]
-    merged = set(ranked) - set(keep)
-    css = {name: f"s{i}" for i, name in enumerate(keep)}
-    series = [Series(name, css[name], totals[name]) for name in keep]
-    if merged:
-        series.append(Series(OTHER, f"s{MAX_SERIES - 1}", sum(totals[m] for m in merged)))
-
+    counts, totals = _bucket_counts(points, t0, bucket, n)
+    series, css = _series_of(totals)
     left, top, right, bottom = 48.0, 10.0, float(width - 10), float(height - 28)
     plot_w, plot_h = right - left, bottom - top
     peak = max((sum(c.values()) for c in counts.values()), default=0)
     y_max = _nice_max(peak)
     bw = plot_w / n
-    rects: list[Rect] = []
     start0 = datetime.fromtimestamp(t0, start.tzinfo)
+    rects: list[Rect] = []
     for i in sorted(counts):
-        c = counts[i]
-        y = bottom
         b_start = start0 + timedelta(seconds=i * bucket)
-        grouped: Counter[str] = Counter()
-        for name, k in c.items():
-            grouped[name if name in css else OTHER] += k
-        for s in series:
-            k = grouped.get(s.name, 0)
-            if not k:
-                continue
-            h = plot_h * k / y_max
-            y -= h
-            rects.append(
-                Rect(
-                    x=round(left + i * bw, 2),
-                    y=round(y, 2),
-                    w=round(max(bw - 1, 1), 2),
-                    h=round(h, 2),
-                    css=s.css,
-                    title=f"{b_start.strftime('%H:%M:%S')} {s.name}: {k}",
-                )
+        rects.extend(
+            _stack(
+                counts[i],
+                series,
+                css,
+                x=left + i * bw,
+                w=bw,
+                bottom=bottom,
+                plot_h=plot_h,
+                y_max=y_max,
+                label=b_start.strftime("%H:%M:%S"),
             )
+        )
     span = n * bucket
     step = max(1, n // 6)
     x_ticks = [
