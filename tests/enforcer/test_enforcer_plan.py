@@ -12,6 +12,7 @@ from enforcer.plan import (
     Add,
     Delete,
     JailSpec,
+    KeptDesired,
     KernelEntry,
     Rails,
     desired_state,
@@ -295,3 +296,60 @@ def test_never_renews_within_two_seconds_either_side_inclusive() -> None:
         assert not never_renews(NOW + timedelta(seconds=off), NOW), off
     # a kernel deadline a day off the ban's expiry needs renewing
     assert not never_renews(NOW + timedelta(days=1), NOW)
+
+
+# ------------------------------------------------------------------------------ KeptDesired (incremental)
+
+
+def kept_of(
+    *items: BanState, **rails_kw: object
+) -> tuple[KeptDesired, dict[tuple[str, str], BanState], Rails]:
+    state = bans(*items)
+    r = rails(**rails_kw)
+    return KeptDesired(desired_state(state, NOW, r, JAILS)), state, r
+
+
+def test_kept_desired_pops_a_ban_expiring_exactly_now_and_not_one_extended_since() -> None:
+    kept, state, r = kept_of(ban("203.0.113.1", expires_in=10), ban("203.0.113.2", expires_in=10))
+    assert kept.due() == NOW + timedelta(seconds=10)
+    # the second ban is re-applied for longer: its first expiry is stale
+    state[("amps", "203.0.113.2")] = ban("203.0.113.2", expires_in=60, did="again")
+    assert kept.update({("amps", "203.0.113.2")}, state, NOW, r, {"amps"})
+    assert kept.pop_due(NOW + timedelta(seconds=10)) == {
+        ("amps", "203.0.113.1")
+    }  # inclusive, not the stale one
+    del state[("amps", "203.0.113.1")]
+    assert kept.update({("amps", "203.0.113.1")}, state, NOW, r, {"amps"})
+    assert kept.due() == NOW + timedelta(seconds=60)
+    assert kept.pop_due(NOW + timedelta(seconds=59)) == set()
+
+
+def test_kept_desired_counts_re_evaluated_bans_once_against_the_cap() -> None:
+    items = [ban(f"203.0.113.{i}") for i in range(1, 5)]
+    kept, state, r = kept_of(*items, max_bans=5)
+    # four wanted bans re-evaluated (still wanted) and one new: five, at the cap, is fine
+    state[("amps", "203.0.113.9")] = ban("203.0.113.9")
+    assert kept.update({*state}, state, NOW, r, {"amps"})
+    assert len(kept.desired.wants) == 5
+    # a sixth is over the cap: the caller must compute the whole desired state (the cap picks the oldest)
+    state[("amps", "203.0.113.10")] = ban("203.0.113.10")
+    assert not kept.update({("amps", "203.0.113.10")}, state, NOW, r, {"amps"})
+
+
+def test_kept_desired_forgets_a_refusal_once_the_ban_is_wanted() -> None:
+    kept, state, r = kept_of(ban("203.0.113.7", jail="nope"))
+    assert ("nope", "203.0.113.7") in kept.desired.refused
+    assert kept.update({("nope", "203.0.113.7")}, state, NOW, r, {"amps", "nope"})
+    assert ("nope", "203.0.113.7") in kept.desired.wants
+    assert ("nope", "203.0.113.7") not in kept.desired.refused
+
+
+def test_kept_desired_rebuilds_its_expiry_heap_from_stale_entries() -> None:
+    kept, state, r = kept_of(ban("203.0.113.1", expires_in=10))
+    key = ("amps", "203.0.113.1")
+    for i in range(1, 1100):  # re-applied over and over: each leaves a stale heap entry behind
+        state[key] = ban("203.0.113.1", expires_in=10 + i, did=f"d{i}")
+        assert kept.update({key}, state, NOW, r, {"amps"})
+    assert kept.due() == NOW + timedelta(seconds=1109)
+    assert kept.pop_due(NOW + timedelta(seconds=1108)) == set()
+    assert kept.pop_due(NOW + timedelta(seconds=1109)) == {key}
