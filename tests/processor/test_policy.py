@@ -16,7 +16,18 @@ from hypothesis import HealthCheck, given, settings
 from fleet2ban.contract import Decision, Event, auto_decision_id, from_epoch, rfc3339
 from fleet2ban.settings import IncrementSettings, JailSettings
 from processor.engine import Engine
-from processor.policy import Output, Policy, TargetState, decode_state, durable_part, encode_state
+from processor.policy import (
+    DEFAULT_BAN_COUNT_RETENTION_S,
+    FUTURE_HOSTS_MAX,
+    Counters,
+    JailState,
+    Output,
+    Policy,
+    TargetState,
+    decode_state,
+    durable_part,
+    encode_state,
+)
 
 
 def _load_reference() -> Any:
@@ -624,3 +635,89 @@ def test_durable_part_keeps_the_last_manual_decision_so_a_redelivery_after_a_res
     restarted = Store(default_policy(maxretry=2))
     restarted.states["10.0.0.1"] = decode_state(encode_state(d))
     assert restarted.manual(unban) == []
+
+
+def test_future_failures_are_counted_per_host_and_beyond_a_thousand_hosts_under_other() -> None:
+    c = Counters()
+    for i in range(FUTURE_HOSTS_MAX):
+        c.note_future(f"h{i}")
+    c.note_future("h0", 2)
+    c.note_future("one too many", 3)
+    c.note_future("another", 1)
+    assert len(c.future_hosts) == FUTURE_HOSTS_MAX + 1 and c.future == FUTURE_HOSTS_MAX + 6
+    assert c.future_hosts["h0"] == 3 and c.future_hosts["(other)"] == 4
+
+
+def test_a_manual_decision_is_applied_up_to_max_future_s_ahead_and_counted_by_author_beyond() -> None:
+    now = BASE + 100.0
+    p = Policy.from_settings([JailSettings(maxretry=3)], lateness=5.0, max_future_s=5.0, clock=lambda: now)
+
+    def ban(at: float, by: str | None, n: int) -> list[Output]:
+        d = Decision(
+            id=f"m-{n}", action="ban", ip="10.0.0.1", jail="amps", at=from_epoch(at), origin="manual", by=by,
+            expires_at=from_epoch(at + 600),
+        )  # fmt: skip
+        out: list[Output] = []
+        p.manual(None, d, out)
+        return out
+
+    assert len(ban(now + 5.0, "bob", 1)) == 1  # exactly max_future_s ahead: applied
+    assert ban(now + 5.001, "bob", 2) == [] and ban(now + 60, None, 3) == []
+    assert p.counters.future_hosts == {"manual by bob": 1, "manual by ?": 1}
+
+
+def test_manual_decisions_refused_are_counted_each() -> None:
+    p = default_policy(maxretry=3)
+    for n, (jail, ip) in enumerate((("nope", "10.0.0.1"), ("amps", "127.0.0.1"), ("amps", "0.0.0.0"))):
+        d = Decision(id=f"m-{n}", action="ban", ip=ip, jail=jail, at=from_epoch(BASE), origin="manual")
+        assert p.manual(None, d, []) is None
+    assert p.counters.refused == 3 and p.counters.manual == 0
+
+
+def test_a_short_ban_s_count_is_kept_three_times_its_length_past_the_retention() -> None:
+    # fail2ban keeps a ban's count 3 x its length beyond dbpurgeage: with a half-second ban, 1.5 s
+    s = Store(default_policy(maxretry=1, bantime=0.5))
+    assert len(bans(s.feed([ev(1.0, n=1)]))) == 1
+    s.tick(BASE + 2.0, forget=False)  # the unban: the ban lasted 0.5 s
+    state = s.states["10.0.0.1"]
+    assert s.policy.deadline(state) == BASE + 1.0 + 3 * 0.5 + DEFAULT_BAN_COUNT_RETENTION_S
+
+
+def test_the_state_of_a_jail_no_longer_configured_is_forgotten_after_the_lateness() -> None:
+    # a state restored from the changelog can hold a jail since removed from the settings: its window
+    # no longer completes a ban (no findtime), and it goes once the lateness bound has passed
+    p = default_policy(maxretry=3)
+    gone = JailState(window=[(BASE + 1.0, "h1:f:1", "h1", "raw")], watermark=BASE + 1.0)
+    state = TargetState({"removed": gone})
+    assert p.deadline(state) == BASE + 1.0 + 5.0
+    assert p.tick(state, "10.0.0.1", BASE + 5.9, []) is state
+    assert p.tick(state, "10.0.0.1", BASE + 6.0, []) is None
+
+
+def test_a_record_of_several_addresses_reaches_each_address_s_state_in_order() -> None:
+    s = Store(default_policy(maxretry=2))
+    a, b, c = "10.0.0.1", "10.0.0.2", "10.0.0.3"
+    out = s.feed(
+        [ev(1.0, ip=a, n=1), ev(2.0, ip=b, n=2), ev(3.0, ip=b, n=3), ev(4.0, ip=a, n=4), ev(5.0, ip=c, n=5)]
+    )
+    assert [(d.ip, d.at, d.failures) for d in bans(out)] == [
+        (b, from_epoch(BASE + 3.0), 2),
+        (a, from_epoch(BASE + 4.0), 2),
+    ]
+    assert sorted(s.states) == [a, b, c] and len(s.states[c].jails["amps"].window) == 1
+    assert s.policy.counters.events == 5 and s.policy.counters.failures == 5
+
+
+def test_the_durable_part_of_a_ban_in_force_keeps_its_time_and_drops_its_running_evidence() -> None:
+    s = Store(default_policy(maxretry=1, bantime=100))
+    (b,) = bans(s.feed([ev(1.0, n=1)]))
+    s.feed([ev(2.0, n=2), ev(3.0, n=3)])  # evidence while banned
+    state = s.states["10.0.0.1"]
+    js = state.jails["amps"]
+    assert js.ban is not None and js.ban.evidence == 2
+    d = durable_part(state)
+    assert d is not None
+    kept = d.jails["amps"]
+    assert kept.ban is not None and kept.ban.evidence == 0 and kept.ban.decision_id == b.id
+    assert kept.last_ban_at == BASE + 1.0 and kept.ban_count == 1 and kept.window == []
+    assert s.policy.deadline(state) == BASE + 101.0 and s.policy.deadline(d) == BASE + 101.0
