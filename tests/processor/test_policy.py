@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -721,3 +722,18 @@ def test_the_durable_part_of_a_ban_in_force_keeps_its_time_and_drops_its_running
     assert kept.ban is not None and kept.ban.evidence == 0 and kept.ban.decision_id == b.id
     assert kept.last_ban_at == BASE + 1.0 and kept.ban_count == 1 and kept.window == []
     assert s.policy.deadline(state) == BASE + 101.0 and s.policy.deadline(d) == BASE + 101.0
+
+
+def test_a_manual_decision_is_mirrored_with_its_target_in_canonical_form() -> None:
+    p = default_policy(maxretry=3)
+    for sent, canonical in (("2001:DB8::7", "2001:db8::7"), ("10.0.0.5/24", "10.0.0.0/24")):
+        d = Decision(
+            id=f"m-{sent}", action="ban", ip=sent, jail="amps", at=from_epoch(BASE), origin="manual",
+            expires_at=from_epoch(BASE + 60), ports=[9007],
+        )  # fmt: skip
+        out: list[Output] = []
+        state = p.manual(None, d, out)
+        (o,) = out
+        assert o.publish is False and o.decision.ip == canonical
+        assert msgspec.structs.replace(o.decision, ip=sent) == d
+        assert state is not None and state.jails["amps"].ban is not None
