@@ -737,3 +737,25 @@ def test_a_manual_decision_is_mirrored_with_its_target_in_canonical_form() -> No
         assert o.publish is False and o.decision.ip == canonical
         assert msgspec.structs.replace(o.decision, ip=sent) == d
         assert state is not None and state.jails["amps"].ban is not None
+
+
+def test_a_manual_unban_never_lowers_the_floor_an_expiry_left() -> None:
+    s = Store(default_policy(maxretry=2, bantime=600))
+    assert len(bans(s.feed([ev(1.0, n=1), ev(2.0, n=2)]))) == 1  # banned until 602
+    assert [o.decision.action for o in s.tick(BASE + 700, forget=False)] == ["unban"]  # the floor: 602
+    s.manual(_manual_unban(40.0))
+    assert s.feed([ev(60.0, n=3), ev(61.0, n=4)]) == []  # before the floor: not counted
+    assert len(bans(s.feed([ev(603.0, n=5), ev(604.0, n=6)]))) == 1
+
+
+def test_every_repeat_offender_jail_counting_a_jail_counts_its_bans() -> None:
+    p = Policy.from_settings(
+        [
+            JailSettings(name="amps", maxretry=1),
+            JailSettings(name="r1", source="bans", maxretry=1, jails=["amps"]),
+            JailSettings(name="r2", source="bans", maxretry=1, jails=["amps"]),
+        ],
+        lateness=5.0,
+    )
+    assert [j.name for j in p.recidive["amps"]] == ["r1", "r2"]
+    assert sorted(d.jail for d in bans(Store(p).feed([ev(1.0, n=1)]))) == ["amps", "r1", "r2"]
