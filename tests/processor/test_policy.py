@@ -757,5 +757,13 @@ def test_every_repeat_offender_jail_counting_a_jail_counts_its_bans() -> None:
         ],
         lateness=5.0,
     )
-    assert [j.name for j in p.recidive["amps"]] == ["r1", "r2"]
+    assert [j.name for j in p.recidive["amps"]] == ["r1", "r2"] and p.jails[0].counts == ()
     assert sorted(d.jail for d in bans(Store(p).feed([ev(1.0, n=1)]))) == ["amps", "r1", "r2"]
+
+
+def test_a_resent_line_among_several_failures_of_the_same_time_counts_once() -> None:
+    s = Store(default_policy(maxretry=5))
+    s.feed([ev(1.0, n=1), ev(1.0, n=2), ev(1.0, n=3)])
+    for n in (2, 1, 3):
+        assert s.feed([ev(1.0, n=n)]) == []
+    assert s.policy.counters.duplicates == 3 and s.policy.counters.failures == 3
