@@ -767,3 +767,7 @@ def test_a_resent_line_among_several_failures_of_the_same_time_counts_once() -> 
     for n in (2, 1, 3):
         assert s.feed([ev(1.0, n=n)]) == []
     assert s.policy.counters.duplicates == 3 and s.policy.counters.failures == 3
+
+
+def test_the_default_lateness_is_five_seconds() -> None:
+    assert Policy.from_settings([JailSettings()]).lateness == 5.0
