@@ -771,3 +771,26 @@ def test_a_resent_line_among_several_failures_of_the_same_time_counts_once() -> 
 
 def test_the_default_lateness_is_five_seconds() -> None:
     assert Policy.from_settings([JailSettings()]).lateness == 5.0
+
+
+def test_a_late_failure_completing_an_earlier_window_bans_with_that_window_only() -> None:
+    # findtime 1: 0.5 and 1.0 (line 9), then 2.0; line 3 arrives late dated 1.0: (0, 1] holds three failures
+    p = Policy.from_settings(
+        [JailSettings(maxretry=3, findtime=1), JailSettings(name="recidive", source="bans", maxretry=1)],
+        lateness=5.0,
+    )
+    s = Store(p)
+    assert s.feed([ev(0.5, n=1), ev(1.0, n=9), ev(2.0, n=4)]) == []
+    amps, recidive = bans(s.feed([ev(1.0, n=3)]))
+    # the trigger is the latest arrival among the failures of that time; the later failure is not counted
+    assert amps.id == auto_decision_id("amps", "10.0.0.1", "h1:f:3") and amps.failures == 3
+    assert amps.at == amps.last_failure_at == from_epoch(BASE + 1.0)
+    assert amps.evidence == ["raw h1 0.5", "raw h1 1.0", "raw h1 1.0"] and recidive.jail == "recidive"
+
+
+def test_failures_dated_up_to_max_future_s_ahead_are_counted_beyond_are_not() -> None:
+    now = BASE + 100.0
+    p = Policy.from_settings([JailSettings(maxretry=1)], lateness=5.0, max_future_s=5.0, clock=lambda: now)
+    s = Store(p)
+    out = s.feed([ev(105.0, n=1), ev(105.5, ip="10.0.0.2", n=2)])
+    assert [d.ip for d in bans(out)] == ["10.0.0.1"] and p.counters.future == 1
