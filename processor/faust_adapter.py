@@ -9,7 +9,9 @@ What is private and why it is used (each in one small function here):
 - ``Table.partition_for_key`` replaced (:func:`create_table`): the changelog partition of a key is the
   contract's, computed here, never asked of aiokafka's metadata; ``Table.get`` too: a missing key costs a
   membership test, not a KeyError raised and caught;
-- ``Worker.spinner`` cleared (:func:`run`): its handler would put the root logger at DEBUG.
+- ``Worker.spinner`` cleared (:func:`run`): its handler would put the root logger at DEBUG;
+- ``App._new_producer`` overridden and ``Producer._settings_extra`` extended (:func:`app_class`): the
+  app's producer is idempotent (:data:`IDEMPOTENT`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,26 @@ RAW: dict[str, Any] = {
 }
 """Topics and tables of bytes: fleet2ban's contract encodes and decodes, never Faust's codecs."""
 
+IDEMPOTENT: dict[str, Any] = {"acks": "all", "enable_idempotence": True}
+"""What the worker's producer (aiokafka's ``AIOKafkaProducer``) is created with, on top of Faust's settings.
+
+Faust asks aiokafka for idempotence only inside transactions (``processing_guarantee="exactly_once"``,
+whose per-partition transactional producers fleet2ban does not use). Without it a send retried after a
+leader died (``kill -9``: the record replicated, its acknowledgement lost) writes the same decision, ban or
+changelog record twice. With it the producer takes a producer id (InitProducerId) and numbers its batches,
+and the partition leader drops a batch it already has. aiokafka keeps one batch in flight per partition,
+so retries keep the order; it requires ``acks=all``."""
+
 
 def app_class() -> Any:
     import faust
+    from faust.transport.drivers.aiokafka import Producer
+
+    class IdempotentProducer(Producer):  # type: ignore[misc]
+        """Faust's aiokafka producer, idempotent outside transactions too (:data:`IDEMPOTENT`)."""
+
+        def _settings_extra(self) -> Any:
+            return {**super()._settings_extra(), **IDEMPOTENT}
 
     class App(faust.App):
         """A Faust app without the Monitor sensor's per-message bookkeeping.
@@ -49,6 +68,12 @@ def app_class() -> Any:
             self.sensors.remove(self.monitor)
             self.sensors.add(faust.Sensor())
             return deps
+
+        def _new_producer(self) -> Any:
+            """The app's one producer (decisions, bans, reports, the table's changelog), idempotent. What
+            ``Transport.create_producer`` does, with this class: the brokers are always ``kafka://`` URLs
+            (:func:`fleet2ban.kafka.faust_broker_settings`), i.e. Faust's aiokafka transport."""
+            return IdempotentProducer(self.transport, loop=self.loop, beacon=self.beacon)
 
     return App
 

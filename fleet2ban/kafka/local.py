@@ -566,6 +566,18 @@ class LocalKafka:
             time.sleep(0.1)
         self._launch(node)
 
+    def producer_ids(self, topic: str) -> list[int]:
+        """The producer id of every record batch of ``topic`` in this cluster's log segments, every replica
+        (tests): -1 for a batch of a producer without idempotence, else the id InitProducerId gave it."""
+        from aiokafka.record.memory_records import MemoryRecords
+
+        ids = []
+        for segment in sorted(self.data_dir.glob(f"n*/log/{topic}-*/*.log")):
+            records = MemoryRecords(segment.read_bytes())
+            while (batch := records.next_batch()) is not None:
+                ids.append(batch.producer_id)
+        return ids
+
     def _reap(self, node: _Node) -> None:
         f, node.log_file = node.log_file, None
         if f is not None:

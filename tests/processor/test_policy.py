@@ -10,13 +10,25 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from fleet2ban.contract import Decision, Event, auto_decision_id, from_epoch, rfc3339
 from fleet2ban.settings import IncrementSettings, JailSettings
 from processor.engine import Engine
-from processor.policy import Output, Policy, TargetState, decode_state, durable_part, encode_state
+from processor.policy import (
+    DEFAULT_BAN_COUNT_RETENTION_S,
+    FUTURE_HOSTS_MAX,
+    Counters,
+    JailState,
+    Output,
+    Policy,
+    TargetState,
+    decode_state,
+    durable_part,
+    encode_state,
+)
 
 
 def _load_reference() -> Any:
@@ -624,3 +636,161 @@ def test_durable_part_keeps_the_last_manual_decision_so_a_redelivery_after_a_res
     restarted = Store(default_policy(maxretry=2))
     restarted.states["10.0.0.1"] = decode_state(encode_state(d))
     assert restarted.manual(unban) == []
+
+
+def test_future_failures_are_counted_per_host_and_beyond_a_thousand_hosts_under_other() -> None:
+    c = Counters()
+    for i in range(FUTURE_HOSTS_MAX):
+        c.note_future(f"h{i}")
+    c.note_future("h0", 2)
+    c.note_future("one too many", 3)
+    c.note_future("another", 1)
+    assert len(c.future_hosts) == FUTURE_HOSTS_MAX + 1 and c.future == FUTURE_HOSTS_MAX + 6
+    assert c.future_hosts["h0"] == 3 and c.future_hosts["(other)"] == 4
+
+
+def test_a_manual_decision_is_applied_up_to_max_future_s_ahead_and_counted_by_author_beyond() -> None:
+    now = BASE + 100.0
+    p = Policy.from_settings([JailSettings(maxretry=3)], lateness=5.0, max_future_s=5.0, clock=lambda: now)
+
+    def ban(at: float, by: str | None, n: int) -> list[Output]:
+        d = Decision(
+            id=f"m-{n}", action="ban", ip="10.0.0.1", jail="amps", at=from_epoch(at), origin="manual", by=by,
+            expires_at=from_epoch(at + 600),
+        )  # fmt: skip
+        out: list[Output] = []
+        p.manual(None, d, out)
+        return out
+
+    assert len(ban(now + 5.0, "bob", 1)) == 1  # exactly max_future_s ahead: applied
+    assert ban(now + 5.001, "bob", 2) == [] and ban(now + 60, None, 3) == []
+    assert p.counters.future_hosts == {"manual by bob": 1, "manual by ?": 1}
+
+
+def test_manual_decisions_refused_are_counted_each() -> None:
+    p = default_policy(maxretry=3)
+    for n, (jail, ip) in enumerate((("nope", "10.0.0.1"), ("amps", "127.0.0.1"), ("amps", "0.0.0.0"))):
+        d = Decision(id=f"m-{n}", action="ban", ip=ip, jail=jail, at=from_epoch(BASE), origin="manual")
+        assert p.manual(None, d, []) is None
+    assert p.counters.refused == 3 and p.counters.manual == 0
+
+
+def test_a_short_ban_s_count_is_kept_three_times_its_length_past_the_retention() -> None:
+    # fail2ban keeps a ban's count 3 x its length beyond dbpurgeage: with a half-second ban, 1.5 s
+    s = Store(default_policy(maxretry=1, bantime=0.5))
+    assert len(bans(s.feed([ev(1.0, n=1)]))) == 1
+    s.tick(BASE + 2.0, forget=False)  # the unban: the ban lasted 0.5 s
+    state = s.states["10.0.0.1"]
+    assert s.policy.deadline(state) == BASE + 1.0 + 3 * 0.5 + DEFAULT_BAN_COUNT_RETENTION_S
+
+
+def test_the_state_of_a_jail_no_longer_configured_is_forgotten_after_the_lateness() -> None:
+    # a state restored from the changelog can hold a jail since removed from the settings: its window
+    # no longer completes a ban (no findtime), and it goes once the lateness bound has passed
+    p = default_policy(maxretry=3)
+    gone = JailState(window=[(BASE + 1.0, "h1:f:1", "h1", "raw")], watermark=BASE + 1.0)
+    state = TargetState({"removed": gone})
+    assert p.deadline(state) == BASE + 1.0 + 5.0
+    assert p.tick(state, "10.0.0.1", BASE + 5.9, []) is state
+    assert p.tick(state, "10.0.0.1", BASE + 6.0, []) is None
+
+
+def test_a_record_of_several_addresses_reaches_each_address_s_state_in_order() -> None:
+    s = Store(default_policy(maxretry=2))
+    a, b, c = "10.0.0.1", "10.0.0.2", "10.0.0.3"
+    out = s.feed(
+        [ev(1.0, ip=a, n=1), ev(2.0, ip=b, n=2), ev(3.0, ip=b, n=3), ev(4.0, ip=a, n=4), ev(5.0, ip=c, n=5)]
+    )
+    assert [(d.ip, d.at, d.failures) for d in bans(out)] == [
+        (b, from_epoch(BASE + 3.0), 2),
+        (a, from_epoch(BASE + 4.0), 2),
+    ]
+    assert sorted(s.states) == [a, b, c] and len(s.states[c].jails["amps"].window) == 1
+    assert s.policy.counters.events == 5 and s.policy.counters.failures == 5
+
+
+def test_the_durable_part_of_a_ban_in_force_keeps_its_time_and_drops_its_running_evidence() -> None:
+    s = Store(default_policy(maxretry=1, bantime=100))
+    (b,) = bans(s.feed([ev(1.0, n=1)]))
+    s.feed([ev(2.0, n=2), ev(3.0, n=3)])  # evidence while banned
+    state = s.states["10.0.0.1"]
+    js = state.jails["amps"]
+    assert js.ban is not None and js.ban.evidence == 2
+    d = durable_part(state)
+    assert d is not None
+    kept = d.jails["amps"]
+    assert kept.ban is not None and kept.ban.evidence == 0 and kept.ban.decision_id == b.id
+    assert kept.last_ban_at == BASE + 1.0 and kept.ban_count == 1 and kept.window == []
+    assert s.policy.deadline(state) == BASE + 101.0 and s.policy.deadline(d) == BASE + 101.0
+
+
+def test_a_manual_decision_is_mirrored_with_its_target_in_canonical_form() -> None:
+    p = default_policy(maxretry=3)
+    for sent, canonical in (("2001:DB8::7", "2001:db8::7"), ("10.0.0.5/24", "10.0.0.0/24")):
+        d = Decision(
+            id=f"m-{sent}", action="ban", ip=sent, jail="amps", at=from_epoch(BASE), origin="manual",
+            expires_at=from_epoch(BASE + 60), ports=[9007],
+        )  # fmt: skip
+        out: list[Output] = []
+        state = p.manual(None, d, out)
+        (o,) = out
+        assert o.publish is False and o.decision.ip == canonical
+        assert msgspec.structs.replace(o.decision, ip=sent) == d
+        assert state is not None and state.jails["amps"].ban is not None
+
+
+def test_a_manual_unban_never_lowers_the_floor_an_expiry_left() -> None:
+    s = Store(default_policy(maxretry=2, bantime=600))
+    assert len(bans(s.feed([ev(1.0, n=1), ev(2.0, n=2)]))) == 1  # banned until 602
+    assert [o.decision.action for o in s.tick(BASE + 700, forget=False)] == ["unban"]  # the floor: 602
+    s.manual(_manual_unban(40.0))
+    assert s.feed([ev(60.0, n=3), ev(61.0, n=4)]) == []  # before the floor: not counted
+    assert len(bans(s.feed([ev(603.0, n=5), ev(604.0, n=6)]))) == 1
+
+
+def test_every_repeat_offender_jail_counting_a_jail_counts_its_bans() -> None:
+    p = Policy.from_settings(
+        [
+            JailSettings(name="amps", maxretry=1),
+            JailSettings(name="r1", source="bans", maxretry=1, jails=["amps"]),
+            JailSettings(name="r2", source="bans", maxretry=1, jails=["amps"]),
+        ],
+        lateness=5.0,
+    )
+    assert [j.name for j in p.recidive["amps"]] == ["r1", "r2"] and p.jails[0].counts == ()
+    assert sorted(d.jail for d in bans(Store(p).feed([ev(1.0, n=1)]))) == ["amps", "r1", "r2"]
+
+
+def test_a_resent_line_among_several_failures_of_the_same_time_counts_once() -> None:
+    s = Store(default_policy(maxretry=5))
+    s.feed([ev(1.0, n=1), ev(1.0, n=2), ev(1.0, n=3)])
+    for n in (2, 1, 3):
+        assert s.feed([ev(1.0, n=n)]) == []
+    assert s.policy.counters.duplicates == 3 and s.policy.counters.failures == 3
+
+
+def test_the_default_lateness_is_five_seconds() -> None:
+    assert Policy.from_settings([JailSettings()]).lateness == 5.0
+
+
+def test_a_late_failure_completing_an_earlier_window_bans_with_that_window_only() -> None:
+    # findtime 1: 0.5 and 1.0 (line 9), then 2.0; line 3 arrives late dated 1.0: (0, 1] holds three failures
+    p = Policy.from_settings(
+        [JailSettings(maxretry=3, findtime=1), JailSettings(name="recidive", source="bans", maxretry=1)],
+        lateness=5.0,
+    )
+    s = Store(p)
+    assert s.feed([ev(0.5, n=1), ev(1.0, n=9), ev(2.0, n=4)]) == []
+    amps, recidive = bans(s.feed([ev(1.0, n=3)]))
+    # the trigger is the latest arrival among the failures of that time; the later failure is not counted
+    assert amps.id == auto_decision_id("amps", "10.0.0.1", "h1:f:3") and amps.failures == 3
+    assert amps.at == amps.last_failure_at == from_epoch(BASE + 1.0)
+    assert amps.evidence == ["raw h1 0.5", "raw h1 1.0", "raw h1 1.0"] and recidive.jail == "recidive"
+
+
+def test_failures_dated_up_to_max_future_s_ahead_are_counted_beyond_are_not() -> None:
+    now = BASE + 100.0
+    p = Policy.from_settings([JailSettings(maxretry=1)], lateness=5.0, max_future_s=5.0, clock=lambda: now)
+    s = Store(p)
+    out = s.feed([ev(105.0, n=1), ev(105.5, ip="10.0.0.2", n=2)])
+    assert [d.ip for d in bans(out)] == ["10.0.0.1"] and p.counters.future == 1

@@ -436,3 +436,21 @@ def test_the_evidence_of_a_recidive_ban_names_each_counted_ban_in_full() -> None
         assert r.evidence == [
             f"ban {a.id} jail=amps at=2025-11-24T16:00:00.100000Z until={until} failures=2 hosts=h1,h2"
         ]
+
+
+def test_a_ban_the_rails_refuse_in_the_recidive_jail_is_counted_as_refused_not_as_a_failure() -> None:
+    # amps bans the /64 of an IPv6 address; the recidive jail's ignoreip holds one address of that /64:
+    # not covering the /64 (not ignored), but a ban of the /64 would cover it, so the rails refuse it there
+    v6 = "2001:db8::9"
+    p = policy(
+        {**AMPS, "maxretry": 1, "ban_prefix_v6": 64}, {**RECIDIVE, "maxretry": 1, "ignoreip": ["2001:db8::5"]}
+    )
+    out = Engine(p).feed([ev(0.0, 1, v6), ev(20.0, 2, v6)])
+    assert [b.ip for b in bans(out, "amps")] == ["2001:db8::/64"] * 2 and bans(out, "recidive") == []
+    assert (p.counters.ignored, p.counters.refused, p.counters.bans_counted) == (0, 2, 0)
+    # the same ignoreip in amps only: the recidive jail counts amps' bans of the /64
+    p = policy(
+        {**AMPS, "maxretry": 1, "ban_prefix_v6": 64, "ignoreip": ["2001:db8::5"]}, {**RECIDIVE, "maxretry": 1}
+    )
+    out = Engine(p).feed([ev(0.0, 1, v6)])
+    assert bans(out, "amps") == [] and p.counters.refused == 1

@@ -158,3 +158,21 @@ def test_the_worker_sends_heartbeats_with_its_partitions_lag_and_decisions(fleet
     hb = fleet.wait_for("a processor heartbeat after a decision", latest, 30, every=0.5)
     assert hb.counters["partitions"] == 3 and hb.counters["records"] >= 1
     assert hb.lag is not None and hb.lag >= 0 and hb.started_at is not None
+
+
+def test_the_worker_writes_with_an_idempotent_producer(fleet, local_kafka) -> None:  # type: ignore[no-untyped-def]
+    """A send retried after a leader died writes no second copy of a decision (issue 15): every batch the
+    worker wrote to decisions, bans and its changelog carries a producer id (the broker's InitProducerId
+    answer; a batch of a producer without idempotence carries -1)."""
+    if local_kafka is None:
+        pytest.skip("reads the segments of the local cluster")
+    fleet.ready()  # a decision, its bans record and its target's state written
+    changelog = f"{fleet.prefix}fleet2ban-processor-targets-changelog"
+    ids = {
+        topic: set(fleet.wait_for(f"batches of {topic} on disk", lambda t=topic: local_kafka.producer_ids(t)))
+        for topic in (fleet.topics.decisions, fleet.topics.bans, changelog)
+    }
+    # bans and the changelog: the worker's one producer only; decisions: also the test's manual ones
+    (worker,) = ids[fleet.topics.bans]
+    assert worker >= 0 and ids[changelog] == {worker} and worker in ids[fleet.topics.decisions], ids
+    assert all(i >= 0 for i in ids[fleet.topics.decisions]), ids
