@@ -48,7 +48,7 @@ def app_class() -> Any:
     import faust
     from faust.transport.drivers.aiokafka import Producer
 
-    class IdempotentProducer(Producer):  # type: ignore[misc]
+    class IdempotentProducer(Producer):
         """Faust's aiokafka producer, idempotent outside transactions too (:data:`IDEMPOTENT`)."""
 
         def _settings_extra(self) -> Any:
