@@ -414,7 +414,7 @@ class Enforcer:
         deadlines: dict[int, datetime] = {}  # kernel deadline per timeout: a burst shares a few
         delays: list[float] = []
         for add in changes.adds:
-            key = (add.jail, add.target)
+            key = add.key
             if failed and key in failed:
                 mark = (key, add.decision_id)
                 if mark not in self._failures_reported:
